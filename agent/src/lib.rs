@@ -1,0 +1,1 @@
+//! `banyan-agent` (placeholder).

@@ -1,0 +1,1 @@
+//! TLS identities (placeholder until the identity work lands).

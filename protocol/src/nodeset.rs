@@ -1,0 +1,1 @@
+//! Node-set expressions (placeholder until the nodeset work lands).

@@ -1,0 +1,189 @@
+//! The messages of the mesh, one enum for every link.
+//!
+//! Every stream starts with a [`crate::frame::Greeting`]; then each side sends [`Msg`] frames.
+//! Which messages a stream carries depends on how it was opened:
+//!
+//! - enrolment (agent -> root, no client certificate yet): [`Msg::Enrol`], answered by
+//!   [`Msg::Enrolled`] or [`Msg::Refused`];
+//! - placement (agent -> root, mutual TLS): [`Msg::Join`], answered by [`Msg::Placed`],
+//!   [`Msg::Retry`] or [`Msg::Refused`];
+//! - a tree link (child -> parent, mutual TLS): [`Msg::Attach`], answered by [`Msg::Accepted`] or
+//!   [`Msg::Refused`]; then reports, membership changes, results and heartbeats flow up and commands
+//!   and heartbeats flow down until the link ends.
+//!
+//! Reports carry *cumulative* values: a parent keeps only the latest report of each child, so a
+//! repeated or lost report never double counts.
+
+use crate::metric::MetricSet;
+use serde::{Deserialize, Serialize};
+
+/// Version of the messages below. A peer with another version is refused at its greeting.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The root's name in the tree and in its certificate.
+pub const ROOT_NAME: &str = "banyan-root";
+
+/// Application-level name of the QUIC/TLS protocol (ALPN). Deliberately unversioned: versions are
+/// checked by the greeting, which can say what went wrong.
+pub const ALPN: &[u8] = b"banyan";
+
+/// A node and the mesh address it listens on.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Peer {
+    pub name: String,
+    pub addr: String,
+}
+
+/// One node of a subtree as its ancestors know it: who its parent is, where it listens, and the
+/// generation of the placement that put it there (a higher generation is newer).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub parent: String,
+    pub addr: String,
+    pub gen: u64,
+}
+
+/// Changes to the set of nodes below a link, sent up as soon as they happen.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct MembershipDelta {
+    /// Nodes that appeared below, or whose placement changed.
+    pub upsert: Vec<Member>,
+    /// Nodes no longer below.
+    pub remove: Vec<String>,
+    /// Children that their parent declared lost (dead or unreachable): `(parent, child)`.
+    pub lost: Vec<(String, String)>,
+}
+
+impl MembershipDelta {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// Why an agent asks the root for a place.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum JoinReason {
+    /// First start.
+    Fresh,
+    /// Its parent stopped answering.
+    ParentLost { parent: String },
+    /// The parent it was sent to refused it or could not be reached.
+    ParentRefused { parent: String, reason: String },
+    /// The root asked it to move.
+    Moved,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Join {
+    pub name: String,
+    /// The mesh address this agent listens on, for its future children.
+    pub addr: String,
+    pub reason: JoinReason,
+    /// Height of the subtree it brings (0 for a leaf).
+    pub height: u32,
+    /// Every node of the subtree it brings, itself excluded.
+    pub subtree: Vec<Member>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub parent: Peer,
+    /// Generation of this placement.
+    pub gen: u64,
+    /// Random per start of the root.
+    pub root_epoch: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Attach {
+    pub name: String,
+    pub addr: String,
+    pub gen: u64,
+    pub height: u32,
+    /// The subtree this child brings, itself excluded.
+    pub subtree: Vec<Member>,
+}
+
+/// One wave's report of a subtree.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Wave number: `floor(unix_ms / period_ms)` at the sender.
+    pub wave: u64,
+    /// Height of the sender's subtree.
+    pub height: u32,
+    /// The subtree's cumulative values, net of what it already handed over through earlier parents.
+    pub net: MetricSet,
+}
+
+/// What a command asks its targets to do.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum CommandBody {
+    /// Answer at once; the root measures the round trip.
+    Ping,
+    /// Leave the current parent (after a final report) and attach under `parent`.
+    Move { parent: Peer, gen: u64 },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Command {
+    pub id: u64,
+    /// Target names inside the receiving subtree.
+    pub targets: Vec<String>,
+    pub body: CommandBody,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Answer {
+    Pong,
+    Moving,
+}
+
+/// Results of a command from some of its targets; the root merges them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub id: u64,
+    /// `(node, answer or error)`.
+    pub results: Vec<(String, Result<Answer, String>)>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Msg {
+    Enrol { name: String, secret: String, csr_der: Vec<u8> },
+    Enrolled { cert_der: Vec<u8> },
+    Refused { reason: String },
+    Join(Join),
+    Placed(Placement),
+    Retry { after_ms: u32, reason: String },
+    Attach(Attach),
+    Accepted { depth: u32, root_epoch: u64 },
+    Heartbeat { depth: u32 },
+    Report(Report),
+    Membership(MembershipDelta),
+    /// A child leaving on purpose hands over its last net values, which the parent keeps.
+    Detach { last: MetricSet },
+    Command(Command),
+    Outcome(Outcome),
+}
+
+impl Msg {
+    /// Short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Enrol { .. } => "enrol",
+            Msg::Enrolled { .. } => "enrolled",
+            Msg::Refused { .. } => "refused",
+            Msg::Join(_) => "join",
+            Msg::Placed(_) => "placed",
+            Msg::Retry { .. } => "retry",
+            Msg::Attach(_) => "attach",
+            Msg::Accepted { .. } => "accepted",
+            Msg::Heartbeat { .. } => "heartbeat",
+            Msg::Report(_) => "report",
+            Msg::Membership(_) => "membership",
+            Msg::Detach { .. } => "detach",
+            Msg::Command(_) => "command",
+            Msg::Outcome(_) => "outcome",
+        }
+    }
+}
