@@ -1,1 +1,10 @@
-//! `banyan-agent` (placeholder).
+//! `banyan-agent` is the daemon that runs on every node of the cluster: it enrols with the root,
+//! takes the place in the reduction tree that the root gives it, samples its node once per wave,
+//! merges its children's reports into its own and sends one report up, and runs the commands that
+//! come down.
+//!
+//! The tree logic is [`tree::Node`], a deterministic state machine with no I/O, which the root and
+//! the simulator reuse. The async shell around it ([`shell`]) only moves bytes and time in and out.
+//! This crate does not serve HTTP and does not decide placement: that is the root's job.
+
+pub mod tree;

@@ -57,7 +57,8 @@ impl Greeting {
 /// Encodes `msg` as one frame (length prefix included).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; 4];
-    let body = postcard::to_extend(msg, Vec::new()).map_err(|e| FrameError::Encode(e.to_string()))?;
+    let body =
+        postcard::to_extend(msg, Vec::new()).map_err(|e| FrameError::Encode(e.to_string()))?;
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(body.len()));
     }
@@ -129,14 +130,20 @@ mod tests {
     fn oversized_lengths_are_refused_before_allocation() {
         let prefix = ((MAX_FRAME + 1) as u32).to_be_bytes();
         assert_eq!(body_len(prefix), Err(FrameError::TooLarge(MAX_FRAME + 1)));
-        assert_eq!(body_len(u32::MAX.to_be_bytes()), Err(FrameError::TooLarge(u32::MAX as usize)));
+        assert_eq!(
+            body_len(u32::MAX.to_be_bytes()),
+            Err(FrameError::TooLarge(u32::MAX as usize))
+        );
     }
 
     #[test]
     fn truncated_frames_are_refused() {
         let bytes = encode(&Msg::Heartbeat { depth: 300 }).unwrap();
         for cut in 0..bytes.len() {
-            assert!(decode::<Msg>(&bytes[..cut]).is_err(), "cut at {cut} decoded");
+            assert!(
+                decode::<Msg>(&bytes[..cut]).is_err(),
+                "cut at {cut} decoded"
+            );
         }
     }
 
@@ -158,13 +165,22 @@ mod tests {
 
     #[test]
     fn another_version_is_refused_with_both_numbers() {
-        let theirs = Greeting { version: PROTOCOL_VERSION + 1 }.encode();
+        let theirs = Greeting {
+            version: PROTOCOL_VERSION + 1,
+        }
+        .encode();
         let err = Greeting::check(&theirs, PROTOCOL_VERSION).unwrap_err();
         assert_eq!(
             err,
-            FrameError::Version { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 }
+            FrameError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: PROTOCOL_VERSION + 1
+            }
         );
         assert!(err.to_string().contains("same banyan release"));
-        assert_eq!(Greeting::check(b"GET / HT", PROTOCOL_VERSION), Err(FrameError::BadMagic));
+        assert_eq!(
+            Greeting::check(b"GET / HT", PROTOCOL_VERSION),
+            Err(FrameError::BadMagic)
+        );
     }
 }

@@ -264,7 +264,9 @@ impl MetricSet {
         for (name, theirs) in &other.values {
             if let Some(mine) = self.values.get_mut(name) {
                 match (mine, theirs) {
-                    (Value::Counter(a), Value::Counter(b)) => a.value = (a.value - b.value).max(0.0),
+                    (Value::Counter(a), Value::Counter(b)) => {
+                        a.value = (a.value - b.value).max(0.0)
+                    }
                     (Value::Histogram(a), Value::Histogram(b)) => a.saturating_sub(b),
                     _ => {}
                 }

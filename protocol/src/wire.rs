@@ -149,19 +149,37 @@ pub struct Outcome {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Msg {
-    Enrol { name: String, secret: String, csr_der: Vec<u8> },
-    Enrolled { cert_der: Vec<u8> },
-    Refused { reason: String },
+    Enrol {
+        name: String,
+        secret: String,
+        csr_der: Vec<u8>,
+    },
+    Enrolled {
+        cert_der: Vec<u8>,
+    },
+    Refused {
+        reason: String,
+    },
     Join(Join),
     Placed(Placement),
-    Retry { after_ms: u32, reason: String },
+    Retry {
+        after_ms: u32,
+        reason: String,
+    },
     Attach(Attach),
-    Accepted { depth: u32, root_epoch: u64 },
-    Heartbeat { depth: u32 },
+    Accepted {
+        depth: u32,
+        root_epoch: u64,
+    },
+    Heartbeat {
+        depth: u32,
+    },
     Report(Report),
     Membership(MembershipDelta),
     /// A child leaving on purpose hands over its last net values, which the parent keeps.
-    Detach { last: MetricSet },
+    Detach {
+        last: MetricSet,
+    },
     Command(Command),
     Outcome(Outcome),
 }

@@ -1,1 +1,10 @@
-//! `banyan-root` (placeholder).
+//! `banyan-root` is the top of the tree: the enrolment and placement authority, the last step of
+//! the reduction, and the HTTP API that operators and the web UI read. It also holds the operator
+//! CLI `banyan`, which only talks to that API.
+//!
+//! The tree logic is deterministic: [`core::RootCore`] joins the top [`banyan_agent::tree::Node`]
+//! with the [`placement::Placement`] authority. This crate does not run actions on nodes; agents do.
+
+pub mod cli_nodeset;
+pub mod core;
+pub mod placement;

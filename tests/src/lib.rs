@@ -1,1 +1,4 @@
-//! Test support (placeholder).
+//! banyan-tests: integration tests and the simulator; this library holds the harnesses the tests share.
+
+pub mod sim;
+pub mod testnet;

@@ -1,0 +1,1147 @@
+//! One node's side of the reduction tree, as a deterministic state machine.
+//!
+//! [`Node`] knows nothing of sockets or clocks: the shell feeds it events (a message from the parent,
+//! a child attaching, a timer firing) together with `now` in milliseconds, and drains
+//! [`Action`]s (send this to the parent, connect to that peer, ask the root for a place). The same
+//! code runs in `banyan-agent`, at the top of `banyan-root` (in [`Role::Root`]), and ten thousand
+//! times over in the simulator.
+//!
+//! What it guarantees:
+//! - **Liveness of links.** Both ends of a link send something at least every `heartbeat_ms`; a peer
+//!   silent for `dead_after_ms` is declared lost (by the child *and* by the parent).
+//! - **Waves.** Every period, at the same wall-clock boundary on every node, a node samples itself,
+//!   waits until each child has reported that wave (or until a deadline that grows with the height
+//!   of its subtree), then sends one report up. The root therefore sees a wave after about
+//!   height x per-hop time, not height x period.
+//! - **Exactness.** Reports are cumulative and *net*: a node reports
+//!   `own + frozen + sum(children's latest net) - debt`. When a child leaves (dead, unreachable or
+//!   moved on purpose) its parent keeps that child's last net counters forever (`frozen`); the child,
+//!   if alive, adds the last net it sent to its `debt` before it attaches elsewhere. Nothing is
+//!   counted twice and a dead node's counts stay in the totals.
+//! - **Membership.** Each node knows the members of each child's subtree (for routing commands)
+//!   and forwards changes of the union upward immediately, so the root always has the topology.
+
+use banyan_protocol::metric::MetricSet;
+use banyan_protocol::wire::{
+    Answer, Attach, Command, CommandBody, Join, JoinReason, Member, MembershipDelta, Msg, Outcome,
+    Peer, Placement, Report,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// Timing of the tree. All in milliseconds.
+#[derive(Debug, Clone)]
+pub struct TreeConfig {
+    /// Reduction period (one wave per period).
+    pub period_ms: u64,
+    /// Maximum silence on a link before sending a heartbeat.
+    pub heartbeat_ms: u64,
+    /// Silence after which a peer is declared lost. Detection happens within this plus one timer
+    /// tick, so 2,500 keeps detection under the 3 s promised to operators.
+    pub dead_after_ms: u64,
+    /// Forwarding budget per level of subtree height: an inner node whose subtree has height h waits
+    /// at most `h * hop_budget_ms` (capped at half a period) for its children's reports.
+    pub hop_budget_ms: u64,
+    /// First delay before retrying the root after a network error; doubles up to the maximum.
+    pub join_backoff_min_ms: u64,
+    pub join_backoff_max_ms: u64,
+    /// How long a command waits for its targets before listing the silent ones as unreachable.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for TreeConfig {
+    fn default() -> Self {
+        TreeConfig {
+            period_ms: 1000,
+            heartbeat_ms: 500,
+            dead_after_ms: 2500,
+            hop_budget_ms: 50,
+            join_backoff_min_ms: 200,
+            join_backoff_max_ms: 5000,
+            command_timeout_ms: 5000,
+        }
+    }
+}
+
+impl TreeConfig {
+    /// The same config with another wave period.
+    pub fn with_period(mut self, period_ms: u64) -> Self {
+        self.period_ms = period_ms.max(1);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An agent: has a parent, joins through the root.
+    Agent,
+    /// The top of the tree: no parent, never joins.
+    Root,
+}
+
+/// What the shell must do for the node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Open a placement stream to the root and send this join; feed the answer (or the network
+    /// error) back with [`Node::handle_join_reply`].
+    SendJoin(Join),
+    /// Connect to `peer` (verifying its certificate names it), send the attach, and feed the answer
+    /// back with [`Node::handle_parent_msg`] or [`Node::handle_parent_failed`].
+    ConnectParent { peer: Peer, attach: Attach },
+    /// Send on the current parent link.
+    ToParent(Msg),
+    /// Close the current parent link (it is lost or left).
+    CloseParent { reason: String },
+    /// Send to a child.
+    ToChild { child: String, msg: Msg },
+    /// Close a child's link (it is lost or left).
+    CloseChild { child: String, reason: String },
+}
+
+/// Where a node stands toward its parent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Asking the root for a place. `in_flight` while a join is outstanding.
+    Joining {
+        reason: JoinReason,
+        next_at: u64,
+        in_flight: bool,
+        attempt: u32,
+    },
+    /// Connecting to the parent the root chose.
+    Attaching { parent: Peer, gen: u64, since: u64 },
+    /// In the tree.
+    Attached { parent: Peer, gen: u64 },
+    /// The root node.
+    Top,
+}
+
+#[derive(Debug, Clone)]
+struct ChildLink {
+    height: u32,
+    last_heard: u64,
+    last_sent: u64,
+    /// The child itself and every node below it, as it announced them.
+    members: HashMap<String, Member>,
+    report: Option<Report>,
+}
+
+/// A finished command as the root reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandReport {
+    pub id: u64,
+    pub body: CommandBody,
+    /// Per answering node: the answer or its error, and the round trip in milliseconds.
+    pub answers: BTreeMap<String, (Result<Answer, String>, u64)>,
+    /// Targets that did not answer in time, or that are not in the tree.
+    pub unreachable: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct PendingCommand {
+    body: CommandBody,
+    started: u64,
+    deadline: u64,
+    waiting: BTreeSet<String>,
+    answers: BTreeMap<String, (Result<Answer, String>, u64)>,
+    unreachable: BTreeSet<String>,
+}
+
+/// A wave as the root saw it complete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaveDone {
+    pub wave: u64,
+    /// When the root forwarded (published) it.
+    pub at_ms: u64,
+    /// Whether every child had reported this wave (false: the deadline passed).
+    pub complete: bool,
+}
+
+/// One node of the tree. See the module documentation.
+#[derive(Debug)]
+pub struct Node {
+    name: String,
+    addr: String,
+    role: Role,
+    cfg: TreeConfig,
+    phase: Phase,
+    depth: u32,
+    root_epoch: u64,
+    /// Parent link liveness (meaningful while attaching/attached).
+    parent_heard: u64,
+    parent_sent: u64,
+    children: BTreeMap<String, ChildLink>,
+    /// What this node last announced upward: name -> member.
+    announced: HashMap<String, Member>,
+    /// Changes to `announced` not yet sent up: the last state of each name (`None`: removed), so a
+    /// removal and a re-appearance in one batch cannot be replayed in the wrong order.
+    pending_members: BTreeMap<String, Option<Member>>,
+    pending_lost: Vec<(String, String)>,
+    own: MetricSet,
+    frozen: MetricSet,
+    debt: MetricSet,
+    /// Net values last sent to the current parent (becomes debt when it is left).
+    last_sent_net: MetricSet,
+    /// The wave being assembled, and whether it has been sent.
+    wave: u64,
+    wave_sent: bool,
+    wave_deadline: u64,
+    next_wave_at: u64,
+    actions: VecDeque<Action>,
+    // Root only.
+    next_command_id: u64,
+    commands: BTreeMap<u64, PendingCommand>,
+    finished_commands: VecDeque<CommandReport>,
+    waves_done: VecDeque<WaveDone>,
+    lost_events: VecDeque<(String, String)>,
+    membership_events: VecDeque<MembershipDelta>,
+}
+
+impl Node {
+    /// An agent that will ask the root for a place at `now`.
+    pub fn new_agent(name: &str, addr: &str, cfg: TreeConfig, now: u64) -> Node {
+        let mut node = Node::blank(name, addr, Role::Agent, cfg, now);
+        node.phase = Phase::Joining {
+            reason: JoinReason::Fresh,
+            next_at: now,
+            in_flight: false,
+            attempt: 0,
+        };
+        node
+    }
+
+    /// The root node. `frozen` carries counters kept from before a restart.
+    pub fn new_root(
+        name: &str,
+        cfg: TreeConfig,
+        frozen: MetricSet,
+        root_epoch: u64,
+        now: u64,
+    ) -> Node {
+        let mut node = Node::blank(name, "", Role::Root, cfg, now);
+        node.phase = Phase::Top;
+        node.frozen = frozen.cumulative();
+        node.root_epoch = root_epoch;
+        node
+    }
+
+    fn blank(name: &str, addr: &str, role: Role, cfg: TreeConfig, now: u64) -> Node {
+        let period = cfg.period_ms.max(1);
+        Node {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            role,
+            phase: Phase::Top,
+            depth: 0,
+            root_epoch: 0,
+            parent_heard: now,
+            parent_sent: now,
+            children: BTreeMap::new(),
+            announced: HashMap::new(),
+            pending_members: BTreeMap::new(),
+            pending_lost: Vec::new(),
+            own: MetricSet::new(),
+            frozen: MetricSet::new(),
+            debt: MetricSet::new(),
+            last_sent_net: MetricSet::new(),
+            wave: now / period,
+            wave_sent: true,
+            wave_deadline: u64::MAX,
+            next_wave_at: (now / period + 1) * period,
+            actions: VecDeque::new(),
+            next_command_id: 1,
+            commands: BTreeMap::new(),
+            finished_commands: VecDeque::new(),
+            waves_done: VecDeque::new(),
+            lost_events: VecDeque::new(),
+            membership_events: VecDeque::new(),
+            cfg,
+        }
+    }
+
+    // ----- Observers -------------------------------------------------------------------------
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    pub fn config(&self) -> &TreeConfig {
+        &self.cfg
+    }
+
+    /// The parent this node is attached to, if any.
+    pub fn parent(&self) -> Option<&Peer> {
+        match &self.phase {
+            Phase::Attached { parent, .. } => Some(parent),
+            _ => None,
+        }
+    }
+
+    pub fn is_attached(&self) -> bool {
+        matches!(self.phase, Phase::Attached { .. } | Phase::Top)
+    }
+
+    pub fn children(&self) -> impl Iterator<Item = &str> {
+        self.children.keys().map(|s| s.as_str())
+    }
+
+    /// Height of this node's subtree (0 for a leaf).
+    pub fn height(&self) -> u32 {
+        self.children
+            .values()
+            .map(|c| c.height + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every node below this one, with its placement (the union of the children's subtrees).
+    pub fn members(&self) -> &HashMap<String, Member> {
+        &self.announced
+    }
+
+    /// Sum of this subtree's values: own, kept (frozen) and children's latest.
+    pub fn gross(&self) -> MetricSet {
+        let mut total = self.own.clone();
+        total.merge(&self.frozen);
+        for child in self.children.values() {
+            if let Some(r) = &child.report {
+                total.merge(&r.net);
+            }
+        }
+        total
+    }
+
+    /// What this node reports upward: gross minus what was already handed over elsewhere.
+    pub fn net(&self) -> MetricSet {
+        let mut net = self.gross();
+        net.saturating_sub_cumulative(&self.debt);
+        net
+    }
+
+    /// Counters kept from departed children (and from before a root restart).
+    pub fn frozen(&self) -> &MetricSet {
+        &self.frozen
+    }
+
+    pub fn root_epoch(&self) -> u64 {
+        self.root_epoch
+    }
+
+    /// Replaces this node's own sample; it goes into the next report.
+    pub fn set_own(&mut self, own: MetricSet) {
+        self.own = own;
+    }
+
+    pub fn own(&self) -> &MetricSet {
+        &self.own
+    }
+
+    /// When the next wave starts (the shell samples the node just before it).
+    pub fn next_wave_at(&self) -> u64 {
+        self.next_wave_at
+    }
+
+    /// The earliest time at which [`Node::on_timeout`] has something to do.
+    pub fn next_timeout(&self) -> u64 {
+        let mut t = self.next_wave_at;
+        if !self.wave_sent {
+            t = t.min(self.wave_deadline);
+        }
+        let hb = self.cfg.heartbeat_ms;
+        let dead = self.cfg.dead_after_ms;
+        for c in self.children.values() {
+            t = t.min(c.last_sent + hb).min(c.last_heard + dead + 1);
+        }
+        match &self.phase {
+            Phase::Joining {
+                next_at, in_flight, ..
+            } => {
+                if !in_flight {
+                    t = t.min(*next_at);
+                }
+            }
+            Phase::Attaching { since, .. } => t = t.min(since + dead + 1),
+            Phase::Attached { .. } => {
+                t = t
+                    .min(self.parent_sent + hb)
+                    .min(self.parent_heard + dead + 1)
+            }
+            Phase::Top => {}
+        }
+        if let Some(d) = self.commands.values().map(|c| c.deadline).min() {
+            t = t.min(d);
+        }
+        t
+    }
+
+    /// The next action for the shell.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Root only: commands that finished (all answered or timed out).
+    pub fn poll_command_report(&mut self) -> Option<CommandReport> {
+        self.finished_commands.pop_front()
+    }
+
+    /// Root only: waves as they complete.
+    pub fn poll_wave(&mut self) -> Option<WaveDone> {
+        self.waves_done.pop_front()
+    }
+
+    /// Root only: `(parent, child)` pairs where a parent declared a child lost.
+    pub fn poll_lost(&mut self) -> Option<(String, String)> {
+        self.lost_events.pop_front()
+    }
+
+    /// Root only: changes to the membership of the whole tree, in order.
+    pub fn poll_membership(&mut self) -> Option<MembershipDelta> {
+        self.membership_events.pop_front()
+    }
+
+    // ----- Time ------------------------------------------------------------------------------
+
+    /// Runs everything due at `now`: waves, deadlines, heartbeats, loss detection, join retries.
+    pub fn on_timeout(&mut self, now: u64) {
+        let period = self.cfg.period_ms.max(1);
+        if now >= self.next_wave_at {
+            self.start_wave(now / period, now);
+            self.next_wave_at = (now / period + 1) * period;
+        }
+        if !self.wave_sent && now >= self.wave_deadline {
+            self.send_wave(now, false);
+        }
+        self.check_children(now);
+        self.check_parent(now);
+        self.expire_commands(now);
+    }
+
+    fn start_wave(&mut self, wave: u64, now: u64) {
+        if !self.wave_sent && self.wave < wave {
+            // The previous wave never completed; send what we have before starting the next.
+            self.send_wave(now, false);
+        }
+        self.wave = wave;
+        self.wave_sent = false;
+        let budget = (self.height() as u64 * self.cfg.hop_budget_ms).min(self.cfg.period_ms / 2);
+        self.wave_deadline = now + budget;
+        if self.children_done() {
+            self.send_wave(now, true);
+        }
+    }
+
+    fn children_done(&self) -> bool {
+        self.children
+            .values()
+            .all(|c| c.report.as_ref().is_some_and(|r| r.wave >= self.wave))
+    }
+
+    fn send_wave(&mut self, now: u64, complete: bool) {
+        self.wave_sent = true;
+        match self.role {
+            Role::Root => self.waves_done.push_back(WaveDone {
+                wave: self.wave,
+                at_ms: now,
+                complete,
+            }),
+            Role::Agent => {
+                if matches!(self.phase, Phase::Attached { .. }) {
+                    let report = Report {
+                        wave: self.wave,
+                        height: self.height(),
+                        net: self.net(),
+                    };
+                    self.last_sent_net = report.net.clone();
+                    self.to_parent(now, Msg::Report(report));
+                }
+            }
+        }
+    }
+
+    fn check_children(&mut self, now: u64) {
+        let hb = self.cfg.heartbeat_ms;
+        let dead_after = self.cfg.dead_after_ms;
+        let dead: Vec<String> = self
+            .children
+            .iter()
+            .filter(|(_, c)| now > c.last_heard + dead_after)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for child in dead {
+            self.lose_child(now, &child, None, "silent for too long");
+        }
+        let depth = self.depth + 1;
+        let due: Vec<String> = self
+            .children
+            .iter()
+            .filter(|(_, c)| now >= c.last_sent + hb)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for child in due {
+            self.to_child(now, &child, Msg::Heartbeat { depth });
+        }
+    }
+
+    fn check_parent(&mut self, now: u64) {
+        let dead_after = self.cfg.dead_after_ms;
+        match self.phase.clone() {
+            Phase::Joining {
+                reason,
+                next_at,
+                in_flight,
+                attempt,
+            } => {
+                if !in_flight && now >= next_at {
+                    self.phase = Phase::Joining {
+                        reason: reason.clone(),
+                        next_at,
+                        in_flight: true,
+                        attempt,
+                    };
+                    let join = Join {
+                        name: self.name.clone(),
+                        addr: self.addr.clone(),
+                        reason,
+                        height: self.height(),
+                        subtree: self.announced.values().cloned().collect(),
+                    };
+                    self.actions.push_back(Action::SendJoin(join));
+                }
+            }
+            Phase::Attaching { parent, since, .. } => {
+                if now > since + dead_after {
+                    self.actions.push_back(Action::CloseParent {
+                        reason: "no answer to attach".into(),
+                    });
+                    self.rejoin(
+                        now,
+                        JoinReason::ParentRefused {
+                            parent: parent.name,
+                            reason: "no answer to attach".into(),
+                        },
+                    );
+                }
+            }
+            Phase::Attached { parent, .. } => {
+                if now > self.parent_heard + dead_after {
+                    self.leave_parent(now, "silent for too long");
+                    self.rejoin(
+                        now,
+                        JoinReason::ParentLost {
+                            parent: parent.name,
+                        },
+                    );
+                } else if now >= self.parent_sent + self.cfg.heartbeat_ms {
+                    let depth = self.depth;
+                    self.to_parent(now, Msg::Heartbeat { depth });
+                }
+            }
+            Phase::Top => {}
+        }
+    }
+
+    // ----- Parent side of a link (this node is the child) ------------------------------------
+
+    /// Answer of the root to our join, or `Err` with a network error.
+    pub fn handle_join_reply(
+        &mut self,
+        now: u64,
+        reply: Result<Msg, String>,
+    ) -> Result<(), String> {
+        let Phase::Joining {
+            reason, attempt, ..
+        } = self.phase.clone()
+        else {
+            return Ok(()); // a late answer to an abandoned join
+        };
+        match reply {
+            Ok(Msg::Placed(Placement {
+                parent,
+                gen,
+                root_epoch,
+            })) => {
+                if parent.name == self.name || self.announced.contains_key(&parent.name) {
+                    // The root's view is stale: that parent is inside our own subtree.
+                    self.rejoin(
+                        now,
+                        JoinReason::ParentRefused {
+                            parent: parent.name,
+                            reason: "placed under its own subtree".into(),
+                        },
+                    );
+                    return Ok(());
+                }
+                self.root_epoch = root_epoch;
+                self.clear_pending();
+                let attach = Attach {
+                    name: self.name.clone(),
+                    addr: self.addr.clone(),
+                    gen,
+                    height: self.height(),
+                    subtree: self.announced.values().cloned().collect(),
+                };
+                self.phase = Phase::Attaching {
+                    parent: parent.clone(),
+                    gen,
+                    since: now,
+                };
+                self.actions.push_back(Action::ConnectParent {
+                    peer: parent,
+                    attach,
+                });
+                Ok(())
+            }
+            Ok(Msg::Retry { after_ms, .. }) => {
+                self.phase = Phase::Joining {
+                    reason,
+                    next_at: now + after_ms as u64,
+                    in_flight: false,
+                    attempt,
+                };
+                Ok(())
+            }
+            Ok(Msg::Refused { reason }) => Err(reason),
+            // An answer that makes no sense is treated like a network error: try again later.
+            Ok(_) | Err(_) => {
+                self.retry_later(now, reason, attempt);
+                Ok(())
+            }
+        }
+    }
+
+    fn retry_later(&mut self, now: u64, reason: JoinReason, attempt: u32) {
+        let backoff = self
+            .cfg
+            .join_backoff_min_ms
+            .saturating_mul(1u64 << attempt.min(16))
+            .min(self.cfg.join_backoff_max_ms);
+        // Spread retries of many agents (deterministically, from the name).
+        let jitter = fnv(&self.name) % (backoff / 4 + 1);
+        self.phase = Phase::Joining {
+            reason,
+            next_at: now + backoff + jitter,
+            in_flight: false,
+            attempt: attempt + 1,
+        };
+    }
+
+    /// The link to the parent (or the parent we were attaching to) failed.
+    pub fn handle_parent_failed(&mut self, now: u64, why: &str) {
+        match self.phase.clone() {
+            Phase::Attaching { parent, .. } => self.rejoin(
+                now,
+                JoinReason::ParentRefused {
+                    parent: parent.name,
+                    reason: why.to_string(),
+                },
+            ),
+            Phase::Attached { parent, .. } => {
+                self.leave_parent(now, why);
+                self.rejoin(
+                    now,
+                    JoinReason::ParentLost {
+                        parent: parent.name,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// A message from the parent (or from the parent we are attaching to).
+    pub fn handle_parent_msg(&mut self, now: u64, msg: Msg) {
+        match (&self.phase, msg) {
+            (Phase::Attaching { parent, gen, .. }, Msg::Accepted { depth, root_epoch }) => {
+                let (parent, gen) = (parent.clone(), *gen);
+                self.phase = Phase::Attached { parent, gen };
+                self.depth = depth;
+                self.root_epoch = root_epoch;
+                self.parent_heard = now;
+                self.last_sent_net = MetricSet::new();
+                // Give the new parent our values at once rather than a period later.
+                let report = Report {
+                    wave: self.wave,
+                    height: self.height(),
+                    net: self.net(),
+                };
+                self.last_sent_net = report.net.clone();
+                self.to_parent(now, Msg::Report(report));
+                // Changes below us since the attach was written.
+                self.flush_delta(now);
+            }
+            (Phase::Attaching { parent, .. }, Msg::Refused { reason }) => {
+                let parent = parent.name.clone();
+                self.actions.push_back(Action::CloseParent {
+                    reason: reason.clone(),
+                });
+                self.rejoin(now, JoinReason::ParentRefused { parent, reason });
+            }
+            (Phase::Attached { .. }, Msg::Heartbeat { depth }) => {
+                self.parent_heard = now;
+                self.depth = depth;
+            }
+            (Phase::Attached { .. }, Msg::Command(cmd)) => {
+                self.parent_heard = now;
+                self.handle_command(now, cmd);
+            }
+            (Phase::Attached { .. }, _) => self.parent_heard = now,
+            _ => {}
+        }
+    }
+
+    /// Leaves the current parent: what was last sent there stays counted there, so it becomes debt.
+    fn leave_parent(&mut self, _now: u64, reason: &str) {
+        let sent = std::mem::take(&mut self.last_sent_net);
+        self.debt.merge(&sent.cumulative());
+        self.actions.push_back(Action::CloseParent {
+            reason: reason.to_string(),
+        });
+    }
+
+    fn rejoin(&mut self, now: u64, reason: JoinReason) {
+        self.phase = Phase::Joining {
+            reason,
+            next_at: now,
+            in_flight: false,
+            attempt: 0,
+        };
+        // Nothing is sent upward while joining; the next attach carries the whole subtree.
+        self.clear_pending();
+        self.check_parent(now);
+    }
+
+    fn to_parent(&mut self, now: u64, msg: Msg) {
+        self.parent_sent = now;
+        self.actions.push_back(Action::ToParent(msg));
+    }
+
+    // ----- Child side of a link (this node is the parent) ------------------------------------
+
+    /// A child asks to attach. The shell has checked that its certificate carries `attach.name`.
+    /// Returns the answer to send on the child's stream.
+    pub fn handle_attach(&mut self, now: u64, attach: Attach) -> Msg {
+        if attach.name == self.name {
+            return Msg::Refused {
+                reason: "a node cannot attach to itself".into(),
+            };
+        }
+        if let Some(p) = self.parent() {
+            if p.name == attach.name {
+                return Msg::Refused {
+                    reason: format!("{} is this node's parent", attach.name),
+                };
+            }
+        }
+        if !self.children.contains_key(&attach.name) && self.children.len() >= 2 {
+            return Msg::Refused {
+                reason: format!("{} already has two children", self.name),
+            };
+        }
+        if self.children.contains_key(&attach.name) {
+            // The child came back before we noticed it had gone: settle the old link first.
+            self.lose_child(now, &attach.name, None, "re-attached");
+        }
+        let mut members: HashMap<String, Member> = attach
+            .subtree
+            .iter()
+            .filter(|m| m.name != self.name)
+            .map(|m| (m.name.clone(), m.clone()))
+            .collect();
+        members.insert(
+            attach.name.clone(),
+            Member {
+                name: attach.name.clone(),
+                parent: self.name.clone(),
+                addr: attach.addr.clone(),
+                gen: attach.gen,
+            },
+        );
+        let names: Vec<String> = members.keys().cloned().collect();
+        self.children.insert(
+            attach.name.clone(),
+            ChildLink {
+                height: attach.height,
+                last_heard: now,
+                last_sent: now,
+                members,
+                report: None,
+            },
+        );
+        self.refresh_union(now, names);
+        Msg::Accepted {
+            depth: self.depth + 1,
+            root_epoch: self.root_epoch,
+        }
+    }
+
+    /// A message from an attached child.
+    pub fn handle_child_msg(&mut self, now: u64, child: &str, msg: Msg) {
+        let Some(link) = self.children.get_mut(child) else {
+            return;
+        };
+        link.last_heard = now;
+        match msg {
+            Msg::Heartbeat { .. } => {}
+            Msg::Report(report) => {
+                link.height = report.height;
+                let newer = link.report.as_ref().is_none_or(|r| report.wave >= r.wave);
+                if newer {
+                    link.report = Some(report);
+                }
+                if !self.wave_sent && self.children_done() {
+                    self.send_wave(now, true);
+                }
+            }
+            Msg::Membership(delta) => self.apply_child_delta(now, child, delta),
+            Msg::Detach { last } => {
+                self.lose_child(now, child, Some(last), "moved");
+            }
+            Msg::Outcome(outcome) => self.handle_outcome(now, outcome),
+            _ => {}
+        }
+    }
+
+    /// The shell saw a child's link end.
+    pub fn handle_child_gone(&mut self, now: u64, child: &str, why: &str) {
+        if self.children.contains_key(child) {
+            self.lose_child(now, child, None, why);
+        }
+    }
+
+    fn lose_child(&mut self, now: u64, child: &str, handed_over: Option<MetricSet>, why: &str) {
+        let Some(link) = self.children.remove(child) else {
+            return;
+        };
+        // The child's last net values stay counted here; if it lives, it now owes them.
+        let kept = match handed_over {
+            Some(last) => last,
+            None => link.report.map(|r| r.net).unwrap_or_default(),
+        };
+        self.frozen.merge(&kept.cumulative());
+        if why != "moved" && why != "re-attached" {
+            self.pending_lost
+                .push((self.name.clone(), child.to_string()));
+        }
+        self.actions.push_back(Action::CloseChild {
+            child: child.to_string(),
+            reason: why.to_string(),
+        });
+        let names: Vec<String> = link.members.into_keys().collect();
+        self.refresh_union(now, names);
+        // Commands waiting on that subtree will time out at the root; nothing to do here.
+        if !self.wave_sent && self.children_done() {
+            self.send_wave(now, true);
+        }
+    }
+
+    fn apply_child_delta(&mut self, now: u64, child: &str, delta: MembershipDelta) {
+        let Some(link) = self.children.get_mut(child) else {
+            return;
+        };
+        let mut touched = Vec::with_capacity(delta.upsert.len() + delta.remove.len());
+        for m in delta.upsert {
+            if m.name == child || m.name == self.name {
+                continue; // a child does not re-place itself, nor us
+            }
+            touched.push(m.name.clone());
+            link.members.insert(m.name.clone(), m);
+        }
+        for name in delta.remove {
+            if name == child {
+                continue;
+            }
+            link.members.remove(&name);
+            touched.push(name);
+        }
+        self.pending_lost.extend(delta.lost);
+        self.refresh_union(now, touched);
+    }
+
+    /// Recomputes the union view for `names` and queues what changed for the parent.
+    fn refresh_union(&mut self, now: u64, names: Vec<String>) {
+        for name in names {
+            let best = self
+                .children
+                .values()
+                .filter_map(|c| c.members.get(&name))
+                .max_by_key(|m| m.gen)
+                .cloned();
+            match best {
+                Some(m) => {
+                    if self.announced.get(&name) != Some(&m) {
+                        self.announced.insert(name.clone(), m.clone());
+                        self.pending_members.insert(name, Some(m));
+                    }
+                }
+                None => {
+                    if self.announced.remove(&name).is_some() {
+                        self.pending_members.insert(name, None);
+                    }
+                }
+            }
+        }
+        self.flush_delta(now);
+    }
+
+    fn clear_pending(&mut self) {
+        self.pending_members.clear();
+        self.pending_lost.clear();
+    }
+
+    fn take_pending(&mut self) -> MembershipDelta {
+        let mut delta = MembershipDelta {
+            lost: std::mem::take(&mut self.pending_lost),
+            ..MembershipDelta::default()
+        };
+        for (name, m) in std::mem::take(&mut self.pending_members) {
+            match m {
+                Some(m) => delta.upsert.push(m),
+                None => delta.remove.push(name),
+            }
+        }
+        delta
+    }
+
+    fn flush_delta(&mut self, now: u64) {
+        if self.pending_members.is_empty() && self.pending_lost.is_empty() {
+            return;
+        }
+        match self.role {
+            Role::Root => {
+                let delta = self.take_pending();
+                self.lost_events.extend(delta.lost.iter().cloned());
+                self.membership_events.push_back(delta);
+            }
+            Role::Agent => match self.phase {
+                Phase::Attached { .. } => {
+                    let delta = self.take_pending();
+                    self.to_parent(now, Msg::Membership(delta));
+                }
+                // Sent once the parent accepts us: the attach already went out without them.
+                Phase::Attaching { .. } => {}
+                // The next attach carries the whole subtree; the root learns of losses from the
+                // orphans themselves.
+                _ => self.clear_pending(),
+            },
+        }
+    }
+
+    fn to_child(&mut self, now: u64, child: &str, msg: Msg) {
+        if let Some(link) = self.children.get_mut(child) {
+            link.last_sent = now;
+            self.actions.push_back(Action::ToChild {
+                child: child.to_string(),
+                msg,
+            });
+        }
+    }
+
+    // ----- Commands --------------------------------------------------------------------------
+
+    /// Root only: sends `body` to `targets`; the report comes out of [`Node::poll_command_report`].
+    pub fn start_command(&mut self, now: u64, targets: &[String], body: CommandBody) -> u64 {
+        let id = self.next_command_id;
+        self.next_command_id += 1;
+        let mut pending = PendingCommand {
+            body: body.clone(),
+            started: now,
+            deadline: now + self.cfg.command_timeout_ms,
+            waiting: BTreeSet::new(),
+            answers: BTreeMap::new(),
+            unreachable: BTreeSet::new(),
+        };
+        for t in targets {
+            if self.announced.contains_key(t) {
+                pending.waiting.insert(t.clone());
+            } else {
+                pending.unreachable.insert(t.clone());
+            }
+        }
+        let routed: Vec<String> = pending.waiting.iter().cloned().collect();
+        self.commands.insert(id, pending);
+        self.route_command(
+            now,
+            Command {
+                id,
+                targets: routed,
+                body,
+            },
+        );
+        self.finish_command_if_done(id);
+        id
+    }
+
+    fn handle_command(&mut self, now: u64, cmd: Command) {
+        let mine = cmd.targets.iter().any(|t| t == &self.name);
+        let unknown: Vec<String> = cmd
+            .targets
+            .iter()
+            .filter(|t| *t != &self.name && !self.announced.contains_key(*t))
+            .cloned()
+            .collect();
+        self.route_command(now, cmd.clone());
+        let mut results: Vec<(String, Result<Answer, String>)> = unknown
+            .into_iter()
+            .map(|t| (t, Err(format!("not below {}", self.name))))
+            .collect();
+        if mine {
+            let answer = self.execute(now, &cmd.body);
+            results.push((self.name.clone(), answer));
+        }
+        if !results.is_empty() {
+            self.to_parent(
+                now,
+                Msg::Outcome(Outcome {
+                    id: cmd.id,
+                    results,
+                }),
+            );
+        }
+        if mine {
+            if let CommandBody::Move { parent, gen } = cmd.body {
+                self.move_to(now, parent, gen);
+            }
+        }
+    }
+
+    /// Sends each child the part of the command whose targets live in its subtree.
+    fn route_command(&mut self, now: u64, cmd: Command) {
+        let mut per_child: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for t in &cmd.targets {
+            for (child, link) in &self.children {
+                if link.members.contains_key(t) {
+                    per_child.entry(child.clone()).or_default().push(t.clone());
+                    break;
+                }
+            }
+        }
+        for (child, targets) in per_child {
+            self.to_child(
+                now,
+                &child,
+                Msg::Command(Command {
+                    id: cmd.id,
+                    targets,
+                    body: cmd.body.clone(),
+                }),
+            );
+        }
+    }
+
+    fn execute(&mut self, _now: u64, body: &CommandBody) -> Result<Answer, String> {
+        match body {
+            CommandBody::Ping => Ok(Answer::Pong),
+            CommandBody::Move { parent, .. } => {
+                if !matches!(self.phase, Phase::Attached { .. }) {
+                    Err("not attached; it will be placed when it rejoins".into())
+                } else if parent.name == self.name || self.announced.contains_key(&parent.name) {
+                    Err(format!("{} is inside this node's subtree", parent.name))
+                } else {
+                    Ok(Answer::Moving)
+                }
+            }
+        }
+    }
+
+    /// Leaves the parent on purpose, handing over the last values, and attaches under `parent`.
+    fn move_to(&mut self, now: u64, parent: Peer, gen: u64) {
+        if !matches!(self.phase, Phase::Attached { .. })
+            || parent.name == self.name
+            || self.announced.contains_key(&parent.name)
+        {
+            return;
+        }
+        let last = self.net();
+        self.to_parent(now, Msg::Detach { last: last.clone() });
+        self.debt.merge(&last.cumulative());
+        self.last_sent_net = MetricSet::new();
+        self.actions.push_back(Action::CloseParent {
+            reason: "moved by the root".into(),
+        });
+        self.clear_pending();
+        let attach = Attach {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            gen,
+            height: self.height(),
+            subtree: self.announced.values().cloned().collect(),
+        };
+        self.phase = Phase::Attaching {
+            parent: parent.clone(),
+            gen,
+            since: now,
+        };
+        self.actions.push_back(Action::ConnectParent {
+            peer: parent,
+            attach,
+        });
+    }
+
+    fn handle_outcome(&mut self, now: u64, outcome: Outcome) {
+        match self.role {
+            Role::Agent => self.to_parent(now, Msg::Outcome(outcome)),
+            Role::Root => {
+                let id = outcome.id;
+                if let Some(p) = self.commands.get_mut(&id) {
+                    let rtt = now.saturating_sub(p.started);
+                    for (node, answer) in outcome.results {
+                        if p.waiting.remove(&node) {
+                            p.answers.insert(node, (answer, rtt));
+                        }
+                    }
+                }
+                self.finish_command_if_done(id);
+            }
+        }
+    }
+
+    fn finish_command_if_done(&mut self, id: u64) {
+        if self.commands.get(&id).is_some_and(|p| p.waiting.is_empty()) {
+            if let Some(p) = self.commands.remove(&id) {
+                self.finished_commands.push_back(CommandReport {
+                    id,
+                    body: p.body,
+                    answers: p.answers,
+                    unreachable: p.unreachable,
+                });
+            }
+        }
+    }
+
+    fn expire_commands(&mut self, now: u64) {
+        let expired: Vec<u64> = self
+            .commands
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(mut p) = self.commands.remove(&id) {
+                p.unreachable.append(&mut p.waiting);
+                self.finished_commands.push_back(CommandReport {
+                    id,
+                    body: p.body,
+                    answers: p.answers,
+                    unreachable: p.unreachable,
+                });
+            }
+        }
+    }
+}
+
+/// FNV-1a, for deterministic jitter.
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

@@ -1,0 +1,729 @@
+//! The placement authority: where each agent goes in the tree, and how the tree heals.
+//!
+//! A deterministic state machine like [`banyan_agent::tree::Node`]: joins, membership changes and
+//! `now` go in; answers to joins and leaf moves come out. It keeps the root's model of the whole
+//! tree, fed by the membership changes that reach the root and by its own decisions.
+//!
+//! - **Fresh agents** go under the shallowest live node with fewer than two children
+//!   (breadth first), at once.
+//! - **Orphans** (agents whose parent was lost, with their subtrees) are held for a short heal
+//!   window, so that every orphan of one failure is placed together, tallest subtree first, each in
+//!   the shallowest free slot. When two or more orphans compete and the next free slot is deeper,
+//!   a leaf from the bottom of the tree is first moved into the shallow slot ("promoted"), which
+//!   turns one slot at depth d into two at depth d + 1. That is how a dead inner node is replaced
+//!   without moving anyone's subtree down, so the depth stays near log2(N).
+//! - A node that left the tree and does not come back within `stale_after_ms` is **stale**: kept in
+//!   the topology (and its counts in the totals) but marked as such.
+
+use banyan_protocol::wire::{
+    Join, JoinReason, Member, MembershipDelta, Msg, Peer, Placement as Placed,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+#[derive(Debug, Clone)]
+pub struct PlacementConfig {
+    /// How long orphans are collected before they are placed together.
+    pub heal_window_ms: u64,
+    /// How long a node that left the tree may take to come back before it is marked stale.
+    pub stale_after_ms: u64,
+    /// How long a placement may stay unconfirmed (the agent never attached) before it is dropped.
+    pub pending_ttl_ms: u64,
+    /// How often the tree is compacted: leaves deeper than a free slot plus one move up into it.
+    pub rebalance_every_ms: u64,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            heal_window_ms: 400,
+            stale_after_ms: 8000,
+            pending_ttl_ms: 6000,
+            rebalance_every_ms: 1000,
+        }
+    }
+}
+
+/// Where a node stands in the root's model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Seen in the tree's membership.
+    Attached,
+    /// Placed by the root, not yet seen attached.
+    Pending { until: u64 },
+    /// Left the tree (lost, or moving); waiting for it to come back.
+    Detached { since: u64 },
+    /// Left and did not come back.
+    Stale { since: u64 },
+}
+
+impl Status {
+    pub fn is_live(&self) -> bool {
+        matches!(self, Status::Attached | Status::Pending { .. })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TNode {
+    parent: Option<String>,
+    children: BTreeSet<String>,
+    depth: u32,
+    addr: String,
+    gen: u64,
+    status: Status,
+    /// Held by an orphan join that is waiting for the heal window: never a candidate parent.
+    in_transit: bool,
+}
+
+/// One node as the topology API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    pub parent: Option<String>,
+    pub depth: u32,
+    pub children: Vec<String>,
+    pub addr: String,
+    pub status: Status,
+}
+
+#[derive(Debug)]
+struct Held {
+    ticket: u64,
+    join: Join,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Placement {
+    root: String,
+    root_addr: String,
+    epoch: u64,
+    cfg: PlacementConfig,
+    next_gen: u64,
+    nodes: HashMap<String, TNode>,
+    /// Live nodes with a free child slot, shallowest first.
+    free: BTreeSet<(u32, String)>,
+    /// Attached leaves, deepest first.
+    leaves: BTreeSet<(Reverse<u32>, String)>,
+    /// Depths and indexes need a rebuild before the next decision.
+    dirty: bool,
+    held: Vec<Held>,
+    window_close: Option<u64>,
+    decisions: VecDeque<(u64, Msg)>,
+    moves: VecDeque<(String, Peer, u64)>,
+    next_rebalance: u64,
+    /// Counters for benchmarks and logs.
+    pub promotions: u64,
+    pub rebalance_moves: u64,
+}
+
+impl Placement {
+    pub fn new(root: &str, root_addr: &str, epoch: u64, cfg: PlacementConfig) -> Placement {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            root.to_string(),
+            TNode {
+                parent: None,
+                children: BTreeSet::new(),
+                depth: 0,
+                addr: root_addr.to_string(),
+                gen: 0,
+                status: Status::Attached,
+                in_transit: false,
+            },
+        );
+        let mut p = Placement {
+            root: root.to_string(),
+            root_addr: root_addr.to_string(),
+            epoch,
+            cfg,
+            next_gen: 1,
+            nodes,
+            free: BTreeSet::new(),
+            leaves: BTreeSet::new(),
+            dirty: true,
+            held: Vec::new(),
+            window_close: None,
+            decisions: VecDeque::new(),
+            moves: VecDeque::new(),
+            next_rebalance: 0,
+            promotions: 0,
+            rebalance_moves: 0,
+        };
+        p.rebuild();
+        p
+    }
+
+    /// Answers to joins: `(ticket, Placed | Retry | Refused)`.
+    pub fn poll_decision(&mut self) -> Option<(u64, Msg)> {
+        self.decisions.pop_front()
+    }
+
+    /// Leaves to move: `(node, new parent, generation)`; the root sends them a `Move` command.
+    pub fn poll_move(&mut self) -> Option<(String, Peer, u64)> {
+        self.moves.pop_front()
+    }
+
+    pub fn next_timeout(&self) -> u64 {
+        let mut t = self.window_close.unwrap_or(self.next_rebalance);
+        for n in self.nodes.values() {
+            match n.status {
+                Status::Pending { until } => t = t.min(until),
+                Status::Detached { since } => t = t.min(since + self.cfg.stale_after_ms),
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// Live (attached or placed) agents, the root excluded.
+    pub fn live_count(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|(n, t)| *n != &self.root && t.status.is_live())
+            .count()
+    }
+
+    /// Everything the root knows, for the topology API.
+    pub fn view(&mut self) -> Vec<NodeView> {
+        if self.dirty {
+            self.rebuild();
+        }
+        let mut out: Vec<NodeView> = self
+            .nodes
+            .iter()
+            .map(|(name, t)| NodeView {
+                name: name.clone(),
+                parent: t.parent.clone(),
+                depth: t.depth,
+                children: t.children.iter().cloned().collect(),
+                addr: t.addr.clone(),
+                status: t.status,
+            })
+            .collect();
+        out.sort_by(|a, b| (a.depth, &a.name).cmp(&(b.depth, &b.name)));
+        out
+    }
+
+    pub fn status(&self, name: &str) -> Option<Status> {
+        self.nodes.get(name).map(|t| t.status)
+    }
+
+    pub fn depth_of(&mut self, name: &str) -> Option<u32> {
+        if self.dirty {
+            self.rebuild();
+        }
+        self.nodes
+            .get(name)
+            .filter(|t| t.status.is_live())
+            .map(|t| t.depth)
+    }
+
+    // ----- Inputs ----------------------------------------------------------------------------
+
+    /// An agent asks for a place. The shell has checked its certificate names `join.name`.
+    pub fn handle_join(&mut self, now: u64, ticket: u64, join: Join) {
+        if join.name == self.root {
+            self.decisions.push_back((
+                ticket,
+                Msg::Refused {
+                    reason: format!("the name {} is the root's", self.root),
+                },
+            ));
+            return;
+        }
+        // What the orphan brings is its subtree: learn its shape, and keep all of it out of the
+        // candidate parents until it is placed (placing a node under its own subtree is a cycle).
+        for m in &join.subtree {
+            if m.name == self.root || m.name == join.name {
+                continue;
+            }
+            self.learn_member(now, m, false);
+            // Their status stays what the membership says: whether they are seen attached is for
+            // the membership to tell, which may already show them under their new place.
+            if let Some(t) = self.nodes.get_mut(&m.name) {
+                t.in_transit = true;
+            }
+        }
+        self.ensure(&join.name, &join.addr);
+        self.detach_structurally(&join.name);
+        if let Some(t) = self.nodes.get_mut(&join.name) {
+            t.addr = join.addr.clone();
+            t.in_transit = true;
+            t.status = Status::Detached { since: now };
+        }
+        self.dirty = true;
+        let fresh = matches!(join.reason, JoinReason::Fresh);
+        if fresh && self.window_close.is_none() {
+            self.place(now, ticket, &join);
+        } else {
+            self.held.push(Held { ticket, join });
+            self.window_close
+                .get_or_insert(now + self.cfg.heal_window_ms);
+        }
+    }
+
+    /// A change to the tree's membership, as it reached the root.
+    pub fn handle_membership(&mut self, now: u64, delta: &MembershipDelta) {
+        for m in &delta.upsert {
+            self.learn_member(now, m, true);
+        }
+        for name in &delta.remove {
+            if name == &self.root {
+                continue;
+            }
+            // A node we just placed may still be draining out of its old path: its new parent
+            // will confirm it (or the placement expires).
+            if matches!(self.status(name), Some(Status::Pending { .. })) {
+                continue;
+            }
+            self.detach_structurally(name);
+            if let Some(t) = self.nodes.get_mut(name) {
+                t.status = Status::Detached { since: now };
+            }
+            self.dirty = true;
+        }
+        if !delta.lost.is_empty() {
+            // Orphans of this loss will ask for places within moments: collect them together.
+            self.window_close
+                .get_or_insert(now + self.cfg.heal_window_ms);
+        }
+    }
+
+    /// Sets a node back to what the tree's membership says of it (`None`: not in the tree), after
+    /// a placement that did not happen: a move that failed, a placement never confirmed.
+    pub fn resync(&mut self, now: u64, name: &str, member: Option<&Member>) {
+        if name == self.root {
+            return;
+        }
+        match member {
+            Some(m) => {
+                if let Some(t) = self.nodes.get_mut(name) {
+                    t.gen = m.gen;
+                }
+                self.learn_member(now, m, true);
+            }
+            None => {
+                self.detach_structurally(name);
+                if let Some(t) = self.nodes.get_mut(name) {
+                    t.status = Status::Detached { since: now };
+                    t.in_transit = false;
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Placements whose time ran out; the caller resyncs them from the membership.
+    pub fn expired_placements(&self, now: u64) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, t)| matches!(t.status, Status::Pending { until } if now >= until))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    pub fn on_timeout(&mut self, now: u64) {
+        if self.window_close.is_some_and(|t| now >= t) {
+            self.window_close = None;
+            self.close_window(now);
+        }
+        if self.window_close.is_none() && now >= self.next_rebalance {
+            self.next_rebalance = now + self.cfg.rebalance_every_ms;
+            self.rebalance(now);
+        }
+        let mut changed = false;
+        for t in self.nodes.values_mut() {
+            match t.status {
+                Status::Detached { since } if now >= since + self.cfg.stale_after_ms => {
+                    t.status = Status::Stale { since: now };
+                    t.in_transit = false;
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            let expired: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|(_, t)| !t.status.is_live() && t.parent.is_some())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in expired {
+                self.detach_structurally(&n);
+            }
+            self.dirty = true;
+        }
+    }
+
+    // ----- Model upkeep ----------------------------------------------------------------------
+
+    fn ensure(&mut self, name: &str, addr: &str) {
+        self.nodes.entry(name.to_string()).or_insert_with(|| TNode {
+            parent: None,
+            children: BTreeSet::new(),
+            depth: 0,
+            addr: addr.to_string(),
+            gen: 0,
+            status: Status::Detached { since: 0 },
+            in_transit: false,
+        });
+    }
+
+    /// Takes a member's word for where it is (when its placement is at least as new as ours).
+    fn learn_member(&mut self, now: u64, m: &Member, attached: bool) {
+        if m.name == self.root {
+            return;
+        }
+        self.next_gen = self.next_gen.max(m.gen + 1);
+        self.ensure(&m.name, &m.addr);
+        self.ensure(&m.parent, "");
+        let Some(t) = self.nodes.get(&m.name) else {
+            return;
+        };
+        if m.gen < t.gen {
+            return; // an older placement still draining out of some path
+        }
+        let same_place = t.parent.as_deref() == Some(m.parent.as_str());
+        if !same_place {
+            self.detach_structurally(&m.name);
+            if let Some(p) = self.nodes.get_mut(&m.parent) {
+                p.children.insert(m.name.clone());
+            }
+            self.dirty = true;
+        }
+        if let Some(t) = self.nodes.get_mut(&m.name) {
+            t.parent = Some(m.parent.clone());
+            t.addr = m.addr.clone();
+            t.gen = m.gen;
+            if attached {
+                if !matches!(t.status, Status::Attached) {
+                    self.dirty = true;
+                }
+                t.status = Status::Attached;
+                t.in_transit = false;
+            } else if !t.status.is_live() {
+                t.status = Status::Detached { since: now };
+            }
+        }
+    }
+
+    fn detach_structurally(&mut self, name: &str) {
+        let parent = self.nodes.get_mut(name).and_then(|t| t.parent.take());
+        if let Some(p) = parent {
+            if let Some(pt) = self.nodes.get_mut(&p) {
+                pt.children.remove(name);
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// Recomputes depths from the root and the free-slot and leaf indexes. O(N); done only after
+    /// changes the incremental path does not cover (losses, moves, restarts).
+    fn rebuild(&mut self) {
+        self.free.clear();
+        self.leaves.clear();
+        let mut queue = VecDeque::new();
+        queue.push_back((self.root.clone(), 0u32));
+        let mut seen = 0usize;
+        while let Some((name, depth)) = queue.pop_front() {
+            seen += 1;
+            if seen > self.nodes.len() {
+                break; // a cycle in a stale model must not hang the root
+            }
+            let Some(t) = self.nodes.get_mut(&name) else {
+                continue;
+            };
+            t.depth = depth;
+            let live_children: Vec<String> = t.children.iter().cloned().collect();
+            let mut kids = 0;
+            for c in live_children {
+                if self.nodes.get(&c).is_some_and(|ct| ct.status.is_live()) {
+                    kids += 1;
+                    queue.push_back((c, depth + 1));
+                }
+            }
+            self.index(&name, kids);
+        }
+        self.dirty = false;
+    }
+
+    fn index(&mut self, name: &str, live_children: usize) {
+        let Some(t) = self.nodes.get(name) else {
+            return;
+        };
+        if !t.status.is_live() || t.in_transit {
+            return;
+        }
+        if live_children < 2 {
+            self.free.insert((t.depth, name.to_string()));
+        }
+        if live_children == 0 && name != self.root && matches!(t.status, Status::Attached) {
+            self.leaves.insert((Reverse(t.depth), name.to_string()));
+        }
+    }
+
+    fn unindex(&mut self, name: &str) {
+        if let Some(t) = self.nodes.get(name) {
+            self.free.remove(&(t.depth, name.to_string()));
+            self.leaves.remove(&(Reverse(t.depth), name.to_string()));
+        }
+    }
+
+    fn live_children(&self, name: &str) -> usize {
+        self.nodes.get(name).map_or(0, |t| {
+            t.children
+                .iter()
+                .filter(|c| self.nodes.get(*c).is_some_and(|ct| ct.status.is_live()))
+                .count()
+        })
+    }
+
+    /// Puts `name` under `parent` as a pending placement and keeps the indexes right.
+    fn attach_pending(&mut self, now: u64, name: &str, parent: &str) -> u64 {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let old_parent = self.nodes.get(name).and_then(|t| t.parent.clone());
+        self.unindex(parent);
+        self.unindex(name);
+        if let Some(op) = &old_parent {
+            self.unindex(op);
+        }
+        self.detach_structurally(name);
+        let pdepth = self.nodes.get(parent).map_or(0, |t| t.depth);
+        if let Some(p) = self.nodes.get_mut(parent) {
+            p.children.insert(name.to_string());
+        }
+        if let Some(t) = self.nodes.get_mut(name) {
+            t.parent = Some(parent.to_string());
+            t.gen = gen;
+            t.status = Status::Pending {
+                until: now + self.cfg.pending_ttl_ms,
+            };
+            t.in_transit = false;
+            t.depth = pdepth + 1;
+        }
+        // Depths below a moved subtree change; the subtree members were kept out of the indexes
+        // while in transit, so a walk sets them right and indexes them.
+        self.redepth_subtree(name);
+        let kids = self.live_children(parent);
+        self.index(parent, kids);
+        if let Some(op) = old_parent {
+            let kids = self.live_children(&op);
+            self.index(&op, kids);
+        }
+        // Detaching may have set `dirty`; the incremental updates above keep the model exact.
+        self.dirty = false;
+        gen
+    }
+
+    fn redepth_subtree(&mut self, top: &str) {
+        let mut stack = vec![top.to_string()];
+        let mut guard = 0usize;
+        while let Some(name) = stack.pop() {
+            guard += 1;
+            if guard > self.nodes.len() {
+                break;
+            }
+            let Some(t) = self.nodes.get(&name) else {
+                continue;
+            };
+            let depth = t.depth;
+            let kids: Vec<String> = t.children.iter().cloned().collect();
+            self.unindex(&name);
+            for k in &kids {
+                self.unindex(k);
+                if let Some(kt) = self.nodes.get_mut(k) {
+                    kt.depth = depth + 1;
+                    kt.in_transit = false;
+                }
+                stack.push(k.clone());
+            }
+            let live = self.live_children(&name);
+            self.index(&name, live);
+        }
+    }
+
+    // ----- Decisions -------------------------------------------------------------------------
+
+    fn peer(&self, name: &str) -> Peer {
+        let addr = if name == self.root {
+            self.root_addr.clone()
+        } else {
+            self.nodes
+                .get(name)
+                .map_or(String::new(), |t| t.addr.clone())
+        };
+        Peer {
+            name: name.to_string(),
+            addr,
+        }
+    }
+
+    fn shallowest_free(&self, exclude: &str) -> Option<(u32, String)> {
+        self.free.iter().find(|(_, n)| n != exclude).cloned()
+    }
+
+    fn place(&mut self, now: u64, ticket: u64, join: &Join) {
+        if self.dirty {
+            self.rebuild();
+        }
+        let Some((_, slot)) = self.shallowest_free(&join.name) else {
+            self.decisions.push_back((
+                ticket,
+                Msg::Retry {
+                    after_ms: 500,
+                    reason: "no free place in the tree yet".into(),
+                },
+            ));
+            return;
+        };
+        let gen = self.attach_pending(now, &join.name, &slot);
+        let parent = self.peer(&slot);
+        self.decisions.push_back((
+            ticket,
+            Msg::Placed(Placed {
+                parent,
+                gen,
+                root_epoch: self.epoch,
+            }),
+        ));
+    }
+
+    fn close_window(&mut self, now: u64) {
+        let mut held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return;
+        }
+        if self.dirty {
+            self.rebuild();
+        }
+        // Tallest first: the biggest subtrees get the shallowest places.
+        held.sort_by(|a, b| {
+            (Reverse(a.join.height), &a.join.name).cmp(&(Reverse(b.join.height), &b.join.name))
+        });
+        // An agent may have asked twice (a retry after a timeout): answer each ticket, place once.
+        let mut placed: HashMap<String, Msg> = HashMap::new();
+        let total = held.len();
+        for (i, h) in held.into_iter().enumerate() {
+            if let Some(answer) = placed.get(&h.join.name) {
+                self.decisions.push_back((h.ticket, answer.clone()));
+                continue;
+            }
+            let remaining = total - i;
+            if remaining >= 2 {
+                self.promote_if_useful(now, &h.join.name);
+            }
+            let Some((_, slot)) = self.shallowest_free(&h.join.name) else {
+                self.decisions.push_back((
+                    h.ticket,
+                    Msg::Retry {
+                        after_ms: 500,
+                        reason: "no free place in the tree yet".into(),
+                    },
+                ));
+                continue;
+            };
+            let gen = self.attach_pending(now, &h.join.name, &slot);
+            let answer = Msg::Placed(Placed {
+                parent: self.peer(&slot),
+                gen,
+                root_epoch: self.epoch,
+            });
+            placed.insert(h.join.name.clone(), answer.clone());
+            self.decisions.push_back((h.ticket, answer));
+        }
+    }
+
+    /// Compacts the tree after failures: moves the deepest leaves into the shallowest free slots
+    /// while that makes them at least two levels shallower. Only leaves move, so no subtree is
+    /// disturbed; a bounded number per round keeps the churn low.
+    fn rebalance(&mut self, now: u64) {
+        if self.dirty {
+            self.rebuild();
+        }
+        let budget = 8 + self.nodes.len() / 256;
+        for _ in 0..budget {
+            let Some((Reverse(dl), leaf)) = self.leaves.iter().next().cloned() else {
+                return;
+            };
+            let Some((ds, slot)) = self.shallowest_free(&leaf) else {
+                return;
+            };
+            if dl <= ds + 1 {
+                return;
+            }
+            let gen = self.attach_pending(now, &leaf, &slot);
+            self.rebalance_moves += 1;
+            let parent = self.peer(&slot);
+            self.moves.push_back((leaf, parent, gen));
+        }
+    }
+
+    /// Turns the shallowest free slot into two one level down by moving a deep leaf into it, when
+    /// the next free slot is deeper than that.
+    fn promote_if_useful(&mut self, now: u64, orphan: &str) {
+        let mut slots = self.free.iter().filter(|(_, n)| n != orphan);
+        let Some((d0, s0)) = slots.next().cloned() else {
+            return;
+        };
+        let next = slots.next().map(|(d, _)| *d);
+        if next.is_some_and(|d| d <= d0 + 1) {
+            return;
+        }
+        let Some((_, leaf)) = self
+            .leaves
+            .iter()
+            .find(|(Reverse(d), n)| *d > d0 + 1 && n != &s0 && n != orphan)
+            .cloned()
+        else {
+            return;
+        };
+        let gen = self.attach_pending(now, &leaf, &s0);
+        self.promotions += 1;
+        let parent = self.peer(&s0);
+        self.moves.push_back((leaf, parent, gen));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(name: &str, reason: JoinReason) -> Join {
+        Join {
+            name: name.into(),
+            addr: format!("{name}:1337"),
+            reason,
+            height: 0,
+            subtree: vec![],
+        }
+    }
+
+    fn placed_parent(p: &mut Placement) -> String {
+        match p.poll_decision() {
+            Some((_, Msg::Placed(pl))) => pl.parent.name,
+            other => panic!("expected a placement, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fresh_agents_fill_the_tree_breadth_first() {
+        let mut p = Placement::new("root", "r:1", 7, PlacementConfig::default());
+        let mut parents = vec![];
+        for i in 0..6 {
+            p.handle_join(0, i, join(&format!("n{i}"), JoinReason::Fresh));
+            parents.push(placed_parent(&mut p));
+        }
+        assert_eq!(parents, ["root", "root", "n0", "n0", "n1", "n1"]);
+        assert_eq!(p.depth_of("n5"), Some(2));
+    }
+
+    #[test]
+    fn the_root_name_is_refused() {
+        let mut p = Placement::new("root", "r:1", 7, PlacementConfig::default());
+        p.handle_join(0, 1, join("root", JoinReason::Fresh));
+        assert!(matches!(p.poll_decision(), Some((1, Msg::Refused { .. }))));
+    }
+}

@@ -1,0 +1,763 @@
+//! A discrete-event simulator of the whole tree: one [`RootCore`] and thousands of agent
+//! [`Node`]s in one process, with virtual time, per-message latency, dead agents, cut hosts and a
+//! root that restarts. It drives exactly the state machines that the daemons run; only the
+//! sockets are replaced by a priority queue.
+//!
+//! Links behave like QUIC connections: each attach opens a new link, messages travel only on the
+//! link they were sent on, and a message to a dead or cut-off host is silently lost (as UDP is when
+//! a link goes down). Everything is seeded: the same seed replays the same run.
+
+use banyan_agent::tree::{Action, Node, Phase, TreeConfig};
+use banyan_protocol::metric::MetricSet;
+use banyan_protocol::wire::{Msg, ROOT_NAME};
+use banyan_root::core::{RootAction, RootCore};
+use banyan_root::placement::{PlacementConfig, Status};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+/// The counter every simulated agent reports; the harness knows its true value.
+pub const COUNTER: &str = "sim_work_total";
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    /// How long a connection attempt to an unreachable peer takes to fail.
+    pub connect_timeout_ms: u64,
+    pub tree: TreeConfig,
+    pub placement: PlacementConfig,
+    /// Count messages and bytes that reach the root (costs an encode per message).
+    pub measure_root_ingress: bool,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            latency_min_ms: 1,
+            latency_max_ms: 3,
+            connect_timeout_ms: 1000,
+            tree: TreeConfig::default(),
+            placement: PlacementConfig::default(),
+            measure_root_ingress: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum End {
+    Root,
+    Agent(usize),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Timer(End),
+    JoinArrive {
+        from: usize,
+        ticket: u64,
+        join: banyan_protocol::wire::Join,
+    },
+    JoinReply {
+        to: usize,
+        reply: Result<Msg, String>,
+    },
+    AttachArrive {
+        child: usize,
+        parent: End,
+        link: u64,
+        attach: banyan_protocol::wire::Attach,
+    },
+    AttachReply {
+        child: usize,
+        link: u64,
+        msg: Msg,
+    },
+    ConnectFailed {
+        child: usize,
+        link: u64,
+    },
+    Up {
+        link: u64,
+        child: usize,
+        parent: End,
+        msg: Msg,
+    },
+    Down {
+        link: u64,
+        child: usize,
+        msg: Msg,
+    },
+}
+
+struct SimAgent {
+    node: Node,
+    alive: bool,
+    value: f64,
+    /// Current link to the parent (attaching or attached).
+    link: Option<u64>,
+}
+
+/// Root ingress measured over a span of waves.
+#[derive(Debug, Default, Clone)]
+pub struct Ingress {
+    pub messages: u64,
+    pub bytes: u64,
+    pub report_messages: u64,
+    pub report_bytes: u64,
+}
+
+pub struct Sim {
+    cfg: SimConfig,
+    now: u64,
+    rng: StdRng,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Ev>,
+    scheduled: HashMap<End, u64>,
+    root: RootCore,
+    root_up: bool,
+    agents: Vec<SimAgent>,
+    names: HashMap<String, usize>,
+    cut: HashSet<usize>,
+    /// Live links: id -> (child, parent).
+    links: HashMap<u64, (usize, End)>,
+    /// (parent, child) -> link id, as the parent sees it.
+    child_links: HashMap<(End, usize), u64>,
+    next_link: u64,
+    next_ticket: u64,
+    tickets: HashMap<u64, usize>,
+    /// Last delivery time per (link, downward?): a link is an ordered stream, so nothing overtakes.
+    fifo: HashMap<(u64, bool), u64>,
+    epoch: u64,
+    pub ingress: Ingress,
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Sim {
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        let root = RootCore::new(
+            ROOT_NAME,
+            "root:1337",
+            cfg.tree.clone(),
+            cfg.placement.clone(),
+            MetricSet::new(),
+            1,
+            0,
+        );
+        let mut sim = Sim {
+            cfg,
+            now: 0,
+            rng,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            scheduled: HashMap::new(),
+            root,
+            root_up: true,
+            agents: Vec::new(),
+            names: HashMap::new(),
+            cut: HashSet::new(),
+            links: HashMap::new(),
+            child_links: HashMap::new(),
+            next_link: 1,
+            next_ticket: 1,
+            tickets: HashMap::new(),
+            fifo: HashMap::new(),
+            epoch: 1,
+            ingress: Ingress::default(),
+        };
+        sim.reschedule(End::Root);
+        sim
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.cfg.seed
+    }
+
+    pub fn name_of(i: usize) -> String {
+        format!("n{i}")
+    }
+
+    /// Starts `n` new agents now; returns their indexes.
+    pub fn add_agents(&mut self, n: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = self.agents.len();
+            let name = Self::name_of(i);
+            let node = Node::new_agent(
+                &name,
+                &format!("{name}:1337"),
+                self.cfg.tree.clone(),
+                self.now,
+            );
+            self.agents.push(SimAgent {
+                node,
+                alive: true,
+                value: 0.0,
+                link: None,
+            });
+            self.names.insert(name, i);
+            self.reschedule(End::Agent(i));
+            out.push(i);
+        }
+        out
+    }
+
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Agents that run and are not cut off.
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.agents.len())
+            .filter(|i| self.agents[*i].alive && !self.cut.contains(i))
+            .collect()
+    }
+
+    pub fn is_alive(&self, i: usize) -> bool {
+        self.agents[i].alive
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.agents[i].node
+    }
+
+    pub fn root(&mut self) -> &mut RootCore {
+        &mut self.root
+    }
+
+    /// Adds `by` to the counter of every live agent (between steps, so the tree is quiescent
+    /// when failures are injected).
+    pub fn bump_all(&mut self, by: impl Fn(usize) -> f64) {
+        for i in 0..self.agents.len() {
+            if self.agents[i].alive {
+                self.agents[i].value += by(i);
+                let mut own = MetricSet::new();
+                own.set_counter(COUNTER, self.agents[i].value);
+                self.agents[i].node.set_own(own);
+            }
+        }
+    }
+
+    /// The true sum: live agents' current values plus dead agents' values at death.
+    pub fn true_total(&self) -> f64 {
+        self.agents.iter().map(|a| a.value).sum()
+    }
+
+    pub fn root_total(&self) -> f64 {
+        self.root.totals().counter(COUNTER)
+    }
+
+    /// Kills an agent: it stops at once, its links go silent.
+    pub fn kill(&mut self, i: usize) {
+        self.agents[i].alive = false;
+        self.agents[i].link = None;
+    }
+
+    /// Cuts a host off the network (both directions), or restores it.
+    pub fn set_cut(&mut self, i: usize, cut: bool) {
+        if cut {
+            self.cut.insert(i);
+        } else {
+            self.cut.remove(&i);
+        }
+    }
+
+    /// Restarts the root: its state is gone except the counters it persisted (its totals at the
+    /// moment it stopped), every link to it breaks silently.
+    pub fn restart_root(&mut self) {
+        let persisted = self.root.totals().cumulative();
+        self.epoch += 1;
+        self.root = RootCore::new(
+            ROOT_NAME,
+            "root:1337",
+            self.cfg.tree.clone(),
+            self.cfg.placement.clone(),
+            persisted,
+            self.epoch,
+            self.now,
+        );
+        self.links.retain(|_, (_, p)| *p != End::Root);
+        self.child_links.retain(|(p, _), _| *p != End::Root);
+        self.root_up = true;
+        self.reschedule(End::Root);
+    }
+
+    /// Which agents are children of dead-or-alive inner positions, for choosing failures.
+    pub fn inner_agents(&self) -> Vec<usize> {
+        (0..self.agents.len())
+            .filter(|i| self.agents[*i].alive && self.agents[*i].node.children().next().is_some())
+            .collect()
+    }
+
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    // ----- Running -----------------------------------------------------------------------------
+
+    /// Runs until virtual time `t`.
+    pub fn run_until(&mut self, t: u64) {
+        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+            if at > t {
+                break;
+            }
+            self.queue.pop();
+            self.now = at;
+            if let Some(ev) = self.events.remove(&seq) {
+                self.dispatch(ev);
+            }
+        }
+        self.now = t;
+    }
+
+    pub fn run_for(&mut self, ms: u64) {
+        let t = self.now + ms;
+        self.run_until(t);
+    }
+
+    /// Runs in steps of `step_ms` until `done` holds or `limit_ms` passes; returns the time taken.
+    pub fn run_until_cond(
+        &mut self,
+        step_ms: u64,
+        limit_ms: u64,
+        mut done: impl FnMut(&mut Sim) -> bool,
+    ) -> Option<u64> {
+        let start = self.now;
+        while self.now - start <= limit_ms {
+            if done(self) {
+                return Some(self.now - start);
+            }
+            self.run_for(step_ms);
+        }
+        None
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.events.insert(self.seq, ev);
+        self.queue.push(Reverse((at, self.seq)));
+    }
+
+    fn latency(&mut self) -> u64 {
+        self.rng
+            .gen_range(self.cfg.latency_min_ms..=self.cfg.latency_max_ms)
+    }
+
+    /// Delivery time of a message on a link: after `lat`, but never before the previous one.
+    fn ordered(&mut self, link: u64, down: bool, lat: u64) -> u64 {
+        let last = self.fifo.entry((link, down)).or_insert(0);
+        let at = (self.now + lat).max(*last);
+        *last = at;
+        at
+    }
+
+    fn reachable(&self, a: End, b: End) -> bool {
+        let ok = |e: End| match e {
+            End::Root => self.root_up,
+            End::Agent(i) => self.agents[i].alive && !self.cut.contains(&i),
+        };
+        ok(a) && ok(b)
+    }
+
+    fn reschedule(&mut self, end: End) {
+        let t = match end {
+            End::Root => self.root.next_timeout(),
+            End::Agent(i) => {
+                if !self.agents[i].alive {
+                    return;
+                }
+                self.agents[i].node.next_timeout()
+            }
+        };
+        let t = t.max(self.now);
+        match self.scheduled.get(&end) {
+            Some(&s) if s <= t && s >= self.now => {}
+            _ => {
+                self.scheduled.insert(end, t);
+                self.push(t, Ev::Timer(end));
+            }
+        }
+    }
+
+    fn end_of(&self, name: &str) -> Option<End> {
+        if name == ROOT_NAME {
+            Some(End::Root)
+        } else {
+            self.names.get(name).map(|i| End::Agent(*i))
+        }
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Timer(end) => {
+                if self.scheduled.get(&end) != Some(&self.now) {
+                    return;
+                }
+                self.scheduled.remove(&end);
+                match end {
+                    End::Root => self.root.on_timeout(self.now),
+                    End::Agent(i) => {
+                        if !self.agents[i].alive {
+                            return;
+                        }
+                        self.agents[i].node.on_timeout(self.now);
+                    }
+                }
+                self.drain(end);
+            }
+            Ev::JoinArrive { from, ticket, join } => {
+                if !self.reachable(End::Root, End::Agent(from)) {
+                    return;
+                }
+                self.root.handle_join(self.now, ticket, join);
+                self.drain(End::Root);
+            }
+            Ev::JoinReply { to, reply } => {
+                if !self.agents[to].alive {
+                    return;
+                }
+                let _ = self.agents[to].node.handle_join_reply(self.now, reply);
+                self.drain(End::Agent(to));
+            }
+            Ev::AttachArrive {
+                child,
+                parent,
+                link,
+                attach,
+            } => {
+                if !self.reachable(parent, End::Agent(child)) || !self.links.contains_key(&link) {
+                    return;
+                }
+                let answer = match parent {
+                    End::Root => self.root.handle_attach(self.now, attach),
+                    End::Agent(p) => self.agents[p].node.handle_attach(self.now, attach),
+                };
+                if matches!(answer, Msg::Accepted { .. }) {
+                    self.child_links.insert((parent, child), link);
+                } else {
+                    self.links.remove(&link);
+                }
+                let lat = self.latency();
+                self.push(
+                    self.now + lat,
+                    Ev::AttachReply {
+                        child,
+                        link,
+                        msg: answer,
+                    },
+                );
+                self.drain(parent);
+            }
+            Ev::AttachReply { child, link, msg } => {
+                if !self.agents[child].alive || self.agents[child].link != Some(link) {
+                    return;
+                }
+                self.agents[child].node.handle_parent_msg(self.now, msg);
+                self.drain(End::Agent(child));
+            }
+            Ev::ConnectFailed { child, link } => {
+                if !self.agents[child].alive || self.agents[child].link != Some(link) {
+                    return;
+                }
+                self.agents[child].link = None;
+                self.links.remove(&link);
+                self.agents[child]
+                    .node
+                    .handle_parent_failed(self.now, "connection timed out");
+                self.drain(End::Agent(child));
+            }
+            Ev::Up {
+                link,
+                child,
+                parent,
+                msg,
+            } => {
+                if !self.reachable(parent, End::Agent(child))
+                    || self.child_links.get(&(parent, child)) != Some(&link)
+                {
+                    return;
+                }
+                let name = Self::name_of(child);
+                if let (Ok(w), Msg::Membership(d)) = (std::env::var("SIM_TRACE"), &msg) {
+                    if d.upsert.iter().any(|m| m.name == w) || d.remove.contains(&w) {
+                        eprintln!(
+                            "t={} {name} -> {parent:?}: up {:?} rm {}",
+                            self.now,
+                            d.upsert.iter().filter(|m| m.name == w).collect::<Vec<_>>(),
+                            d.remove.contains(&w)
+                        );
+                    }
+                }
+                match parent {
+                    End::Root => {
+                        if self.cfg.measure_root_ingress {
+                            let bytes =
+                                banyan_protocol::frame::encode(&msg).map_or(0, |b| b.len()) as u64;
+                            self.ingress.messages += 1;
+                            self.ingress.bytes += bytes;
+                            if matches!(msg, Msg::Report(_)) {
+                                self.ingress.report_messages += 1;
+                                self.ingress.report_bytes += bytes;
+                            }
+                        }
+                        self.root.handle_child_msg(self.now, &name, msg)
+                    }
+                    End::Agent(p) => self.agents[p].node.handle_child_msg(self.now, &name, msg),
+                }
+                self.drain(parent);
+            }
+            Ev::Down { link, child, msg } => {
+                if !self.agents[child].alive
+                    || self.cut.contains(&child)
+                    || self.agents[child].link != Some(link)
+                {
+                    return;
+                }
+                self.agents[child].node.handle_parent_msg(self.now, msg);
+                self.drain(End::Agent(child));
+            }
+        }
+    }
+
+    /// Carries out everything a node asked for.
+    fn drain(&mut self, end: End) {
+        match end {
+            End::Root => {
+                while let Some(a) = self.root.poll_action() {
+                    match a {
+                        RootAction::ReplyJoin { ticket, msg } => {
+                            if let Some(to) = self.ticket_owner(ticket) {
+                                if self.reachable(End::Root, End::Agent(to)) {
+                                    let lat = self.latency();
+                                    self.push(self.now + lat, Ev::JoinReply { to, reply: Ok(msg) });
+                                }
+                            }
+                        }
+                        RootAction::Node(action) => self.node_action(End::Root, action),
+                    }
+                }
+            }
+            End::Agent(i) => {
+                while let Some(a) = self.agents[i].node.poll_action() {
+                    self.node_action(End::Agent(i), a);
+                }
+            }
+        }
+        self.reschedule(end);
+    }
+
+    fn ticket_owner(&mut self, ticket: u64) -> Option<usize> {
+        self.tickets.remove(&ticket)
+    }
+
+    fn node_action(&mut self, from: End, action: Action) {
+        let lat = self.latency();
+        match (from, action) {
+            (End::Agent(i), Action::SendJoin(join)) => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                if self.reachable(End::Root, End::Agent(i)) {
+                    self.tickets.insert(ticket, i);
+                    self.push(
+                        self.now + lat,
+                        Ev::JoinArrive {
+                            from: i,
+                            ticket,
+                            join,
+                        },
+                    );
+                } else {
+                    let t = self.now + self.cfg.connect_timeout_ms;
+                    self.push(
+                        t,
+                        Ev::JoinReply {
+                            to: i,
+                            reply: Err("root unreachable".into()),
+                        },
+                    );
+                }
+            }
+            (End::Agent(i), Action::ConnectParent { peer, attach }) => {
+                let link = self.next_link;
+                self.next_link += 1;
+                self.agents[i].link = Some(link);
+                match self.end_of(&peer.name) {
+                    Some(parent) if self.reachable(parent, End::Agent(i)) => {
+                        self.links.insert(link, (i, parent));
+                        self.push(
+                            self.now + lat,
+                            Ev::AttachArrive {
+                                child: i,
+                                parent,
+                                link,
+                                attach,
+                            },
+                        );
+                    }
+                    _ => {
+                        let t = self.now + self.cfg.connect_timeout_ms;
+                        self.links.insert(link, (i, End::Root));
+                        self.push(t, Ev::ConnectFailed { child: i, link });
+                    }
+                }
+            }
+            (End::Agent(i), Action::ToParent(msg)) => {
+                if let Some(link) = self.agents[i].link {
+                    if let Some((_, parent)) = self.links.get(&link).copied() {
+                        let at = self.ordered(link, false, lat);
+                        self.push(
+                            at,
+                            Ev::Up {
+                                link,
+                                child: i,
+                                parent,
+                                msg,
+                            },
+                        );
+                    }
+                }
+            }
+            (End::Agent(i), Action::CloseParent { .. }) => {
+                if let Some(link) = self.agents[i].link.take() {
+                    self.links.remove(&link);
+                }
+            }
+            (from, Action::ToChild { child, msg }) => {
+                if let Some(&c) = self.names.get(&child) {
+                    if let Some(&link) = self.child_links.get(&(from, c)) {
+                        if self.reachable(from, End::Agent(c)) {
+                            let at = self.ordered(link, true, lat);
+                            self.push(
+                                at,
+                                Ev::Down {
+                                    link,
+                                    child: c,
+                                    msg,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            (from, Action::CloseChild { child, .. }) => {
+                if let Some(&c) = self.names.get(&child) {
+                    self.child_links.remove(&(from, c));
+                }
+            }
+            (End::Root, _) => {}
+        }
+    }
+
+    // ----- Invariants --------------------------------------------------------------------------
+
+    /// Checks the tree's invariants over every live agent; returns what is wrong.
+    pub fn check(&mut self, check_totals: bool) -> Result<TreeShape, String> {
+        let live = self.live();
+        let n = live.len();
+        let bound = ((n as f64 + 1.0).log2().ceil() as u32) + 2;
+        let mut max_depth = 0u32;
+        // Children counts from the parents' own state.
+        for &i in &live {
+            let c = self.agents[i].node.children().count();
+            if c > 2 {
+                return Err(format!("{} has {c} children", Self::name_of(i)));
+            }
+        }
+        if self.root.node.children().count() > 2 {
+            return Err("the root has more than two children".into());
+        }
+        for &i in &live {
+            let mut depth = 0u32;
+            let mut cur = i;
+            loop {
+                let node = &self.agents[cur].node;
+                let Some(parent) = node.parent() else {
+                    return Err(format!(
+                        "{} is not attached ({:?}) on the way up from {}",
+                        Self::name_of(cur),
+                        phase_name(node.phase()),
+                        Self::name_of(i)
+                    ));
+                };
+                depth += 1;
+                if depth as usize > self.agents.len() + 1 {
+                    return Err(format!("cycle above {}", Self::name_of(i)));
+                }
+                if parent.name == ROOT_NAME {
+                    if !self.root.node.children().any(|c| c == node.name()) {
+                        return Err(format!("the root does not list {} as a child", node.name()));
+                    }
+                    break;
+                }
+                let Some(&p) = self.names.get(&parent.name) else {
+                    return Err(format!("unknown parent {}", parent.name));
+                };
+                if !self.agents[p].alive || self.cut.contains(&p) {
+                    return Err(format!("{} hangs under lost {}", node.name(), parent.name));
+                }
+                if !self.agents[p].node.children().any(|c| c == node.name()) {
+                    return Err(format!(
+                        "{} does not list {} as a child",
+                        parent.name,
+                        node.name()
+                    ));
+                }
+                cur = p;
+            }
+            max_depth = max_depth.max(depth);
+            match self.root.placement.status(&Self::name_of(i)) {
+                Some(Status::Attached) => {}
+                other => {
+                    return Err(format!(
+                        "the root's model has {} as {other:?}",
+                        Self::name_of(i)
+                    ))
+                }
+            }
+        }
+        if max_depth > bound {
+            return Err(format!(
+                "depth {max_depth} exceeds the bound {bound} for {n} nodes"
+            ));
+        }
+        if check_totals {
+            let want = self.true_total();
+            let got = self.root_total();
+            if (want - got).abs() > 1e-6 * want.max(1.0) {
+                return Err(format!(
+                    "root total {got} != true total {want} (live and stale)"
+                ));
+            }
+        }
+        Ok(TreeShape {
+            live: n,
+            max_depth,
+            bound,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TreeShape {
+    pub live: usize,
+    pub max_depth: u32,
+    pub bound: u32,
+}
+
+fn phase_name(p: &Phase) -> &'static str {
+    match p {
+        Phase::Joining { .. } => "joining",
+        Phase::Attaching { .. } => "attaching",
+        Phase::Attached { .. } => "attached",
+        Phase::Top => "top",
+    }
+}
