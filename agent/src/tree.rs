@@ -459,7 +459,7 @@ impl Node {
                         net: self.net(),
                     };
                     self.last_sent_net = report.net.clone();
-                    self.to_parent(now, Msg::Report(report));
+                    self.send_parent(now, Msg::Report(report));
                 }
             }
         }
@@ -485,7 +485,7 @@ impl Node {
             .map(|(n, _)| n.clone())
             .collect();
         for child in due {
-            self.to_child(now, &child, Msg::Heartbeat { depth });
+            self.send_child(now, &child, Msg::Heartbeat { depth });
         }
     }
 
@@ -540,7 +540,7 @@ impl Node {
                     );
                 } else if now >= self.parent_sent + self.cfg.heartbeat_ms {
                     let depth = self.depth;
-                    self.to_parent(now, Msg::Heartbeat { depth });
+                    self.send_parent(now, Msg::Heartbeat { depth });
                 }
             }
             Phase::Top => {}
@@ -672,7 +672,7 @@ impl Node {
                     net: self.net(),
                 };
                 self.last_sent_net = report.net.clone();
-                self.to_parent(now, Msg::Report(report));
+                self.send_parent(now, Msg::Report(report));
                 // Changes below us since the attach was written.
                 self.flush_delta(now);
             }
@@ -717,7 +717,7 @@ impl Node {
         self.check_parent(now);
     }
 
-    fn to_parent(&mut self, now: u64, msg: Msg) {
+    fn send_parent(&mut self, now: u64, msg: Msg) {
         self.parent_sent = now;
         self.actions.push_back(Action::ToParent(msg));
     }
@@ -922,7 +922,7 @@ impl Node {
             Role::Agent => match self.phase {
                 Phase::Attached { .. } => {
                     let delta = self.take_pending();
-                    self.to_parent(now, Msg::Membership(delta));
+                    self.send_parent(now, Msg::Membership(delta));
                 }
                 // Sent once the parent accepts us: the attach already went out without them.
                 Phase::Attaching { .. } => {}
@@ -933,7 +933,7 @@ impl Node {
         }
     }
 
-    fn to_child(&mut self, now: u64, child: &str, msg: Msg) {
+    fn send_child(&mut self, now: u64, child: &str, msg: Msg) {
         if let Some(link) = self.children.get_mut(child) {
             link.last_sent = now;
             self.actions.push_back(Action::ToChild {
@@ -996,7 +996,7 @@ impl Node {
             results.push((self.name.clone(), answer));
         }
         if !results.is_empty() {
-            self.to_parent(
+            self.send_parent(
                 now,
                 Msg::Outcome(Outcome {
                     id: cmd.id,
@@ -1023,7 +1023,7 @@ impl Node {
             }
         }
         for (child, targets) in per_child {
-            self.to_child(
+            self.send_child(
                 now,
                 &child,
                 Msg::Command(Command {
@@ -1059,7 +1059,7 @@ impl Node {
             return;
         }
         let last = self.net();
-        self.to_parent(now, Msg::Detach { last: last.clone() });
+        self.send_parent(now, Msg::Detach { last: last.clone() });
         self.debt.merge(&last.cumulative());
         self.last_sent_net = MetricSet::new();
         self.actions.push_back(Action::CloseParent {
@@ -1086,7 +1086,7 @@ impl Node {
 
     fn handle_outcome(&mut self, now: u64, outcome: Outcome) {
         match self.role {
-            Role::Agent => self.to_parent(now, Msg::Outcome(outcome)),
+            Role::Agent => self.send_parent(now, Msg::Outcome(outcome)),
             Role::Root => {
                 let id = outcome.id;
                 if let Some(p) = self.commands.get_mut(&id) {

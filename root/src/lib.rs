@@ -7,4 +7,7 @@
 
 pub mod cli_nodeset;
 pub mod core;
+pub mod daemon;
+pub mod http;
 pub mod placement;
+pub mod state;

@@ -1,0 +1,106 @@
+//! What an agent measures of its own node each wave.
+//!
+//! For now: the agent's own counters and a text file of site values (one `name value` per line,
+//! like node_exporter's textfile collector; names ending in `_total` are counters, others gauges).
+//! The node collectors (CPU, memory, network, disks) arrive as more components behind the same
+//! [`Sampler`] call.
+
+use banyan_protocol::metric::MetricSet;
+use std::path::PathBuf;
+
+pub struct Sampler {
+    waves: u64,
+    started_ms: u64,
+    metrics_file: Option<PathBuf>,
+    file_error_reported: bool,
+}
+
+impl Sampler {
+    pub fn new(metrics_file: Option<PathBuf>, now_ms: u64) -> Sampler {
+        Sampler {
+            waves: 0,
+            started_ms: now_ms,
+            metrics_file,
+            file_error_reported: false,
+        }
+    }
+
+    /// One wave's sample of this node. Counters are cumulative since the agent started.
+    pub fn sample(&mut self, now_ms: u64) -> MetricSet {
+        self.waves += 1;
+        let mut set = MetricSet::new();
+        set.set_counter("banyan_agent_waves_total", self.waves as f64);
+        set.set_gauge(
+            "banyan_agent_uptime_seconds",
+            now_ms.saturating_sub(self.started_ms) as f64 / 1000.0,
+            now_ms,
+        );
+        set.set_gauge("banyan_agent_up", 1.0, now_ms);
+        if let Some(path) = &self.metrics_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    self.file_error_reported = false;
+                    parse_text(&text, now_ms, &mut set);
+                }
+                Err(e) => {
+                    if !self.file_error_reported {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot read the metrics file; other values are still reported");
+                        self.file_error_reported = true;
+                    }
+                }
+            }
+        }
+        set
+    }
+}
+
+/// Parses `name value` lines; bad lines are skipped (the file is the operator's, not ours).
+pub fn parse_text(text: &str, now_ms: u64, set: &mut MetricSet) {
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let valid = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && name.chars().next().is_some_and(|c| !c.is_ascii_digit());
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        if !valid || !v.is_finite() {
+            continue;
+        }
+        if name.ends_with("_total") {
+            if v >= 0.0 {
+                set.set_counter(name, v);
+            }
+        } else {
+            set.set_gauge(name, v, now_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_file_lines_become_counters_and_gauges() {
+        let mut set = MetricSet::new();
+        parse_text(
+            "# site values\njobs_done_total 12\nrack_temp 31.5\nbad line here\n9bad 1\nx_total -3\nnan_g NaN\n",
+            5,
+            &mut set,
+        );
+        assert_eq!(set.counter("jobs_done_total"), 12.0);
+        assert!(
+            matches!(set.get("rack_temp"), Some(banyan_protocol::metric::Value::Gauge(g)) if g.last == 31.5)
+        );
+        assert_eq!(set.len(), 2);
+    }
+}

@@ -1,0 +1,552 @@
+//! The agent's async shell: sockets and clocks in, [`Node`] decisions out.
+//!
+//! One task owns the [`Node`] and is the only one that touches it. Link tasks read frames and
+//! forward them as [`Event`]s; writes go through per-link channels. Everything the tree decides
+//! comes out of [`Node::poll_action`] and is carried out here, nowhere else.
+
+use crate::enrol::{self, EnrolError};
+use crate::sampler::Sampler;
+use crate::transport::{self, close, Framed, LinkError};
+use crate::tree::{Action, Node, Phase, TreeConfig};
+use banyan_protocol::identity::{ClientAuth, Identity, JoinToken};
+use banyan_protocol::wire::{Attach, Msg, Peer, ROOT_NAME};
+use quinn::Endpoint;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub root: SocketAddr,
+    pub token: Option<JoinToken>,
+    pub mesh: SocketAddr,
+    pub state_dir: Option<PathBuf>,
+    pub tree: TreeConfig,
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What link tasks tell the core.
+enum Event {
+    JoinReply(Result<Msg, LinkError>),
+    Parent {
+        link: u64,
+        msg: Option<Msg>,
+        why: String,
+    },
+    ChildAttach {
+        attach: Attach,
+        link: u64,
+        reply: oneshot::Sender<Msg>,
+        out: mpsc::UnboundedSender<Msg>,
+    },
+    Child {
+        name: String,
+        link: u64,
+        msg: Option<Msg>,
+        why: String,
+    },
+}
+
+/// Gets the node certificate: from the state dir, or by enrolling (retrying network errors with
+/// backoff, giving up at once on a refusal).
+pub async fn identity(cfg: &AgentConfig) -> Result<Identity, AgentError> {
+    if let Some(dir) = &cfg.state_dir {
+        match enrol::load(dir, &cfg.name, cfg.token.as_ref()) {
+            Ok(Some(id)) => {
+                info!(node = %cfg.name, dir = %dir.display(), "using the certificate in the state dir");
+                return Ok(id);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "re-enrolling"),
+        }
+    }
+    let Some(token) = &cfg.token else {
+        return Err(AgentError::Setup(
+            "no certificate in the state dir and no --token: give the join token printed by banyan-root".into(),
+        ));
+    };
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match enrol::enrol(cfg.root, token, &cfg.name).await {
+            Ok(id) => {
+                info!(node = %cfg.name, root = %cfg.root, "enrolled");
+                if let Some(dir) = &cfg.state_dir {
+                    if let Err(e) = enrol::save(dir, &id) {
+                        warn!(error = %e, "cannot keep the certificate; this agent will enrol again next start");
+                    }
+                }
+                return Ok(id);
+            }
+            Err(EnrolError::Refused(why)) => {
+                return Err(AgentError::Refused(format!(
+                    "cannot join root {}: {why}",
+                    cfg.root
+                )))
+            }
+            Err(EnrolError::Local(why)) => return Err(AgentError::Setup(why)),
+            Err(EnrolError::Network(why)) => {
+                warn!(root = %cfg.root, error = %why, retry_in_ms = delay.as_millis() as u64, "root unreachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves or the root refuses it.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let id = identity(&cfg).await?;
+    let ep = transport::endpoint(cfg.mesh, &id, ClientAuth::Required)
+        .map_err(|e| AgentError::Setup(e.to_string()))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(accept_loop(ep.clone(), tx.clone()));
+    let advertised = cfg.mesh.to_string();
+    let mut core = Core {
+        node: Node::new_agent(
+            &cfg.name,
+            &advertised,
+            cfg.tree.clone(),
+            transport::unix_ms(),
+        ),
+        sampler: Sampler::new(cfg.metrics_file.clone(), transport::unix_ms()),
+        cfg,
+        ep: ep.clone(),
+        tx,
+        parent: None,
+        children: HashMap::new(),
+        next_link: 1,
+        last_now: 0,
+        logged_phase: String::new(),
+    };
+    let result = core.run(rx, shutdown).await;
+    ep.close(close::DONE.into(), b"agent stopping");
+    result
+}
+
+struct Core {
+    cfg: AgentConfig,
+    node: Node,
+    sampler: Sampler,
+    ep: Endpoint,
+    tx: mpsc::UnboundedSender<Event>,
+    parent: Option<(u64, mpsc::UnboundedSender<Msg>)>,
+    children: HashMap<String, (u64, mpsc::UnboundedSender<Msg>)>,
+    next_link: u64,
+    last_now: u64,
+    logged_phase: String,
+}
+
+impl Core {
+    /// Wall-clock milliseconds (waves align to it across nodes), never going backwards.
+    fn now(&mut self) -> u64 {
+        self.last_now = self.last_now.max(transport::unix_ms());
+        self.last_now
+    }
+
+    async fn run(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        loop {
+            let now = self.now();
+            let wait = self.node.next_timeout().saturating_sub(now);
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return Ok(()) };
+                    self.handle(ev)?;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {
+                    let now = self.now();
+                    if now >= self.node.next_wave_at() {
+                        let own = self.sampler.sample(now);
+                        self.node.set_own(own);
+                    }
+                    self.node.on_timeout(now);
+                }
+            }
+            self.drain();
+            self.log_phase();
+        }
+    }
+
+    fn log_phase(&mut self) {
+        let text = match self.node.phase() {
+            Phase::Joining { .. } => "joining".to_string(),
+            Phase::Attaching { parent, .. } => format!("attaching to {}", parent.name),
+            Phase::Attached { parent, .. } => format!("attached to {}", parent.name),
+            Phase::Top => "top".to_string(),
+        };
+        if text != self.logged_phase {
+            info!(node = %self.cfg.name, depth = self.node.depth(), "{text}");
+            self.logged_phase = text;
+        }
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<(), AgentError> {
+        let now = self.now();
+        match ev {
+            Event::JoinReply(Ok(msg)) => {
+                if let Err(reason) = self.node.handle_join_reply(now, Ok(msg)) {
+                    return Err(AgentError::Refused(format!(
+                        "root {} refused this agent: {reason}",
+                        self.cfg.root
+                    )));
+                }
+            }
+            Event::JoinReply(Err(e)) => {
+                if e.is_auth_refusal() {
+                    return Err(AgentError::Refused(format!(
+                        "root {} refused this agent: {e}",
+                        self.cfg.root
+                    )));
+                }
+                debug!(error = %e, "join failed; will retry");
+                let _ = self.node.handle_join_reply(now, Err(e.to_string()));
+            }
+            Event::Parent { link, msg, why } => {
+                if self.parent.as_ref().map(|p| p.0) != Some(link) {
+                    return Ok(()); // an old link
+                }
+                match msg {
+                    Some(m) => self.node.handle_parent_msg(now, m),
+                    None => {
+                        info!(node = %self.cfg.name, reason = %why, "parent link ended");
+                        self.parent = None;
+                        self.node.handle_parent_failed(now, &why);
+                    }
+                }
+            }
+            Event::ChildAttach {
+                attach,
+                link,
+                reply,
+                out,
+            } => {
+                let name = attach.name.clone();
+                let answer = self.node.handle_attach(now, attach);
+                if matches!(answer, Msg::Accepted { .. }) {
+                    info!(node = %self.cfg.name, child = %name, "child attached");
+                    self.children.insert(name, (link, out));
+                }
+                let _ = reply.send(answer);
+            }
+            Event::Child {
+                name,
+                link,
+                msg,
+                why,
+            } => {
+                if self.children.get(&name).map(|c| c.0) != Some(link) {
+                    return Ok(());
+                }
+                match msg {
+                    Some(m) => self.node.handle_child_msg(now, &name, m),
+                    None => {
+                        info!(node = %self.cfg.name, child = %name, reason = %why, "child link ended");
+                        self.children.remove(&name);
+                        self.node.handle_child_gone(now, &name, &why);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.node.poll_action() {
+            match action {
+                Action::SendJoin(join) => {
+                    let (ep, root, tx) = (self.ep.clone(), self.cfg.root, self.tx.clone());
+                    tokio::spawn(async move {
+                        let reply = ask_root(&ep, root, Msg::Join(join)).await;
+                        let _ = tx.send(Event::JoinReply(reply));
+                    });
+                }
+                Action::ConnectParent { peer, attach } => {
+                    let link = self.next_link;
+                    self.next_link += 1;
+                    let (out_tx, out_rx) = mpsc::unbounded_channel();
+                    self.parent = Some((link, out_tx));
+                    let addr = self.peer_addr(&peer);
+                    let (ep, tx) = (self.ep.clone(), self.tx.clone());
+                    tokio::spawn(parent_link(ep, addr, peer, attach, link, tx, out_rx));
+                }
+                Action::ToParent(msg) => {
+                    if let Some((_, out)) = &self.parent {
+                        let _ = out.send(msg);
+                    }
+                }
+                Action::CloseParent { reason } => {
+                    debug!(reason = %reason, "closing parent link");
+                    self.parent = None;
+                }
+                Action::ToChild { child, msg } => {
+                    if let Some((_, out)) = self.children.get(&child) {
+                        let _ = out.send(msg);
+                    }
+                }
+                Action::CloseChild { child, reason } => {
+                    info!(node = %self.cfg.name, child = %child, reason = %reason, "child removed");
+                    self.children.remove(&child);
+                }
+            }
+        }
+    }
+
+    fn peer_addr(&self, peer: &Peer) -> Result<SocketAddr, String> {
+        if peer.name == ROOT_NAME {
+            return Ok(self.cfg.root);
+        }
+        peer.addr
+            .parse()
+            .map_err(|_| format!("{} has an unusable address {:?}", peer.name, peer.addr))
+    }
+}
+
+/// One request/answer exchange with the root on a fresh stream.
+async fn ask_root(ep: &Endpoint, root: SocketAddr, msg: Msg) -> Result<Msg, LinkError> {
+    let conn = transport::connect(ep, root, ROOT_NAME, None).await?;
+    let mut f = Framed::open(&conn, ROOT_NAME).await?;
+    f.send(&msg).await?;
+    // The root may hold an orphan's join for its heal window; allow for it.
+    let reply = tokio::time::timeout(Duration::from_secs(10), f.recv()).await;
+    let out = match reply {
+        Err(_) => Err(LinkError::Unreachable {
+            peer: ROOT_NAME.into(),
+            detail: "no answer to the join within 10 s".into(),
+        }),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(None)) => Err(LinkError::Broken {
+            peer: ROOT_NAME.into(),
+            detail: "closed the stream without answering".into(),
+        }),
+        Ok(Ok(Some(m))) => Ok(m),
+    };
+    transport::refuse(&conn, close::DONE, "done");
+    out
+}
+
+async fn parent_link(
+    ep: Endpoint,
+    addr: Result<SocketAddr, String>,
+    peer: Peer,
+    attach: Attach,
+    link: u64,
+    tx: mpsc::UnboundedSender<Event>,
+    mut out: mpsc::UnboundedReceiver<Msg>,
+) {
+    let fail = |why: String| {
+        let _ = tx.send(Event::Parent {
+            link,
+            msg: None,
+            why,
+        });
+    };
+    let addr = match addr {
+        Ok(a) => a,
+        Err(why) => return fail(why),
+    };
+    let conn = match transport::connect(&ep, addr, &peer.name, None).await {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut f = match Framed::open(&conn, &peer.name).await {
+        Ok(f) => f,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Err(e) = f.send(&Msg::Attach(attach)).await {
+        return fail(e.to_string());
+    }
+    let Framed {
+        mut send, mut recv, ..
+    } = f;
+    let writer_conn = conn.clone();
+    let name = peer.name.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out.recv().await {
+            if transport::write_msg(&mut send, &name, &msg).await.is_err() {
+                break;
+            }
+        }
+        // The core dropped this link (or it broke): end it for the peer too.
+        let _ = send.finish();
+        transport::refuse(&writer_conn, close::DONE, "link closed");
+    });
+    loop {
+        match transport::read_msg(&mut recv, &peer.name).await {
+            Ok(Some(msg)) => {
+                if tx
+                    .send(Event::Parent {
+                        link,
+                        msg: Some(msg),
+                        why: String::new(),
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(None) => {
+                fail(format!("{} closed the link", peer.name));
+                break;
+            }
+            Err(e) => {
+                if let LinkError::Frame { .. } = e {
+                    transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
+                }
+                fail(e.to_string());
+                break;
+            }
+        }
+    }
+    writer.abort();
+    conn.close(close::DONE.into(), b"link closed");
+}
+
+/// Accepts children (and refuses everyone else with a reason).
+async fn accept_loop(ep: Endpoint, tx: mpsc::UnboundedSender<Event>) {
+    let mut next_link: u64 = 1 << 40; // distinct from the parent links' numbers
+    while let Some(incoming) = ep.accept().await {
+        next_link += 1;
+        let tx = tx.clone();
+        let link = next_link;
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(peer = %remote, error = %e, "handshake failed");
+                    return;
+                }
+            };
+            if let Err(e) = serve_child(conn, link, tx).await {
+                debug!(peer = %remote, error = %e, "child connection ended");
+            }
+        });
+    }
+}
+
+async fn serve_child(
+    conn: quinn::Connection,
+    link: u64,
+    tx: mpsc::UnboundedSender<Event>,
+) -> Result<(), LinkError> {
+    let remote = conn.remote_address().to_string();
+    let Some(cert_name) = transport::peer_cert_name(&conn) else {
+        transport::refuse(
+            &conn,
+            close::AUTH,
+            "a certificate of this cluster is required",
+        );
+        return Ok(());
+    };
+    let mut f = match Framed::accept(&conn, &cert_name).await {
+        Ok(f) => f,
+        Err(e) => {
+            transport::refuse(&conn, close::PROTOCOL, &e.to_string());
+            return Err(e);
+        }
+    };
+    let attach = match f.recv().await {
+        Ok(Some(Msg::Attach(a))) => a,
+        Ok(Some(other)) => {
+            let why = format!("this agent only accepts attaches, not {}", other.kind());
+            transport::refuse(&conn, close::BAD_MESSAGE, &why);
+            return Ok(());
+        }
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
+            return Err(e);
+        }
+    };
+    if attach.name != cert_name {
+        let why = format!(
+            "certificate is for {cert_name}, not {}: a node cannot claim another node's name",
+            attach.name
+        );
+        warn!(peer = %remote, "{why}");
+        transport::refuse(&conn, close::AUTH, &why);
+        return Ok(());
+    }
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let name = attach.name.clone();
+    let _ = tx.send(Event::ChildAttach {
+        attach,
+        link,
+        reply: reply_tx,
+        out: out_tx,
+    });
+    let Ok(answer) = reply_rx.await else {
+        return Ok(());
+    };
+    f.send(&answer).await?;
+    if let Msg::Refused { reason } = &answer {
+        let _ = f.send.finish();
+        // Give the refusal a moment to arrive before the close overtakes it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        transport::refuse(&conn, close::REFUSED, reason);
+        return Ok(());
+    }
+    let Framed {
+        mut send, mut recv, ..
+    } = f;
+    let writer_conn = conn.clone();
+    let wname = name.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            if transport::write_msg(&mut send, &wname, &msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+        transport::refuse(&writer_conn, close::DONE, "link closed");
+    });
+    let why = loop {
+        match transport::read_msg(&mut recv, &name).await {
+            Ok(Some(msg)) => {
+                let _ = tx.send(Event::Child {
+                    name: name.clone(),
+                    link,
+                    msg: Some(msg),
+                    why: String::new(),
+                });
+            }
+            Ok(None) => break "closed by the child".to_string(),
+            Err(e) => {
+                if let LinkError::Frame { .. } = e {
+                    warn!(child = %name, error = %e, "bad frame; dropping the link");
+                    transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
+                }
+                break e.to_string();
+            }
+        }
+    };
+    let _ = tx.send(Event::Child {
+        name,
+        link,
+        msg: None,
+        why,
+    });
+    writer.abort();
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! QUIC links of the mesh: endpoints, connections and framed streams.
+//!
+//! Shared by the agent and the root. Every stream opens with both sides sending the 8-byte
+//! greeting; each side checks the other's, and a peer with another protocol version or no banyan
+//! magic is closed with an application error code and a reason any version can read. After that,
+//! each direction is a sequence of length-prefixed postcard frames ([`banyan_protocol::frame`]).
+
+use banyan_protocol::frame::{self, FrameError, Greeting};
+use banyan_protocol::identity::{self, ClientAuth, Identity};
+use banyan_protocol::wire::{Msg, PROTOCOL_VERSION};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Application close codes, so the other side can say precisely why it was dropped.
+pub mod close {
+    /// Orderly end of a link.
+    pub const DONE: u32 = 0;
+    /// The peer speaks another protocol version, or no banyan at all.
+    pub const PROTOCOL: u32 = 1;
+    /// Authentication refused: wrong token, foreign CA, certificate for another name.
+    pub const AUTH: u32 = 2;
+    /// A malformed, oversized or unexpected message.
+    pub const BAD_MESSAGE: u32 = 3;
+    /// Refused for another reason (a full parent, a stale placement).
+    pub const REFUSED: u32 = 4;
+}
+
+/// How long a connection attempt may take before the peer counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot reach {peer}: {detail}")]
+    Unreachable { peer: String, detail: String },
+    #[error("{peer} refused the connection: {reason}")]
+    Refused {
+        peer: String,
+        code: u32,
+        reason: String,
+    },
+    #[error("link to {peer} failed: {detail}")]
+    Broken { peer: String, detail: String },
+    #[error("{peer} sent a bad frame: {source}")]
+    Frame {
+        peer: String,
+        #[source]
+        source: FrameError,
+    },
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+impl LinkError {
+    /// Whether this is an authentication refusal (not worth retrying).
+    pub fn is_auth_refusal(&self) -> bool {
+        match self {
+            LinkError::Refused { code, .. } => *code == close::AUTH,
+            LinkError::Unreachable { detail, .. } | LinkError::Broken { detail, .. } => {
+                // A TLS alert from the peer: the certificate chain or name did not verify.
+                detail.contains("certificate") || detail.contains("crypto")
+            }
+            _ => false,
+        }
+    }
+}
+
+fn transport() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    // The tree detects dead peers itself within 3 s; QUIC's own idle timeout is a backstop that
+    // also frees connections of peers that vanished.
+    t.max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
+    t.keep_alive_interval(Some(Duration::from_millis(1000)));
+    Arc::new(t)
+}
+
+/// A mesh endpoint bound to `addr`, serving with `id` and connecting as `id`.
+pub fn endpoint(
+    addr: SocketAddr,
+    id: &Identity,
+    clients: ClientAuth,
+) -> Result<Endpoint, LinkError> {
+    let server = identity::server_config(id, clients).map_err(|e| LinkError::Tls(e.to_string()))?;
+    let server =
+        QuicServerConfig::try_from(Arc::new(server)).map_err(|e| LinkError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server.transport_config(transport());
+    let mut ep = Endpoint::server(server, addr).map_err(|e| LinkError::Unreachable {
+        peer: addr.to_string(),
+        detail: format!("cannot bind the mesh address: {e}"),
+    })?;
+    let client = identity::client_config(id).map_err(|e| LinkError::Tls(e.to_string()))?;
+    ep.set_default_client_config(client_config(client)?);
+    Ok(ep)
+}
+
+/// A client-only endpoint (for enrolment, or tools).
+pub fn client_endpoint(config: rustls::ClientConfig) -> Result<Endpoint, LinkError> {
+    let bind: SocketAddr = "0.0.0.0:0"
+        .parse()
+        .map_err(|e| LinkError::Tls(format!("{e}")))?;
+    let mut ep = Endpoint::client(bind).map_err(|e| LinkError::Unreachable {
+        peer: bind.to_string(),
+        detail: e.to_string(),
+    })?;
+    ep.set_default_client_config(client_config(config)?);
+    Ok(ep)
+}
+
+pub fn client_config(config: rustls::ClientConfig) -> Result<quinn::ClientConfig, LinkError> {
+    let crypto =
+        QuicClientConfig::try_from(Arc::new(config)).map_err(|e| LinkError::Tls(e.to_string()))?;
+    let mut c = quinn::ClientConfig::new(Arc::new(crypto));
+    c.transport_config(transport());
+    Ok(c)
+}
+
+/// Connects to `addr`, expecting its certificate to name `peer_name`.
+pub async fn connect(
+    ep: &Endpoint,
+    addr: SocketAddr,
+    peer_name: &str,
+    config: Option<quinn::ClientConfig>,
+) -> Result<Connection, LinkError> {
+    let connecting = match config {
+        Some(c) => ep.connect_with(c, addr, peer_name),
+        None => ep.connect(addr, peer_name),
+    }
+    .map_err(|e| LinkError::Unreachable {
+        peer: format!("{peer_name} at {addr}"),
+        detail: e.to_string(),
+    })?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => Err(LinkError::Unreachable {
+            peer: format!("{peer_name} at {addr}"),
+            detail: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        }),
+        Ok(Err(e)) => Err(conn_error(&format!("{peer_name} at {addr}"), e)),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
+/// Turns a connection error into a sentence that names the peer.
+pub fn conn_error(peer: &str, e: quinn::ConnectionError) -> LinkError {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close) => LinkError::Refused {
+            peer: peer.to_string(),
+            code: close.error_code.into_inner() as u32,
+            reason: String::from_utf8_lossy(&close.reason).into_owned(),
+        },
+        quinn::ConnectionError::TimedOut => LinkError::Unreachable {
+            peer: peer.to_string(),
+            detail: "timed out".into(),
+        },
+        other => LinkError::Broken {
+            peer: peer.to_string(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Closes a connection with a code and a reason the peer will print.
+pub fn refuse(conn: &Connection, code: u32, reason: &str) {
+    // QUIC carries the reason in the CONNECTION_CLOSE frame; keep it short enough to fit.
+    let reason: String = reason.chars().take(400).collect();
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+/// One direction-pair stream with greetings exchanged.
+pub struct Framed {
+    pub send: SendStream,
+    pub recv: RecvStream,
+    pub peer: String,
+}
+
+impl Framed {
+    /// Opens a stream on `conn` and exchanges greetings.
+    pub async fn open(conn: &Connection, peer: &str) -> Result<Framed, LinkError> {
+        let (send, recv) = conn.open_bi().await.map_err(|e| conn_error(peer, e))?;
+        let mut f = Framed {
+            send,
+            recv,
+            peer: peer.to_string(),
+        };
+        f.greet().await?;
+        Ok(f)
+    }
+
+    /// Accepts the next stream on `conn` and exchanges greetings.
+    pub async fn accept(conn: &Connection, peer: &str) -> Result<Framed, LinkError> {
+        let (send, recv) = conn.accept_bi().await.map_err(|e| conn_error(peer, e))?;
+        let mut f = Framed {
+            send,
+            recv,
+            peer: peer.to_string(),
+        };
+        f.greet().await?;
+        Ok(f)
+    }
+
+    async fn greet(&mut self) -> Result<(), LinkError> {
+        let ours = Greeting {
+            version: PROTOCOL_VERSION,
+        }
+        .encode();
+        self.send
+            .write_all(&ours)
+            .await
+            .map_err(|e| LinkError::Broken {
+                peer: self.peer.clone(),
+                detail: e.to_string(),
+            })?;
+        let mut theirs = [0u8; 8];
+        self.recv
+            .read_exact(&mut theirs)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        Greeting::check(&theirs, PROTOCOL_VERSION).map_err(|source| LinkError::Frame {
+            peer: self.peer.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    fn read_error(&self, e: quinn::ReadExactError) -> LinkError {
+        match e {
+            quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
+                conn_error(&self.peer, c)
+            }
+            quinn::ReadExactError::FinishedEarly(got) => LinkError::Frame {
+                peer: self.peer.clone(),
+                source: FrameError::Truncated { expected: 0, got },
+            },
+            other => LinkError::Broken {
+                peer: self.peer.clone(),
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    pub async fn send(&mut self, msg: &Msg) -> Result<(), LinkError> {
+        let bytes = frame::encode(msg).map_err(|source| LinkError::Frame {
+            peer: self.peer.clone(),
+            source,
+        })?;
+        self.send
+            .write_all(&bytes)
+            .await
+            .map_err(|e| LinkError::Broken {
+                peer: self.peer.clone(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Reads one message; `Ok(None)` when the peer finished the stream cleanly.
+    pub async fn recv(&mut self) -> Result<Option<Msg>, LinkError> {
+        read_msg(&mut self.recv, &self.peer).await
+    }
+}
+
+/// Reads one frame from a receive stream, checking the size before allocating.
+pub async fn read_msg(recv: &mut RecvStream, peer: &str) -> Result<Option<Msg>, LinkError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(got)) => {
+            return Err(LinkError::Frame {
+                peer: peer.to_string(),
+                source: FrameError::Truncated { expected: 4, got },
+            })
+        }
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c))) => {
+            return Err(conn_error(peer, c))
+        }
+        Err(e) => {
+            return Err(LinkError::Broken {
+                peer: peer.to_string(),
+                detail: e.to_string(),
+            })
+        }
+    }
+    let len = frame::body_len(prefix).map_err(|source| LinkError::Frame {
+        peer: peer.to_string(),
+        source,
+    })?;
+    let mut body = vec![0u8; len];
+    match recv.read_exact(&mut body).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(got)) => {
+            return Err(LinkError::Frame {
+                peer: peer.to_string(),
+                source: FrameError::Truncated { expected: len, got },
+            })
+        }
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c))) => {
+            return Err(conn_error(peer, c))
+        }
+        Err(e) => {
+            return Err(LinkError::Broken {
+                peer: peer.to_string(),
+                detail: e.to_string(),
+            })
+        }
+    }
+    frame::decode_body(&body)
+        .map(Some)
+        .map_err(|source| LinkError::Frame {
+            peer: peer.to_string(),
+            source,
+        })
+}
+
+/// Writes one message on a send stream.
+pub async fn write_msg(send: &mut SendStream, peer: &str, msg: &Msg) -> Result<(), LinkError> {
+    let bytes = frame::encode(msg).map_err(|source| LinkError::Frame {
+        peer: peer.to_string(),
+        source,
+    })?;
+    send.write_all(&bytes).await.map_err(|e| LinkError::Broken {
+        peer: peer.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// The node name in the verified certificate the peer presented, if any.
+pub fn peer_cert_name(conn: &Connection) -> Option<String> {
+    let any = conn.peer_identity()?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    let leaf = certs.first()?;
+    identity::peer_name(leaf.as_ref()).ok()
+}
+
+/// Milliseconds since the Unix epoch: the clock the tree's waves are aligned to.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

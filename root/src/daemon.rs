@@ -1,0 +1,491 @@
+//! The root's async shell: the mesh endpoint (enrolment, joins, child links) around [`RootCore`],
+//! and the channel through which the HTTP API reads the tree and sends commands.
+//!
+//! One task owns the [`RootCore`]; connection tasks and HTTP handlers talk to it with messages.
+
+use crate::core::{RootAction, RootCore};
+use crate::placement::{NodeView, PlacementConfig};
+use crate::state::RootState;
+use banyan_agent::transport::{self, close, Framed, LinkError};
+use banyan_agent::tree::{Action, CommandReport, TreeConfig, WaveDone};
+use banyan_protocol::identity::{validate_node_name, ClientAuth};
+use banyan_protocol::metric::MetricSet;
+use banyan_protocol::wire::{Attach, CommandBody, Join, Msg, ROOT_NAME};
+use quinn::Endpoint;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// What the HTTP API can ask of the core.
+pub enum ApiRequest {
+    Snapshot(oneshot::Sender<Snapshot>),
+    Command {
+        targets: Vec<String>,
+        body: CommandBody,
+        reply: oneshot::Sender<CommandReport>,
+    },
+}
+
+/// The tree as the root sees it at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub root: String,
+    pub epoch: u64,
+    pub nodes: Vec<NodeView>,
+    pub totals: MetricSet,
+    pub last_wave: Option<WaveDone>,
+    pub now_ms: u64,
+}
+
+enum Event {
+    Join {
+        join: Join,
+        reply: oneshot::Sender<Msg>,
+    },
+    ChildAttach {
+        attach: Attach,
+        link: u64,
+        reply: oneshot::Sender<Msg>,
+        out: mpsc::UnboundedSender<Msg>,
+    },
+    Child {
+        name: String,
+        link: u64,
+        msg: Option<Msg>,
+        why: String,
+    },
+    Api(ApiRequest),
+}
+
+/// A handle for the HTTP side.
+#[derive(Clone)]
+pub struct RootHandle {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl RootHandle {
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Event::Api(ApiRequest::Snapshot(tx))).ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn command(&self, targets: Vec<String>, body: CommandBody) -> Option<CommandReport> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Api(ApiRequest::Command {
+                targets,
+                body,
+                reply: tx,
+            }))
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+pub struct RootConfig {
+    pub mesh: SocketAddr,
+    pub tree: TreeConfig,
+}
+
+/// Starts the mesh side of the root; returns the handle for the API and the task running it.
+pub fn start(
+    cfg: RootConfig,
+    state: Arc<RootState>,
+) -> Result<(RootHandle, tokio::task::JoinHandle<()>), String> {
+    let ep = transport::endpoint(cfg.mesh, &state.identity, ClientAuth::Optional)
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(accept_loop(ep.clone(), tx.clone(), state.clone()));
+    let epoch = rand::random::<u64>() | 1;
+    let now = transport::unix_ms();
+    let core = RootCore::new(
+        ROOT_NAME,
+        "",
+        cfg.tree,
+        PlacementConfig::default(),
+        state.load_totals(),
+        epoch,
+        now,
+    );
+    let mut shell = Shell {
+        core,
+        state,
+        epoch,
+        tickets: HashMap::new(),
+        next_ticket: 1,
+        children: HashMap::new(),
+        commands: HashMap::new(),
+        last_wave: None,
+        last_now: now,
+    };
+    let task = tokio::spawn(async move {
+        shell.run(rx).await;
+        ep.close(close::DONE.into(), b"root stopping");
+    });
+    Ok((RootHandle { tx }, task))
+}
+
+struct Shell {
+    core: RootCore,
+    state: Arc<RootState>,
+    epoch: u64,
+    tickets: HashMap<u64, oneshot::Sender<Msg>>,
+    next_ticket: u64,
+    children: HashMap<String, (u64, mpsc::UnboundedSender<Msg>)>,
+    commands: HashMap<u64, oneshot::Sender<CommandReport>>,
+    last_wave: Option<WaveDone>,
+    last_now: u64,
+}
+
+impl Shell {
+    fn now(&mut self) -> u64 {
+        self.last_now = self.last_now.max(transport::unix_ms());
+        self.last_now
+    }
+
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        loop {
+            let now = self.now();
+            let wait = self.core.next_timeout().saturating_sub(now).min(1000);
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return };
+                    self.handle(ev);
+                }
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {
+                    let now = self.now();
+                    self.core.on_timeout(now);
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        let now = self.now();
+        match ev {
+            Event::Join { join, reply } => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                info!(node = %join.name, reason = ?join.reason, height = join.height, "join");
+                self.tickets.insert(ticket, reply);
+                self.core.handle_join(now, ticket, join);
+            }
+            Event::ChildAttach {
+                attach,
+                link,
+                reply,
+                out,
+            } => {
+                let name = attach.name.clone();
+                let answer = self.core.handle_attach(now, attach);
+                if matches!(answer, Msg::Accepted { .. }) {
+                    info!(child = %name, "child of the root attached");
+                    self.children.insert(name, (link, out));
+                }
+                let _ = reply.send(answer);
+            }
+            Event::Child {
+                name,
+                link,
+                msg,
+                why,
+            } => {
+                if self.children.get(&name).map(|c| c.0) != Some(link) {
+                    return;
+                }
+                match msg {
+                    Some(m) => self.core.handle_child_msg(now, &name, m),
+                    None => {
+                        info!(child = %name, reason = %why, "child link of the root ended");
+                        self.children.remove(&name);
+                        self.core.handle_child_gone(now, &name, &why);
+                    }
+                }
+            }
+            Event::Api(ApiRequest::Snapshot(reply)) => {
+                let snap = Snapshot {
+                    root: ROOT_NAME.to_string(),
+                    epoch: self.epoch,
+                    nodes: self.core.placement.view(),
+                    totals: self.core.totals(),
+                    last_wave: self.last_wave.clone(),
+                    now_ms: now,
+                };
+                let _ = reply.send(snap);
+            }
+            Event::Api(ApiRequest::Command {
+                targets,
+                body,
+                reply,
+            }) => {
+                let id = self.core.start_command(now, &targets, body);
+                self.commands.insert(id, reply);
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                RootAction::ReplyJoin { ticket, msg } => {
+                    if let Some(reply) = self.tickets.remove(&ticket) {
+                        let _ = reply.send(msg);
+                    }
+                }
+                RootAction::Node(Action::ToChild { child, msg }) => {
+                    if let Some((_, out)) = self.children.get(&child) {
+                        let _ = out.send(msg);
+                    }
+                }
+                RootAction::Node(Action::CloseChild { child, reason }) => {
+                    info!(child = %child, reason = %reason, "child of the root removed");
+                    self.children.remove(&child);
+                }
+                RootAction::Node(other) => debug!(action = ?other, "ignored at the root"),
+            }
+        }
+        while let Some(report) = self.core.poll_command_report() {
+            if let Some(reply) = self.commands.remove(&report.id) {
+                let _ = reply.send(report);
+            }
+        }
+        let mut newest = None;
+        while let Some(w) = self.core.poll_wave() {
+            newest = Some(w);
+        }
+        if let Some(w) = newest {
+            if let Err(e) = self.state.save_totals(&self.core.totals()) {
+                warn!(error = %e, "cannot keep the totals; a restart would lose counts");
+            }
+            self.last_wave = Some(w);
+        }
+    }
+}
+
+async fn accept_loop(ep: Endpoint, tx: mpsc::UnboundedSender<Event>, state: Arc<RootState>) {
+    let mut next_link: u64 = 1;
+    while let Some(incoming) = ep.accept().await {
+        next_link += 1;
+        let (tx, state, link) = (tx.clone(), state.clone(), next_link);
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    info!(peer = %remote, error = %e, "handshake refused");
+                    return;
+                }
+            };
+            if let Err(e) = serve(conn, link, tx, state).await {
+                debug!(peer = %remote, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// Serves one connection: enrolment (no certificate needed), a join, or a child link.
+async fn serve(
+    conn: quinn::Connection,
+    link: u64,
+    tx: mpsc::UnboundedSender<Event>,
+    state: Arc<RootState>,
+) -> Result<(), LinkError> {
+    let remote = conn.remote_address();
+    let cert_name = transport::peer_cert_name(&conn);
+    let label = cert_name.clone().unwrap_or_else(|| remote.to_string());
+    let mut f = match Framed::accept(&conn, &label).await {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(peer = %remote, error = %e, "refused a peer that does not speak this protocol");
+            transport::refuse(&conn, close::PROTOCOL, &e.to_string());
+            return Err(e);
+        }
+    };
+    let first = match f.recv().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            warn!(peer = %remote, error = %e, "refused a bad first message");
+            transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
+            return Err(e);
+        }
+    };
+    match (first, cert_name) {
+        (
+            Msg::Enrol {
+                name,
+                secret,
+                csr_der,
+            },
+            _,
+        ) => {
+            let answer = enrol(&state, &name, &secret, &csr_der);
+            match &answer {
+                Msg::Enrolled { .. } => info!(node = %name, peer = %remote, "enrolled"),
+                Msg::Refused { reason } => {
+                    warn!(node = %name, peer = %remote, %reason, "enrolment refused")
+                }
+                _ => {}
+            }
+            f.send(&answer).await?;
+            let _ = f.send.finish();
+            if let Msg::Refused { reason } = answer {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                transport::refuse(&conn, close::AUTH, &reason);
+            }
+            // The agent closes once it has the answer.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            Ok(())
+        }
+        (_, None) => {
+            transport::refuse(
+                &conn,
+                close::AUTH,
+                "no client certificate: enrol with the join token first",
+            );
+            Ok(())
+        }
+        (Msg::Join(mut join), Some(cert)) => {
+            if join.name != cert {
+                let why = format!(
+                    "certificate is for {cert}, not {}: a node cannot claim another node's name",
+                    join.name
+                );
+                warn!(peer = %remote, "{why}");
+                transport::refuse(&conn, close::AUTH, &why);
+                return Ok(());
+            }
+            join.addr = advertised(&join.addr, remote);
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let _ = tx.send(Event::Join {
+                join,
+                reply: reply_tx,
+            });
+            if let Ok(answer) = reply_rx.await {
+                f.send(&answer).await?;
+                let _ = f.send.finish();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            Ok(())
+        }
+        (Msg::Attach(attach), Some(cert)) => serve_child(conn, f, attach, cert, link, tx).await,
+        (other, Some(_)) => {
+            let why = format!("unexpected first message {}", other.kind());
+            transport::refuse(&conn, close::BAD_MESSAGE, &why);
+            Ok(())
+        }
+    }
+}
+
+/// The address children should use for this agent: what it advertised, with the address the root
+/// saw it connect from when it advertised an unspecified one (0.0.0.0).
+fn advertised(addr: &str, remote: SocketAddr) -> String {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => SocketAddr::new(remote.ip(), a.port()).to_string(),
+        Ok(a) => a.to_string(),
+        Err(_) => SocketAddr::new(remote.ip(), 1337).to_string(),
+    }
+}
+
+fn enrol(state: &RootState, name: &str, secret: &str, csr: &[u8]) -> Msg {
+    if !state.join_token.secret_matches(secret) {
+        return Msg::Refused {
+            reason: "wrong join secret: use the token printed by this cluster's banyan-root".into(),
+        };
+    }
+    if let Err(e) = validate_node_name(name) {
+        return Msg::Refused {
+            reason: format!("invalid node name {name:?}: {e}"),
+        };
+    }
+    match state.ca.sign_csr(csr, name) {
+        Ok(cert_der) => Msg::Enrolled { cert_der },
+        Err(e) => Msg::Refused {
+            reason: format!("cannot sign the certificate request: {e}"),
+        },
+    }
+}
+
+async fn serve_child(
+    conn: quinn::Connection,
+    f: Framed,
+    attach: Attach,
+    cert: String,
+    link: u64,
+    tx: mpsc::UnboundedSender<Event>,
+) -> Result<(), LinkError> {
+    if attach.name != cert {
+        let why = format!(
+            "certificate is for {cert}, not {}: a node cannot claim another node's name",
+            attach.name
+        );
+        transport::refuse(&conn, close::AUTH, &why);
+        return Ok(());
+    }
+    let name = attach.name.clone();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let _ = tx.send(Event::ChildAttach {
+        attach,
+        link,
+        reply: reply_tx,
+        out: out_tx,
+    });
+    let Ok(answer) = reply_rx.await else {
+        return Ok(());
+    };
+    let Framed {
+        mut send, mut recv, ..
+    } = f;
+    transport::write_msg(&mut send, &name, &answer).await?;
+    if let Msg::Refused { reason } = &answer {
+        let _ = send.finish();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        transport::refuse(&conn, close::REFUSED, reason);
+        return Ok(());
+    }
+    let writer_conn = conn.clone();
+    let wname = name.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            if transport::write_msg(&mut send, &wname, &msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+        transport::refuse(&writer_conn, close::DONE, "link closed");
+    });
+    let why = loop {
+        match transport::read_msg(&mut recv, &name).await {
+            Ok(Some(msg)) => {
+                let _ = tx.send(Event::Child {
+                    name: name.clone(),
+                    link,
+                    msg: Some(msg),
+                    why: String::new(),
+                });
+            }
+            Ok(None) => break "closed by the child".to_string(),
+            Err(e) => {
+                if let LinkError::Frame { .. } = e {
+                    warn!(child = %name, error = %e, "bad frame; dropping the link");
+                    transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
+                }
+                break e.to_string();
+            }
+        }
+    };
+    let _ = tx.send(Event::Child {
+        name,
+        link,
+        msg: None,
+        why,
+    });
+    writer.abort();
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The root's state dir: the cluster CA, the root's certificate, the join and admin tokens, and the
+//! counters kept across restarts.
+//!
+//! First start creates everything (secrets readable by the owner only) and says so; later starts
+//! load it. The join token is `<state>/join-token`, the admin token `<state>/admin-token`.
+
+use banyan_agent::enrol::write_private;
+use banyan_protocol::identity::{ClusterCa, Identity, JoinToken};
+use banyan_protocol::metric::MetricSet;
+use banyan_protocol::wire::ROOT_NAME;
+use std::path::{Path, PathBuf};
+
+pub struct RootState {
+    pub dir: PathBuf,
+    pub ca: ClusterCa,
+    pub identity: Identity,
+    pub join_token: JoinToken,
+    pub admin_token: String,
+    /// True when this start created the state.
+    pub created: bool,
+}
+
+fn read(dir: &Path, file: &str) -> Result<String, String> {
+    let p = dir.join(file);
+    std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
+impl RootState {
+    /// Loads the state in `dir`, creating it on first start.
+    pub fn open(dir: &Path) -> Result<RootState, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the state dir {}: {e}", dir.display()))?;
+        if !dir.join("ca.key").exists() {
+            return Self::create(dir);
+        }
+        let ca = ClusterCa::from_pem(&read(dir, "ca.crt")?, &read(dir, "ca.key")?)
+            .map_err(|e| format!("the CA in {} is unusable: {e}", dir.display()))?;
+        let identity = Identity::from_pem_files(
+            &read(dir, "root.crt")?,
+            &read(dir, "root.key")?,
+            &read(dir, "ca.crt")?,
+        )
+        .map_err(|e| format!("the root certificate in {} is unusable: {e}", dir.display()))?;
+        let join_token: JoinToken = read(dir, "join-token")?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{}/join-token: {e}", dir.display()))?;
+        if join_token.ca_fingerprint != ca.fingerprint() {
+            return Err(format!(
+                "{}/join-token does not belong to the CA in that directory",
+                dir.display()
+            ));
+        }
+        let admin_token = read(dir, "admin-token")?.trim().to_string();
+        if admin_token.len() < 16 {
+            return Err(format!("{}/admin-token is too short", dir.display()));
+        }
+        Ok(RootState {
+            dir: dir.to_path_buf(),
+            ca,
+            identity,
+            join_token,
+            admin_token,
+            created: false,
+        })
+    }
+
+    fn create(dir: &Path) -> Result<RootState, String> {
+        let ca = ClusterCa::generate().map_err(|e| e.to_string())?;
+        let identity = ca.issue(ROOT_NAME).map_err(|e| e.to_string())?;
+        let join_token = JoinToken::generate(ca.fingerprint());
+        let admin_token = banyan_protocol::identity::random_secret_hex(32);
+        let w = |file: &str, text: &str| {
+            write_private(&dir.join(file), text).map_err(|e| e.to_string())
+        };
+        let (cert, key, ca_pem) = identity.to_pem_files();
+        w("ca.key", &ca.key_pem())?;
+        w("ca.crt", &ca_pem)?;
+        w("root.crt", &cert)?;
+        w("root.key", &key)?;
+        w("join-token", &format!("{join_token}\n"))?;
+        w("admin-token", &format!("{admin_token}\n"))?;
+        Ok(RootState {
+            dir: dir.to_path_buf(),
+            ca,
+            identity,
+            join_token,
+            admin_token,
+            created: true,
+        })
+    }
+
+    /// Counters kept from before a restart (empty on first start).
+    pub fn load_totals(&self) -> MetricSet {
+        let p = self.dir.join("totals.bin");
+        match std::fs::read(&p) {
+            Ok(bytes) => match postcard::from_bytes::<MetricSet>(&bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "kept totals unreadable; starting from zero");
+                    MetricSet::new()
+                }
+            },
+            Err(_) => MetricSet::new(),
+        }
+    }
+
+    /// Keeps the cumulative totals (atomically: a crash leaves the old or the new file).
+    pub fn save_totals(&self, totals: &MetricSet) -> Result<(), String> {
+        let bytes = postcard::to_stdvec(&totals.cumulative()).map_err(|e| e.to_string())?;
+        let p = self.dir.join("totals.bin");
+        let tmp = self.dir.join("totals.bin.tmp");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &p))
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))
+    }
+}
