@@ -3,6 +3,8 @@
 use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
+use banyan_protocol::nodeset::NodeSet;
+use banyan_root::cli_api::{self, CliError, Client};
 use banyan_root::cli_nodeset::{self, NodesetArgs, NodesetCliError};
 use clap::{Parser, Subcommand};
 
@@ -28,14 +30,89 @@ struct Cli {
 enum Command {
     /// Expand, fold or count node-set expressions (like ClusterShell's nodeset).
     Nodeset(NodesetArgs),
+    /// Summary of the tree: nodes up, lost and stale, depth, the last wave.
+    Status {
+        /// Print the root's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The tree as the root sees it.
+    #[command(
+        after_help = "Example:\n  banyan topology\n  banyan topology --json | jq '.nodes | length'"
+    )]
+    Topology {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Round trip through the tree to every node of a set; lists the ones that did not answer.
+    #[command(
+        after_help = "Examples:\n  banyan ping 'cn[1-128]'\n  banyan ping @/etc/banyan/compute-nodes --token-file /var/lib/banyan-root/admin-token\n\nExit status: 0 when every node answered, 1 otherwise."
+    )]
+    Ping {
+        /// The nodes: `cn[1-4],gpu1` or `@file`.
+        nodes: String,
+        #[command(flatten)]
+        auth: AdminAuth,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How an action command proves it may act.
+#[derive(Debug, clap::Args)]
+struct AdminAuth {
+    /// The root's admin token.
+    #[arg(long, env = "BANYAN_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the admin token (default /var/lib/banyan-root/admin-token).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+fn api_command(root: &str, command: Command) -> Result<ExitCode, CliError> {
+    let client = Client::new(root);
+    match command {
+        Command::Status { json } => {
+            let s = client.get("/status")?;
+            if json {
+                println!("{s:#}");
+            } else {
+                print!("{}", cli_api::render_status(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topology { json } => {
+            let t = client.get("/topology")?;
+            if json {
+                println!("{t:#}");
+            } else {
+                print!("{}", cli_api::render_topology(&t));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ping { nodes, auth, json } => {
+            let set =
+                NodeSet::parse_with_files(&nodes).map_err(|e| CliError::Usage(e.to_string()))?;
+            let token = cli_api::admin_token(auth.token.as_deref(), auth.token_file.as_deref())?;
+            let r = client.post("/ping", &token, &serde_json::json!({"nodes": set.fold()}))?;
+            let (text, all) = cli_api::render_ping(&r);
+            if json {
+                println!("{r:#}");
+            } else {
+                print!("{text}");
+            }
+            Ok(if all {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Nodeset(_) => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn main() -> ExitCode {
-    // `root` is for the subcommands that talk to the API; none does yet.
-    let Cli {
-        root: _root,
-        command,
-    } = Cli::parse();
+    let Cli { root, command } = Cli::parse();
     match command {
         Command::Nodeset(args) => {
             let stdin = io::stdin();
@@ -56,5 +133,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        other => match api_command(&root, other) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("banyan: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
     }
 }

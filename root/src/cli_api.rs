@@ -1,0 +1,258 @@
+//! The operator CLI's side of the HTTP API: `banyan status`, `banyan topology`, `banyan ping`.
+//!
+//! Plain HTTP to the root (loopback or an `ssh -L` tunnel). Errors name the root's URL and what
+//! to do; JSON errors from the root are shown as the root wrote them.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach the root at {url}: {detail} (is banyan-root running? set --root or BANYAN_ROOT)")]
+    Unreachable { url: String, detail: String },
+    #[error("the root answered {status}: {error}{detail}")]
+    Api {
+        status: u16,
+        error: String,
+        detail: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(root: &str) -> Client {
+        let base = root.trim_end_matches('/').to_string();
+        let base = if base.starts_with("http://") || base.starts_with("https://") {
+            base
+        } else {
+            format!("http://{base}")
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client { base, agent }
+    }
+
+    fn finish(
+        &self,
+        url: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, CliError> {
+        let mut resp = r.map_err(|e| CliError::Unreachable {
+            url: url.to_string(),
+            detail: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let body: Value = resp
+            .body_mut()
+            .read_json()
+            .map_err(|e| CliError::Unreachable {
+                url: url.to_string(),
+                detail: format!("not a JSON answer: {e}"),
+            })?;
+        if status >= 400 {
+            let error = body["error"].as_str().unwrap_or("error").to_string();
+            let detail = body["detail"]
+                .as_str()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
+            return Err(CliError::Api {
+                status,
+                error,
+                detail,
+            });
+        }
+        Ok(body)
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.base);
+        let r = self.agent.get(&url).call();
+        self.finish(&url, r)
+    }
+
+    pub fn post(&self, path: &str, token: &str, body: &Value) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(body);
+        self.finish(&url, r)
+    }
+}
+
+/// The admin token: `--token`, `BANYAN_ADMIN_TOKEN`, or the root's state dir file.
+pub fn admin_token(given: Option<&str>, file: Option<&Path>) -> Result<String, CliError> {
+    if let Some(t) = given {
+        return Ok(t.trim().to_string());
+    }
+    let path = file.unwrap_or(Path::new("/var/lib/banyan-root/admin-token"));
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "this command needs the admin token: give --token, BANYAN_ADMIN_TOKEN or --token-file (cannot read {}: {e})",
+                path.display()
+            ))
+        })
+}
+
+/// `banyan status` in words.
+pub fn render_status(s: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "root {}: {} up, {} joining, {} lost, {} stale; depth {}",
+        s["root"].as_str().unwrap_or("?"),
+        s["nodes_up"],
+        s["nodes_joining"],
+        s["nodes_lost"],
+        s["nodes_stale"],
+        s["depth"]
+    );
+    match s["last_wave"].as_object() {
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "last wave {} seen {} ms ago ({})",
+                w.get("wave").unwrap_or(&Value::Null),
+                w.get("age_ms").unwrap_or(&Value::Null),
+                if w.get("complete").and_then(Value::as_bool) == Some(true) {
+                    "complete"
+                } else {
+                    "partial: some subtree was late"
+                }
+            );
+        }
+        None => out.push_str("no wave yet\n"),
+    }
+    out
+}
+
+/// `banyan topology` as an indented tree, lost and stale nodes listed after it.
+pub fn render_topology(t: &Value) -> String {
+    let root = t["root"].as_str().unwrap_or("banyan-root").to_string();
+    let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut down = Vec::new();
+    for n in t["nodes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let name = n["name"].as_str().unwrap_or("?").to_string();
+        if n["up"].as_bool() != Some(true) {
+            down.push(format!(
+                "{name} ({})",
+                n["status"].as_str().unwrap_or("down")
+            ));
+            continue;
+        }
+        if let Some(p) = n["parent"].as_str() {
+            children.entry(p.to_string()).or_default().push(name);
+        }
+    }
+    let mut out = format!("{root}\n");
+    let mut stack: Vec<(String, String, bool)> = Vec::new();
+    if let Some(kids) = children.get(&root) {
+        for (i, k) in kids.iter().enumerate().rev() {
+            stack.push((k.clone(), String::new(), i + 1 == kids.len()));
+        }
+    }
+    let mut guard = 0usize;
+    while let Some((name, prefix, last)) = stack.pop() {
+        guard += 1;
+        if guard > 1_000_000 {
+            break;
+        }
+        let _ = writeln!(out, "{prefix}{}{name}", if last { "└── " } else { "├── " });
+        let child_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
+        if let Some(kids) = children.get(&name) {
+            for (i, k) in kids.iter().enumerate().rev() {
+                stack.push((k.clone(), child_prefix.clone(), i + 1 == kids.len()));
+            }
+        }
+    }
+    if !down.is_empty() {
+        let _ = writeln!(out, "not in the tree: {}", down.join(", "));
+    }
+    out
+}
+
+/// `banyan ping` results: one line per node, then the unreachable ones. Returns whether all answered.
+pub fn render_ping(r: &Value) -> (String, bool) {
+    let mut out = String::new();
+    let mut ok = true;
+    if let Some(m) = r["answered"].as_object() {
+        for (node, v) in m {
+            let _ = writeln!(out, "{node}\t{} ms", v["rtt_ms"]);
+        }
+    }
+    if let Some(m) = r["failed"].as_object() {
+        for (node, v) in m {
+            ok = false;
+            let _ = writeln!(
+                out,
+                "{node}\tfailed: {}",
+                v["error"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    let unreachable: Vec<&str> = r["unreachable"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !unreachable.is_empty() {
+        ok = false;
+        let set = banyan_protocol::nodeset::NodeSet::from_names(unreachable.iter().copied());
+        let _ = writeln!(out, "unreachable: {set}");
+    }
+    (out, ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn topology_renders_as_a_tree_with_lost_nodes_listed() {
+        let t = json!({"root": "banyan-root", "nodes": [
+            {"name": "banyan-root", "parent": null, "up": true, "status": "up"},
+            {"name": "a1", "parent": "banyan-root", "up": true, "status": "up"},
+            {"name": "a2", "parent": "banyan-root", "up": true, "status": "up"},
+            {"name": "a3", "parent": "a1", "up": true, "status": "up"},
+            {"name": "a4", "parent": "a1", "up": false, "status": "stale"},
+        ]});
+        let text = render_topology(&t);
+        assert_eq!(
+            text,
+            "banyan-root\n├── a1\n│   └── a3\n└── a2\nnot in the tree: a4 (stale)\n"
+        );
+    }
+
+    #[test]
+    fn ping_lists_unreachable_nodes_folded() {
+        let r = json!({"answered": {"a1": {"rtt_ms": 2}}, "failed": {}, "unreachable": ["a3", "a4", "a5"]});
+        let (text, ok) = render_ping(&r);
+        assert!(!ok);
+        assert!(text.contains("a1\t2 ms"));
+        assert!(text.contains("unreachable: a[3-5]"));
+    }
+}
