@@ -466,7 +466,10 @@ async fn serve_child(
         }
     };
     let attach = match f.recv().await {
-        Ok(Some(Msg::Attach(a))) => a,
+        Ok(Some(Msg::Attach(mut a))) => {
+            a.addr = transport::advertised(&a.addr, conn.remote_address());
+            a
+        }
         Ok(Some(other)) => {
             let why = format!("this agent only accepts attaches, not {}", other.kind());
             transport::refuse(&conn, close::BAD_MESSAGE, &why);

@@ -341,3 +341,14 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// The address other nodes should use for a peer: what it advertised, with the address it was seen
+/// connecting from when it advertised an unspecified one (an agent bound to 0.0.0.0 cannot know
+/// which of its addresses its peers reach).
+pub fn advertised(addr: &str, remote: SocketAddr) -> String {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => SocketAddr::new(remote.ip(), a.port()).to_string(),
+        Ok(a) => a.to_string(),
+        Err(_) => SocketAddr::new(remote.ip(), 1337).to_string(),
+    }
+}

@@ -360,7 +360,7 @@ async fn serve(
                 transport::refuse(&conn, close::AUTH, &why);
                 return Ok(());
             }
-            join.addr = advertised(&join.addr, remote);
+            join.addr = transport::advertised(&join.addr, remote);
             let (reply_tx, reply_rx) = oneshot::channel();
             let _ = tx.send(Event::Join {
                 join,
@@ -379,16 +379,6 @@ async fn serve(
             transport::refuse(&conn, close::BAD_MESSAGE, &why);
             Ok(())
         }
-    }
-}
-
-/// The address children should use for this agent: what it advertised, with the address the root
-/// saw it connect from when it advertised an unspecified one (0.0.0.0).
-fn advertised(addr: &str, remote: SocketAddr) -> String {
-    match addr.parse::<SocketAddr>() {
-        Ok(a) if a.ip().is_unspecified() => SocketAddr::new(remote.ip(), a.port()).to_string(),
-        Ok(a) => a.to_string(),
-        Err(_) => SocketAddr::new(remote.ip(), 1337).to_string(),
     }
 }
 
@@ -427,6 +417,8 @@ async fn serve_child(
         transport::refuse(&conn, close::AUTH, &why);
         return Ok(());
     }
+    let mut attach = attach;
+    attach.addr = transport::advertised(&attach.addr, conn.remote_address());
     let name = attach.name.clone();
     let (reply_tx, reply_rx) = oneshot::channel();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
