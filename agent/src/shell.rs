@@ -351,7 +351,7 @@ async fn parent_link(
     attach: Attach,
     link: u64,
     tx: mpsc::UnboundedSender<Event>,
-    mut out: mpsc::UnboundedReceiver<Msg>,
+    out: mpsc::UnboundedReceiver<Msg>,
 ) {
     let fail = |why: String| {
         let _ = tx.send(Event::Parent {
@@ -375,50 +375,19 @@ async fn parent_link(
     if let Err(e) = f.send(&Msg::Attach(attach)).await {
         return fail(e.to_string());
     }
-    let Framed {
-        mut send, mut recv, ..
-    } = f;
-    let writer_conn = conn.clone();
-    let name = peer.name.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out.recv().await {
-            if transport::write_msg(&mut send, &name, &msg).await.is_err() {
-                break;
-            }
-        }
-        // The core dropped this link (or it broke): end it for the peer too.
-        let _ = send.finish();
-        transport::refuse(&writer_conn, close::DONE, "link closed");
-    });
-    loop {
-        match transport::read_msg(&mut recv, &peer.name).await {
-            Ok(Some(msg)) => {
-                if tx
-                    .send(Event::Parent {
-                        link,
-                        msg: Some(msg),
-                        why: String::new(),
-                    })
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Ok(None) => {
-                fail(format!("{} closed the link", peer.name));
-                break;
-            }
-            Err(e) => {
-                if let LinkError::Frame { .. } = e {
-                    transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
-                }
-                fail(e.to_string());
-                break;
-            }
-        }
-    }
-    writer.abort();
-    conn.close(close::DONE.into(), b"link closed");
+    let Framed { send, recv, .. } = f;
+    let events = tx.clone();
+    let why = transport::pump_link(conn, send, recv, &peer.name, out, |msg| {
+        events
+            .send(Event::Parent {
+                link,
+                msg: Some(msg),
+                why: String::new(),
+            })
+            .is_ok()
+    })
+    .await;
+    fail(why);
 }
 
 /// Accepts children (and refuses everyone else with a reason).
@@ -491,7 +460,7 @@ async fn serve_child(
         return Ok(());
     }
     let (reply_tx, reply_rx) = oneshot::channel();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let name = attach.name.clone();
     let _ = tx.send(Event::ChildAttach {
         attach,
@@ -510,46 +479,25 @@ async fn serve_child(
         transport::refuse(&conn, close::REFUSED, reason);
         return Ok(());
     }
-    let Framed {
-        mut send, mut recv, ..
-    } = f;
-    let writer_conn = conn.clone();
-    let wname = name.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            if transport::write_msg(&mut send, &wname, &msg).await.is_err() {
-                break;
-            }
-        }
-        let _ = send.finish();
-        transport::refuse(&writer_conn, close::DONE, "link closed");
-    });
-    let why = loop {
-        match transport::read_msg(&mut recv, &name).await {
-            Ok(Some(msg)) => {
-                let _ = tx.send(Event::Child {
-                    name: name.clone(),
-                    link,
-                    msg: Some(msg),
-                    why: String::new(),
-                });
-            }
-            Ok(None) => break "closed by the child".to_string(),
-            Err(e) => {
-                if let LinkError::Frame { .. } = e {
-                    warn!(child = %name, error = %e, "bad frame; dropping the link");
-                    transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
-                }
-                break e.to_string();
-            }
-        }
-    };
+    let Framed { send, recv, .. } = f;
+    let events = tx.clone();
+    let who = name.clone();
+    let why = transport::pump_link(conn, send, recv, &name, out_rx, |msg| {
+        events
+            .send(Event::Child {
+                name: who.clone(),
+                link,
+                msg: Some(msg),
+                why: String::new(),
+            })
+            .is_ok()
+    })
+    .await;
     let _ = tx.send(Event::Child {
         name,
         link,
         msg: None,
         why,
     });
-    writer.abort();
     Ok(())
 }

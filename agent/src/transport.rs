@@ -352,3 +352,48 @@ pub fn advertised(addr: &str, remote: SocketAddr) -> String {
         Err(_) => SocketAddr::new(remote.ip(), 1337).to_string(),
     }
 }
+
+/// Runs an established link until it ends: writes every message that arrives on `out` (the link
+/// ends for the peer when `out` is dropped), reads frames and hands each to `on_msg` (which returns
+/// false to stop). A bad frame closes the connection with [`close::BAD_MESSAGE`] and its reason.
+/// Returns why the link ended.
+pub async fn pump_link(
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: &str,
+    mut out: tokio::sync::mpsc::UnboundedReceiver<Msg>,
+    mut on_msg: impl FnMut(Msg) -> bool,
+) -> String {
+    let writer_conn = conn.clone();
+    let wpeer = peer.to_string();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out.recv().await {
+            if write_msg(&mut send, &wpeer, &msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+        refuse(&writer_conn, close::DONE, "link closed");
+    });
+    let why = loop {
+        match read_msg(&mut recv, peer).await {
+            Ok(Some(msg)) => {
+                if !on_msg(msg) {
+                    break "closed locally".to_string();
+                }
+            }
+            Ok(None) => break format!("{peer} closed the link"),
+            Err(e) => {
+                if let LinkError::Frame { .. } = e {
+                    tracing::warn!(peer = %peer, error = %e, "bad frame; dropping the link");
+                    refuse(&conn, close::BAD_MESSAGE, &e.to_string());
+                }
+                break e.to_string();
+            }
+        }
+    };
+    writer.abort();
+    conn.close(close::DONE.into(), b"link closed");
+    why
+}

@@ -421,7 +421,7 @@ async fn serve_child(
     attach.addr = transport::advertised(&attach.addr, conn.remote_address());
     let name = attach.name.clone();
     let (reply_tx, reply_rx) = oneshot::channel();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let _ = tx.send(Event::ChildAttach {
         attach,
         link,
@@ -431,9 +431,7 @@ async fn serve_child(
     let Ok(answer) = reply_rx.await else {
         return Ok(());
     };
-    let Framed {
-        mut send, mut recv, ..
-    } = f;
+    let Framed { mut send, recv, .. } = f;
     transport::write_msg(&mut send, &name, &answer).await?;
     if let Msg::Refused { reason } = &answer {
         let _ = send.finish();
@@ -441,43 +439,24 @@ async fn serve_child(
         transport::refuse(&conn, close::REFUSED, reason);
         return Ok(());
     }
-    let writer_conn = conn.clone();
-    let wname = name.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            if transport::write_msg(&mut send, &wname, &msg).await.is_err() {
-                break;
-            }
-        }
-        let _ = send.finish();
-        transport::refuse(&writer_conn, close::DONE, "link closed");
-    });
-    let why = loop {
-        match transport::read_msg(&mut recv, &name).await {
-            Ok(Some(msg)) => {
-                let _ = tx.send(Event::Child {
-                    name: name.clone(),
-                    link,
-                    msg: Some(msg),
-                    why: String::new(),
-                });
-            }
-            Ok(None) => break "closed by the child".to_string(),
-            Err(e) => {
-                if let LinkError::Frame { .. } = e {
-                    warn!(child = %name, error = %e, "bad frame; dropping the link");
-                    transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
-                }
-                break e.to_string();
-            }
-        }
-    };
+    let events = tx.clone();
+    let who = name.clone();
+    let why = transport::pump_link(conn, send, recv, &name, out_rx, |msg| {
+        events
+            .send(Event::Child {
+                name: who.clone(),
+                link,
+                msg: Some(msg),
+                why: String::new(),
+            })
+            .is_ok()
+    })
+    .await;
     let _ = tx.send(Event::Child {
         name,
         link,
         msg: None,
         why,
     });
-    writer.abort();
     Ok(())
 }
