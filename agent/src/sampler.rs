@@ -5,7 +5,8 @@
 //! The node collectors (CPU, memory, network, disks) arrive as more components behind the same
 //! [`Sampler`] call.
 
-use banyan_protocol::metric::MetricSet;
+use banyan_protocol::metric::{MetricSet, Value};
+use banyan_protocol::wire::Digest;
 use std::path::PathBuf;
 
 pub struct Sampler {
@@ -102,5 +103,33 @@ mod tests {
             matches!(set.get("rack_temp"), Some(banyan_protocol::metric::Value::Gauge(g)) if g.last == 31.5)
         );
         assert_eq!(set.len(), 2);
+    }
+}
+
+/// The node table's small view of a sample: read from the series the collectors produce.
+pub fn digest_of(name: &str, set: &MetricSet, now_ms: u64) -> Digest {
+    let gauge = |key: &str| match set.get(key) {
+        Some(Value::Gauge(g)) => g.last,
+        _ => 0.0,
+    };
+    let sum_family = |prefix: &str| -> f64 {
+        set.values
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| match v {
+                Value::Gauge(g) => g.last,
+                _ => 0.0,
+            })
+            .fold(0.0, |a, b| a + b)
+    };
+    Digest {
+        name: name.to_string(),
+        sampled_ms: now_ms,
+        cpu: gauge("banyan_node_cpu_usage_ratio{cpu=\"all\"}") as f32,
+        memory: gauge("banyan_node_memory_used_ratio") as f32,
+        load1: gauge("banyan_node_load1") as f32,
+        net_rx_bps: sum_family("banyan_node_network_receive_bytes_per_second{"),
+        net_tx_bps: sum_family("banyan_node_network_transmit_bytes_per_second{"),
+        scrape_errors: Vec::new(),
     }
 }

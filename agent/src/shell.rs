@@ -177,7 +177,9 @@ impl Core {
                     let now = self.now();
                     if now >= self.node.next_wave_at() {
                         let own = self.sampler.sample(now);
+                        let digest = crate::sampler::digest_of(&self.cfg.name, &own, now);
                         self.node.set_own(own);
+                        self.node.push_digest(digest);
                     }
                     self.node.on_timeout(now);
                 }

@@ -23,8 +23,8 @@
 
 use banyan_protocol::metric::MetricSet;
 use banyan_protocol::wire::{
-    Answer, Attach, Command, CommandBody, Join, JoinReason, Member, MembershipDelta, Msg, Outcome,
-    Peer, Placement, Report,
+    Answer, Attach, Command, CommandBody, Digest, Join, JoinReason, Member, MembershipDelta, Msg,
+    Outcome, Peer, Placement, Query, Report,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -177,6 +177,10 @@ pub struct Node {
     pending_members: BTreeMap<String, Option<Member>>,
     pending_lost: Vec<(String, String)>,
     own: MetricSet,
+    /// Digests sampled here or received from children since the last report sent up.
+    digests: Vec<Digest>,
+    /// Root only: the latest digest of every node.
+    latest_digests: HashMap<String, Digest>,
     frozen: MetricSet,
     debt: MetricSet,
     /// Net values last sent to the current parent (becomes debt when it is left).
@@ -240,6 +244,8 @@ impl Node {
             pending_members: BTreeMap::new(),
             pending_lost: Vec::new(),
             own: MetricSet::new(),
+            digests: Vec::new(),
+            latest_digests: HashMap::new(),
             frozen: MetricSet::new(),
             debt: MetricSet::new(),
             last_sent_net: MetricSet::new(),
@@ -337,6 +343,32 @@ impl Node {
     /// Replaces this node's own sample; it goes into the next report.
     pub fn set_own(&mut self, own: MetricSet) {
         self.own = own;
+    }
+
+    /// Queues this node's digest for the next report.
+    pub fn push_digest(&mut self, digest: Digest) {
+        self.take_digest(digest);
+    }
+
+    fn take_digest(&mut self, digest: Digest) {
+        match self.role {
+            Role::Root => {
+                self.latest_digests.insert(digest.name.clone(), digest);
+            }
+            Role::Agent => {
+                // A parent that is gone for long must not make us hoard digests: keep the newest
+                // per node only.
+                if self.digests.len() > 4 * (self.announced.len() + 1) {
+                    self.digests.clear();
+                }
+                self.digests.push(digest);
+            }
+        }
+    }
+
+    /// Root only: the latest digest of every node that reported one.
+    pub fn latest_digests(&self) -> &HashMap<String, Digest> {
+        &self.latest_digests
     }
 
     pub fn own(&self) -> &MetricSet {
@@ -457,6 +489,7 @@ impl Node {
                         wave: self.wave,
                         height: self.height(),
                         net: self.net(),
+                        digests: std::mem::take(&mut self.digests),
                     };
                     self.last_sent_net = report.net.clone();
                     self.send_parent(now, Msg::Report(report));
@@ -670,6 +703,7 @@ impl Node {
                     wave: self.wave,
                     height: self.height(),
                     net: self.net(),
+                    digests: std::mem::take(&mut self.digests),
                 };
                 self.last_sent_net = report.net.clone();
                 self.send_parent(now, Msg::Report(report));
@@ -789,11 +823,15 @@ impl Node {
         link.last_heard = now;
         match msg {
             Msg::Heartbeat { .. } => {}
-            Msg::Report(report) => {
+            Msg::Report(mut report) => {
                 link.height = report.height;
+                let digests = std::mem::take(&mut report.digests);
                 let newer = link.report.as_ref().is_none_or(|r| report.wave >= r.wave);
                 if newer {
                     link.report = Some(report);
+                }
+                for d in digests {
+                    self.take_digest(d);
                 }
                 if !self.wave_sent && self.children_done() {
                     self.send_wave(now, true);
@@ -1038,6 +1076,7 @@ impl Node {
     fn execute(&mut self, _now: u64, body: &CommandBody) -> Result<Answer, String> {
         match body {
             CommandBody::Ping => Ok(Answer::Pong),
+            CommandBody::Query(Query::NodeMetrics) => Ok(Answer::Metrics(self.own.clone())),
             CommandBody::Move { parent, .. } => {
                 if !matches!(self.phase, Phase::Attached { .. }) {
                     Err("not attached; it will be placed when it rejoins".into())

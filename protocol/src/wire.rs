@@ -114,6 +114,35 @@ pub struct Report {
     pub height: u32,
     /// The subtree's cumulative values, net of what it already handed over through earlier parents.
     pub net: MetricSet,
+    /// Digests of the nodes below (and of the sender) sampled since the sender's last report: each
+    /// digest travels up once, so the root has every node's latest small view every wave.
+    pub digests: Vec<Digest>,
+}
+
+/// The small view of one node that the root keeps for its node table. Full metrics stay on the node
+/// and are fetched on demand ([`Query::NodeMetrics`]).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct Digest {
+    pub name: String,
+    /// When the node sampled this (ms since the Unix epoch, the node's clock).
+    pub sampled_ms: u64,
+    /// Busy fraction of all cores over the last period, 0..1.
+    pub cpu: f32,
+    /// Used fraction of memory (total - available), 0..1.
+    pub memory: f32,
+    pub load1: f32,
+    /// Bytes per second over all interfaces but loopback.
+    pub net_rx_bps: f64,
+    pub net_tx_bps: f64,
+    /// Prometheus exporters this node scrapes that failed at their last scrape: `(target, error)`.
+    pub scrape_errors: Vec<(String, String)>,
+}
+
+/// What the root can ask of a node without changing anything.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Query {
+    /// The node's own metrics as last sampled.
+    NodeMetrics,
 }
 
 /// What a command asks its targets to do.
@@ -123,6 +152,8 @@ pub enum CommandBody {
     Ping,
     /// Leave the current parent (after a final report) and attach under `parent`.
     Move { parent: Peer, gen: u64 },
+    /// Answer a question about the node.
+    Query(Query),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -137,6 +168,7 @@ pub struct Command {
 pub enum Answer {
     Pong,
     Moving,
+    Metrics(MetricSet),
 }
 
 /// Results of a command from some of its targets; the root merges them.

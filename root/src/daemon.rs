@@ -10,7 +10,7 @@ use banyan_agent::transport::{self, close, Framed, LinkError};
 use banyan_agent::tree::{Action, CommandReport, TreeConfig, WaveDone};
 use banyan_protocol::identity::{validate_node_name, ClientAuth};
 use banyan_protocol::metric::MetricSet;
-use banyan_protocol::wire::{Attach, CommandBody, Join, Msg, ROOT_NAME};
+use banyan_protocol::wire::{Attach, CommandBody, Digest, Join, Msg, ROOT_NAME};
 use quinn::Endpoint;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +36,7 @@ pub struct Snapshot {
     pub epoch: u64,
     pub nodes: Vec<NodeView>,
     pub totals: MetricSet,
+    pub digests: HashMap<String, Digest>,
     pub last_wave: Option<WaveDone>,
     pub now_ms: u64,
 }
@@ -213,6 +214,7 @@ impl Shell {
                     epoch: self.epoch,
                     nodes: self.core.placement.view(),
                     totals: self.core.totals(),
+                    digests: self.core.node.latest_digests().clone(),
                     last_wave: self.last_wave.clone(),
                     now_ms: now,
                 };

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use banyan_agent::tree::CommandReport;
 use banyan_protocol::nodeset::NodeSet;
-use banyan_protocol::wire::{Answer, CommandBody};
+use banyan_protocol::wire::CommandBody;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -57,6 +57,10 @@ pub fn router(api: Api) -> Router {
         .route("/status", get(status))
         .route("/totals", get(totals))
         .route("/ping", post(ping))
+        .route("/job/list", get(job_list))
+        .route("/job", get(job))
+        .route("/job/", get(job))
+        .route("/nodes", get(nodes))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .with_state(api)
@@ -225,7 +229,7 @@ pub fn report_json(report: &CommandReport) -> Value {
     let mut failed = serde_json::Map::new();
     for (node, (answer, rtt)) in &report.answers {
         match answer {
-            Ok(Answer::Pong) | Ok(Answer::Moving) => {
+            Ok(_) => {
                 answered.insert(node.clone(), json!({"rtt_ms": rtt}));
             }
             Err(e) => {
@@ -278,4 +282,211 @@ async fn ping(
             )
         })?;
     Ok(Json(report_json(&report)))
+}
+
+// ----- The Metric Proxy's read routes -------------------------------------------------------------
+
+/// A job's description in the Metric Proxy's shape. `main` is the sum over all nodes; `Node: NAME`
+/// is one node.
+#[derive(Serialize, Clone)]
+pub struct JobDesc {
+    pub jobid: String,
+    pub command: String,
+    pub size: u64,
+    pub nodelist: String,
+    pub partition: String,
+    pub cluster: String,
+    pub run_dir: String,
+    pub start_time: u64,
+    pub end_time: u64,
+}
+
+const NODE_PREFIX: &str = "Node: ";
+
+fn main_desc() -> JobDesc {
+    JobDesc {
+        jobid: "main".into(),
+        command: "Sum of all Jobs".into(),
+        size: 0,
+        nodelist: String::new(),
+        partition: String::new(),
+        cluster: String::new(),
+        run_dir: String::new(),
+        start_time: 0,
+        end_time: 0,
+    }
+}
+
+fn node_desc(name: &str) -> JobDesc {
+    JobDesc {
+        jobid: format!("{NODE_PREFIX}{name}"),
+        command: format!("Sum of all Jobs running on {name}"),
+        nodelist: name.to_string(),
+        ..main_desc()
+    }
+}
+
+fn agents(snap: &Snapshot) -> impl Iterator<Item = &crate::placement::NodeView> {
+    snap.nodes.iter().filter(move |n| n.name != snap.root)
+}
+
+async fn job_list(State(api): State<Api>) -> Result<Json<Vec<JobDesc>>, ApiError> {
+    let snap = snapshot(&api).await?;
+    let mut out = vec![main_desc()];
+    out.extend(agents(&snap).map(|n| node_desc(&n.name)));
+    Ok(Json(out))
+}
+
+/// `[{name, doc, ctype}]` for a metric set, `ctype` as the Metric Proxy writes it.
+pub fn counters_json(set: &banyan_protocol::metric::MetricSet) -> Vec<Value> {
+    set.values
+        .iter()
+        .map(|(name, v)| {
+            let family = name.split('{').next().unwrap_or(name);
+            json!({
+                "name": name,
+                "doc": crate::catalog::help(family).unwrap_or(""),
+                "ctype": v,
+            })
+        })
+        .collect()
+}
+
+fn digest_counters(d: &banyan_protocol::wire::Digest) -> Vec<Value> {
+    let gauge = |v: f64| json!({"Gauge": {"min": v, "max": v, "hits": 1, "total": v, "last": v, "last_ms": d.sampled_ms}});
+    vec![
+        json!({"name": "banyan_node_cpu_usage_ratio", "doc": "Busy fraction of all cores", "ctype": gauge(d.cpu as f64)}),
+        json!({"name": "banyan_node_memory_used_ratio", "doc": "Used fraction of memory", "ctype": gauge(d.memory as f64)}),
+        json!({"name": "banyan_node_load1", "doc": "Load average over one minute", "ctype": gauge(d.load1 as f64)}),
+        json!({"name": "banyan_node_network_receive_bytes_per_second", "doc": "Bytes received per second, all interfaces", "ctype": gauge(d.net_rx_bps)}),
+        json!({"name": "banyan_node_network_transmit_bytes_per_second", "doc": "Bytes sent per second, all interfaces", "ctype": gauge(d.net_tx_bps)}),
+    ]
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    job: Option<String>,
+}
+
+/// A node's full metrics, fetched through the tree.
+pub async fn node_metrics(
+    api: &Api,
+    name: &str,
+) -> Result<banyan_protocol::metric::MetricSet, ApiError> {
+    let report = api
+        .root
+        .command(
+            vec![name.to_string()],
+            CommandBody::Query(banyan_protocol::wire::Query::NodeMetrics),
+        )
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "root stopping",
+                "the tree core is not running",
+            )
+        })?;
+    match report.answers.get(name) {
+        Some((Ok(banyan_protocol::wire::Answer::Metrics(set)), _)) => Ok(set.clone()),
+        Some((Err(e), _)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "node failed",
+            format!("{name}: {e}"),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "node unreachable",
+            format!("{name} did not answer through the tree"),
+        )),
+    }
+}
+
+/// Resolves a job id to its metrics: `main`, or `Node: NAME`.
+async fn job_metrics(
+    api: &Api,
+    snap: &Snapshot,
+    id: &str,
+) -> Result<(JobDesc, banyan_protocol::metric::MetricSet), ApiError> {
+    if id == "main" {
+        return Ok((main_desc(), snap.totals.clone()));
+    }
+    if let Some(name) = id.strip_prefix(NODE_PREFIX) {
+        if agents(snap).any(|n| n.name == name) {
+            return Ok((node_desc(name), node_metrics(api, name).await?));
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown job",
+        format!("no job {id:?}; GET /job/list lists them"),
+    ))
+}
+
+async fn job(
+    State(api): State<Api>,
+    q: Result<axum::extract::Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad query", e.body_text()))?;
+    let snap = snapshot(&api).await?;
+    match q.job {
+        Some(id) => {
+            let (desc, set) = job_metrics(&api, &snap, &id).await?;
+            Ok(Json(json!({"desc": desc, "counters": counters_json(&set)})))
+        }
+        None => {
+            let mut out =
+                vec![json!({"desc": main_desc(), "counters": counters_json(&snap.totals)})];
+            for n in agents(&snap) {
+                let counters = snap
+                    .digests
+                    .get(&n.name)
+                    .map(digest_counters)
+                    .unwrap_or_default();
+                out.push(json!({"desc": node_desc(&n.name), "counters": counters}));
+            }
+            Ok(Json(json!(out)))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct NodesQuery {
+    nodes: Option<String>,
+}
+
+async fn nodes(
+    State(api): State<Api>,
+    q: Result<axum::extract::Query<NodesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad query", e.body_text()))?;
+    let filter = match q.nodes.as_deref() {
+        Some(expr) => Some(NodeSet::parse(expr).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid node set", e.to_string())
+        })?),
+        None => None,
+    };
+    let snap = snapshot(&api).await?;
+    let out: Vec<Value> = agents(&snap)
+        .filter(|n| filter.as_ref().is_none_or(|f| f.contains(&n.name)))
+        .map(|n| {
+            let d = snap.digests.get(&n.name);
+            json!({
+                "name": n.name,
+                "up": up(n.status),
+                "status": status_word(n.status),
+                "parent": n.parent,
+                "depth": n.depth,
+                "age_ms": d.map(|d| snap.now_ms.saturating_sub(d.sampled_ms)),
+                "digest": d.map(|d| json!({
+                    "cpu": d.cpu, "memory": d.memory, "load1": d.load1,
+                    "net_rx_bps": d.net_rx_bps, "net_tx_bps": d.net_tx_bps,
+                    "scrape_errors": d.scrape_errors,
+                })),
+            })
+        })
+        .collect();
+    Ok(Json(json!(out)))
 }
