@@ -38,6 +38,7 @@ pub struct Snapshot {
     pub totals: MetricSet,
     pub digests: HashMap<String, Digest>,
     pub last_wave: Option<WaveDone>,
+    pub period_ms: u64,
     pub now_ms: u64,
 }
 
@@ -216,6 +217,7 @@ impl Shell {
                     totals: self.core.totals(),
                     digests: self.core.node.latest_digests().clone(),
                     last_wave: self.last_wave.clone(),
+                    period_ms: self.core.node.config().period_ms,
                     now_ms: now,
                 };
                 let _ = reply.send(snap);

@@ -160,7 +160,13 @@ async fn status(State(api): State<Api>) -> Result<Json<StatusView>, ApiError> {
         nodes_stale: 0,
         depth: 0,
         last_wave: snap.last_wave.as_ref().map(|w| {
-            json!({"wave": w.wave, "age_ms": snap.now_ms.saturating_sub(w.at_ms), "complete": w.complete})
+            json!({
+                "wave": w.wave,
+                "age_ms": snap.now_ms.saturating_sub(w.at_ms),
+                "complete": w.complete,
+                // From the wave's start (when every node sampled) to the root having all of it.
+                "latency_ms": w.at_ms.saturating_sub(w.wave * snap.period_ms),
+            })
         }),
     };
     for n in agents {
