@@ -86,8 +86,17 @@ impl Client {
     }
 
     pub fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.get_query(path, &[])
+    }
+
+    /// GET with query parameters (encoded here, so node names with spaces or `&` are safe).
+    pub fn get_query(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
-        let r = self.agent.get(&url).call();
+        let mut req = self.agent.get(&url);
+        for (k, v) in query {
+            req = req.query(*k, *v);
+        }
+        let r = req.call();
         self.finish(&url, r)
     }
 
@@ -116,6 +125,122 @@ pub fn admin_token(given: Option<&str>, file: Option<&Path>) -> Result<String, C
                 path.display()
             ))
         })
+}
+
+/// Where the root's API is: `--root`/`BANYAN_ROOT` (given), else `root = "..."` in
+/// `$XDG_CONFIG_HOME/banyan/config.toml` (or `~/.config/banyan/config.toml`), else loopback.
+pub fn root_url(given: Option<&str>) -> Result<String, CliError> {
+    if let Some(r) = given {
+        return Ok(r.to_string());
+    }
+    let dir = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")));
+    if let Some(dir) = dir {
+        let file = dir.join("banyan").join("config.toml");
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            #[derive(serde::Deserialize)]
+            struct Config {
+                root: Option<String>,
+            }
+            let cfg: Config = toml::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+            if let Some(r) = cfg.root {
+                return Ok(r);
+            }
+        }
+    }
+    Ok("http://127.0.0.1:1337".to_string())
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map_or("-".into(), |x| format!("{:.0}%", x * 100.0))
+}
+
+fn rate(v: &Value) -> String {
+    let Some(x) = v.as_f64() else {
+        return "-".into();
+    };
+    const UNITS: [&str; 5] = ["B/s", "KB/s", "MB/s", "GB/s", "TB/s"];
+    let mut x = x.max(0.0);
+    let mut u = 0;
+    while x >= 1000.0 && u + 1 < UNITS.len() {
+        x /= 1000.0;
+        u += 1;
+    }
+    format!("{x:.1} {}", UNITS[u])
+}
+
+/// `banyan nodes` as a table.
+pub fn render_nodes(nodes: &Value) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "STATUS".into(),
+        "PARENT".into(),
+        "DEPTH".into(),
+        "CPU".into(),
+        "MEM".into(),
+        "LOAD1".into(),
+        "RX".into(),
+        "TX".into(),
+        "AGE".into(),
+    ]];
+    for n in nodes.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let d = &n["digest"];
+        rows.push([
+            n["name"].as_str().unwrap_or("?").to_string(),
+            n["status"].as_str().unwrap_or("?").to_string(),
+            n["parent"].as_str().unwrap_or("-").to_string(),
+            n["depth"].to_string(),
+            pct(&d["cpu"]),
+            pct(&d["memory"]),
+            d["load1"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.2}")),
+            rate(&d["net_rx_bps"]),
+            rate(&d["net_tx_bps"]),
+            n["age_ms"]
+                .as_u64()
+                .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+        ]);
+    }
+    let mut widths = [0usize; 10];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+/// `banyan metrics NODE`: one series a line, counters by value, gauges by their last sample.
+pub fn render_metrics(job: &Value) -> String {
+    let mut out = String::new();
+    for c in job["counters"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let name = c["name"].as_str().unwrap_or("?");
+        let t = &c["ctype"];
+        let value = if let Some(v) = t["Counter"]["value"].as_f64() {
+            format!("{v}")
+        } else if let Some(v) = t["Gauge"]["last"].as_f64() {
+            format!("{v}")
+        } else if let Some(n) = t["Histogram"]["count"].as_u64() {
+            format!("{n} observations, sum {}", t["Histogram"]["sum"])
+        } else {
+            "?".into()
+        };
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
 }
 
 /// `banyan status` in words.
@@ -244,6 +369,26 @@ mod tests {
         assert_eq!(
             text,
             "banyan-root\n├── a1\n│   └── a3\n└── a2\nnot in the tree: a4 (stale)\n"
+        );
+    }
+
+    #[test]
+    fn nodes_render_as_an_aligned_table() {
+        let n = json!([{"name": "cn1", "status": "up", "parent": "banyan-root", "depth": 1, "age_ms": 300,
+            "digest": {"cpu": 0.5, "memory": 0.25, "load1": 1.5, "net_rx_bps": 1500.0, "net_tx_bps": 0.0}},
+            {"name": "cn2", "status": "stale", "parent": null, "depth": 2, "age_ms": null, "digest": null}]);
+        let text = render_nodes(&n);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].starts_with(
+                "cn1   up      banyan-root  1      50%  25%  1.50   1.5 KB/s  0.0 B/s  0.3s"
+            ),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("stale") && lines[2].contains(" - "),
+            "{text}"
         );
     }
 

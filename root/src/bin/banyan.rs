@@ -11,17 +11,17 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "banyan", version, about = "Operate a banyan cluster mesh")]
 struct Cli {
-    /// URL of the root's HTTP API.
+    /// URL of the root's HTTP API [default: `root` in ~/.config/banyan/config.toml, else
+    /// http://127.0.0.1:1337].
     #[arg(
         long,
         global = true,
         env = "BANYAN_ROOT",
-        default_value = "http://127.0.0.1:1337",
         value_name = "URL",
         // After the subcommand's own options in their help.
         display_order = 100
     )]
-    root: String,
+    root: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +41,21 @@ enum Command {
         after_help = "Example:\n  banyan topology\n  banyan topology --json | jq '.nodes | length'"
     )]
     Topology {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every node with its state and digest (cpu, memory, load, network), optionally a node set.
+    #[command(after_help = "Examples:\n  banyan nodes\n  banyan nodes 'cn[1-32]' --json")]
+    Nodes {
+        /// Only these nodes: `cn[1-32]` or `@file`.
+        nodes: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A node's full metrics, fetched from the node through the tree.
+    #[command(after_help = "Example:\n  banyan metrics cn17 | grep network")]
+    Metrics {
+        node: String,
         #[arg(long)]
         json: bool,
     },
@@ -69,9 +84,34 @@ struct AdminAuth {
     token_file: Option<std::path::PathBuf>,
 }
 
-fn api_command(root: &str, command: Command) -> Result<ExitCode, CliError> {
-    let client = Client::new(root);
+fn api_command(root: Option<&str>, command: Command) -> Result<ExitCode, CliError> {
+    let client = Client::new(&cli_api::root_url(root)?);
     match command {
+        Command::Nodes { nodes, json } => {
+            let r = match nodes {
+                Some(expr) => {
+                    let set = NodeSet::parse_with_files(&expr)
+                        .map_err(|e| CliError::Usage(e.to_string()))?;
+                    client.get_query("/nodes", &[("nodes", &set.fold())])?
+                }
+                None => client.get("/nodes")?,
+            };
+            if json {
+                println!("{r:#}");
+            } else {
+                print!("{}", cli_api::render_nodes(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Metrics { node, json } => {
+            let r = client.get_query("/job", &[("job", &format!("Node: {node}"))])?;
+            if json {
+                println!("{r:#}");
+            } else {
+                print!("{}", cli_api::render_metrics(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { json } => {
             let s = client.get("/status")?;
             if json {
@@ -133,7 +173,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        other => match api_command(&root, other) {
+        other => match api_command(root.as_deref(), other) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("banyan: {e}");
