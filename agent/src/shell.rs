@@ -429,27 +429,20 @@ async fn serve_child(
         );
         return Ok(());
     };
-    let mut f = match Framed::accept(&conn, &cert_name).await {
-        Ok(f) => f,
-        Err(e) => {
-            transport::refuse(&conn, close::PROTOCOL, &e.to_string());
-            return Err(e);
-        }
+    let (mut f, first) = match transport::accept_first(&conn, &cert_name).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(e),
     };
-    let attach = match f.recv().await {
-        Ok(Some(Msg::Attach(mut a))) => {
+    let attach = match first {
+        Msg::Attach(mut a) => {
             a.addr = transport::advertised(&a.addr, conn.remote_address());
             a
         }
-        Ok(Some(other)) => {
+        other => {
             let why = format!("this agent only accepts attaches, not {}", other.kind());
             transport::refuse(&conn, close::BAD_MESSAGE, &why);
             return Ok(());
-        }
-        Ok(None) => return Ok(()),
-        Err(e) => {
-            transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
-            return Err(e);
         }
     };
     if attach.name != cert_name {

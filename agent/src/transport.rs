@@ -28,6 +28,10 @@ pub mod close {
     pub const REFUSED: u32 = 4;
 }
 
+/// How long a peer that connected may take to greet and send its first message; a peer that stalls
+/// is dropped rather than holding a connection forever.
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a connection attempt may take before the peer counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -231,7 +235,7 @@ impl Framed {
             }
             quinn::ReadExactError::FinishedEarly(got) => LinkError::Frame {
                 peer: self.peer.clone(),
-                source: FrameError::Truncated { expected: 0, got },
+                source: FrameError::ShortGreeting(got),
             },
             other => LinkError::Broken {
                 peer: self.peer.clone(),
@@ -396,4 +400,44 @@ pub async fn pump_link(
     writer.abort();
     conn.close(close::DONE.into(), b"link closed");
     why
+}
+
+/// Accepts the next stream, greets, and reads its first message, all within
+/// [`FIRST_MESSAGE_TIMEOUT`]. Refuses the connection (with the right code and reason) on a bad
+/// greeting, a bad frame or a stall; `Ok(None)` when the peer left without a word.
+pub async fn accept_first(
+    conn: &Connection,
+    label: &str,
+) -> Result<Option<(Framed, Msg)>, LinkError> {
+    let work = async {
+        let mut f = match Framed::accept(conn, label).await {
+            Ok(f) => f,
+            Err(e) => {
+                refuse(conn, close::PROTOCOL, &e.to_string());
+                return Err(e);
+            }
+        };
+        match f.recv().await {
+            Ok(Some(m)) => Ok(Some((f, m))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                refuse(conn, close::BAD_MESSAGE, &e.to_string());
+                Err(e)
+            }
+        }
+    };
+    match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => {
+            let why = format!(
+                "no complete first message within {} s",
+                FIRST_MESSAGE_TIMEOUT.as_secs()
+            );
+            refuse(conn, close::BAD_MESSAGE, &why);
+            Err(LinkError::Broken {
+                peer: label.to_string(),
+                detail: why,
+            })
+        }
+    }
 }

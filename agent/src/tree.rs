@@ -302,7 +302,7 @@ impl Node {
     pub fn height(&self) -> u32 {
         self.children
             .values()
-            .map(|c| c.height + 1)
+            .map(|c| c.height.saturating_add(1))
             .max()
             .unwrap_or(0)
     }

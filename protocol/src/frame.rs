@@ -23,6 +23,8 @@ pub enum FrameError {
     Decode(String),
     #[error("message does not encode: {0}")]
     Encode(String),
+    #[error("greeting is truncated: got {0} of its 8 bytes (not a banyan peer?)")]
+    ShortGreeting(usize),
     #[error("peer is not speaking the banyan protocol (bad greeting magic)")]
     BadMagic,
     #[error("peer speaks banyan protocol version {theirs}, this program speaks version {ours}; run the same banyan release on both ends")]

@@ -9,6 +9,7 @@
 //! [`metric::MetricSet`] (what reduces up the tree) and [`nodeset::NodeSet`] (how operators name nodes).
 
 pub mod duration;
+pub mod exposition;
 pub mod frame;
 pub mod identity;
 pub mod metric;

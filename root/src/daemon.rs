@@ -302,20 +302,11 @@ async fn serve(
     let remote = conn.remote_address();
     let cert_name = transport::peer_cert_name(&conn);
     let label = cert_name.clone().unwrap_or_else(|| remote.to_string());
-    let mut f = match Framed::accept(&conn, &label).await {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(peer = %remote, error = %e, "refused a peer that does not speak this protocol");
-            transport::refuse(&conn, close::PROTOCOL, &e.to_string());
-            return Err(e);
-        }
-    };
-    let first = match f.recv().await {
-        Ok(Some(m)) => m,
+    let (mut f, first) = match transport::accept_first(&conn, &label).await {
+        Ok(Some(x)) => x,
         Ok(None) => return Ok(()),
         Err(e) => {
-            warn!(peer = %remote, error = %e, "refused a bad first message");
-            transport::refuse(&conn, close::BAD_MESSAGE, &e.to_string());
+            warn!(peer = %remote, error = %e, "refused a peer");
             return Err(e);
         }
     };

@@ -44,6 +44,15 @@ impl Default for PlacementConfig {
     }
 }
 
+/// Placement generations follow the root's clock (1,024 per millisecond), so a restarted root
+/// issues generations newer than its predecessor's without remembering them.
+fn gen_at(now_ms: u64) -> u64 {
+    now_ms.saturating_mul(1024)
+}
+
+/// How far ahead of the root's clock a generation may be (clocks of restarted roots differ a little).
+const GEN_FUTURE_SLACK_MS: u64 = 10 * 60 * 1000;
+
 /// Where a node stands in the root's model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -376,7 +385,13 @@ impl Placement {
         if m.name == self.root {
             return;
         }
-        self.next_gen = self.next_gen.max(m.gen + 1);
+        if m.gen > gen_at(now).saturating_add(gen_at(GEN_FUTURE_SLACK_MS)) {
+            // Generations are issued by the root from its clock; one from far in the future is a
+            // forgery or garbage, and taking it would let it outrank every real placement.
+            tracing::warn!(node = %m.name, gen = m.gen, "ignoring a member with an impossible placement generation");
+            return;
+        }
+        self.next_gen = self.next_gen.max(m.gen.saturating_add(1));
         self.ensure(&m.name, &m.addr);
         self.ensure(&m.parent, "");
         let Some(t) = self.nodes.get(&m.name) else {
@@ -482,8 +497,8 @@ impl Placement {
 
     /// Puts `name` under `parent` as a pending placement and keeps the indexes right.
     fn attach_pending(&mut self, now: u64, name: &str, parent: &str) -> u64 {
-        let gen = self.next_gen;
-        self.next_gen += 1;
+        let gen = self.next_gen.max(gen_at(now));
+        self.next_gen = gen.saturating_add(1);
         let old_parent = self.nodes.get(name).and_then(|t| t.parent.clone());
         self.unindex(parent);
         self.unindex(name);

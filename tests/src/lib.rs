@@ -1,4 +1,5 @@
 //! banyan-tests: integration tests and the simulator; this library holds the harnesses the tests share.
 
+pub mod cluster;
 pub mod sim;
 pub mod testnet;

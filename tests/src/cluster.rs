@@ -1,0 +1,1224 @@
+//! A whole banyan cluster on test hosts, for integration tests and benchmarks.
+//!
+//! [`Cluster::start`] makes a [`Testnet`] of `n` hosts, starts `banyan-root` in the machine's own
+//! namespace (on the bridge address, which every host reaches) and one `banyan-agent` per host, each
+//! with its own state dir and metrics file under a fresh temporary directory. The methods then act on
+//! the cluster the way an operator or a failure would (kill, restart, cut a host, stop the root) and
+//! read it back through the root's HTTP API. Dropping the cluster stops every process by PID and
+//! removes the namespaces; the temporary directory, which holds every process's log, is kept and
+//! its path printed when the test failed (a panic, or [`Cluster::keep_logs`]).
+//!
+//! The programs are the built `banyan-root` and `banyan-agent` binaries: `BANYAN_BIN_DIR` if set,
+//! else `target/debug` of this workspace (or of `CARGO_TARGET_DIR`), built once with `cargo build`
+//! when missing there.
+//!
+//! The root's ports are chosen free for each cluster rather than the default 1337: tests run in
+//! parallel, and every cluster's root shares the bridge address 198.18.0.1 and the loopback.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::testnet::{TestHost, Testnet};
+
+/// The bridge's address in the machine's own namespace: every test host routes to it.
+const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// How long the root may take to write its tokens and answer HTTP after it is started.
+const ROOT_READY: Duration = Duration::from_secs(30);
+
+/// How long a stopped root gets to exit after SIGTERM before SIGKILL.
+const ROOT_GRACE: Duration = Duration::from_secs(5);
+
+/// How often [`Cluster::wait_for`] and friends poll.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// Budget of one HTTP request. `POST /ping` waits up to 5 s for silent targets, so more than that.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Counts the clusters of this process, for unique temporary directories.
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+/// How a cluster is started.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The reduction period given to the root and every agent (`--period`), e.g. `"1s"`.
+    pub period: String,
+    /// `BANYAN_LOG` for every process; `None` leaves the test's own environment alone.
+    pub log_filter: Option<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            period: "1s".into(),
+            log_filter: None,
+        }
+    }
+}
+
+/// The two programs a cluster runs.
+#[derive(Debug, Clone)]
+struct Binaries {
+    root: PathBuf,
+    agent: PathBuf,
+}
+
+/// Where the binaries are, building them once per test process when they are missing.
+fn binaries() -> Result<Binaries> {
+    // A failed build is remembered too: every test of the process then fails with the same message
+    // instead of running cargo again.
+    static FOUND: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| find_binaries().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn find_binaries() -> Result<Binaries> {
+    let in_dir = |dir: &Path| Binaries {
+        root: dir.join("banyan-root"),
+        agent: dir.join("banyan-agent"),
+    };
+    let present = |b: &Binaries| b.root.is_file() && b.agent.is_file();
+    if let Some(dir) = std::env::var_os("BANYAN_BIN_DIR") {
+        // An explicit directory is used as it is: building into it is not ours to do.
+        let bins = in_dir(Path::new(&dir));
+        if !present(&bins) {
+            bail!(
+                "BANYAN_BIN_DIR={} lacks banyan-root or banyan-agent",
+                Path::new(&dir).display()
+            );
+        }
+        return Ok(bins);
+    }
+    let workspace = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_relative() {
+                workspace.join(t)
+            } else {
+                t
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let bins = in_dir(&target.join("debug"));
+    if present(&bins) {
+        return Ok(bins);
+    }
+    // `cargo test -p banyan-tests` builds this crate's dependencies as libraries only, not their
+    // binaries, so on a fresh checkout they have to be built here.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "cluster: building banyan-root and banyan-agent (missing in {})",
+        target.display()
+    );
+    let status = Command::new(&cargo)
+        .args(["build", "-p", "banyan-agent", "-p", "banyan-root"])
+        .current_dir(&workspace)
+        .stdin(Stdio::null())
+        .status()
+        .context("running `cargo build -p banyan-agent -p banyan-root`")?;
+    if !status.success() {
+        bail!(
+            "`cargo build -p banyan-agent -p banyan-root` failed ({status}); see its output above"
+        );
+    }
+    if !present(&bins) {
+        bail!(
+            "`cargo build` succeeded but {} or {} is still missing",
+            bins.root.display(),
+            bins.agent.display()
+        );
+    }
+    Ok(bins)
+}
+
+/// The workspace's root directory (this crate lives in `<workspace>/tests`).
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// A fresh directory for one cluster under the system's temporary directory.
+fn fresh_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for _ in 0..1000 {
+        let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("banyan-cluster-{}-{n}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            // Left by an earlier process with the same PID: take the next number.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    bail!("no free directory name under {}", base.display())
+}
+
+/// A port that is free at this moment on `addr` (TCP or UDP). Another process may take it before the
+/// root binds it; that shows as the root failing to start, with the reason in its log.
+fn free_port(addr: Ipv4Addr, udp: bool) -> Result<u16> {
+    let port = if udp {
+        UdpSocket::bind((addr, 0)).and_then(|s| s.local_addr())
+    } else {
+        TcpListener::bind((addr, 0)).and_then(|s| s.local_addr())
+    }
+    .with_context(|| format!("finding a free port on {addr}"))?
+    .port();
+    Ok(port)
+}
+
+/// The test bridge in the machine's own namespace (made by `scripts/testnet`).
+const BRIDGE: &str = "bnybr0";
+
+/// Gives the test bridge a MAC address of its own, its current one.
+///
+/// A Linux bridge without an address set takes the lowest MAC among its ports. When the port it took
+/// goes away (another test's net torn down) the bridge's MAC changes, but hosts keep the old one in
+/// their neighbour tables (UDP never confirms an entry, so it stays "reachable" for up to ~45 s) and
+/// everything they send to 198.18.0.1, the root, is lost meanwhile. That belongs in
+/// `scripts/testnet` where it makes the bridge; until it is there, the harness pins it. An address
+/// once set stays until the bridge is deleted with the last net.
+fn pin_bridge_mac() -> Result<()> {
+    let dev = Path::new("/sys/class/net").join(BRIDGE);
+    let read = |file: &str| -> Result<String> {
+        let path = dev.join(file);
+        Ok(fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned())
+    };
+    // NET_ADDR_SET: pinned already (by an earlier cluster, or by the script once it does so).
+    if read("addr_assign_type")? == "3" {
+        return Ok(());
+    }
+    let mac = read("address")?;
+    let out = Command::new("ip")
+        .args(["link", "set", BRIDGE, "address", &mac])
+        .stdin(Stdio::null())
+        .output()
+        .context("running ip link set")?;
+    if !out.status.success() {
+        bail!(
+            "pinning the MAC of {BRIDGE}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `pid` has exited (a zombie waiting to be reaped, or gone). Only for diagnostics: processes
+/// started through [`Testnet::spawn`] are reaped by the testnet, which does not expose `try_wait`.
+fn has_exited(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
+    }
+}
+
+/// The last `lines` lines of a log file, for error messages.
+fn tail(path: &Path, lines: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+// ----- Topology ---------------------------------------------------------------------------------
+
+/// The answer of `GET /topology`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Topology {
+    /// The root's node name (`banyan-root`).
+    pub root: String,
+    pub nodes: Vec<TopoNode>,
+}
+
+/// One node of `GET /topology`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TopoNode {
+    pub name: String,
+    pub parent: Option<String>,
+    pub depth: u32,
+    pub children: Vec<String>,
+    pub addr: String,
+    /// Live in the root's model: attached, or placed and not yet confirmed (`status` tells which).
+    pub up: bool,
+    /// `up` (attached), `joining`, `lost` or `stale`.
+    pub status: String,
+}
+
+impl TopoNode {
+    /// Attached to the tree (status `up`), not merely placed.
+    pub fn attached(&self) -> bool {
+        self.status == "up"
+    }
+}
+
+impl Topology {
+    pub fn node(&self, name: &str) -> Option<&TopoNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Every node but the root.
+    pub fn agents(&self) -> impl Iterator<Item = &TopoNode> {
+        self.nodes.iter().filter(move |n| n.name != self.root)
+    }
+
+    /// Whether `name` is attached (status `up`).
+    pub fn is_attached(&self, name: &str) -> bool {
+        self.node(name).is_some_and(TopoNode::attached)
+    }
+
+    /// `name`'s status word, `absent` when the root does not know it.
+    pub fn status_of(&self, name: &str) -> &str {
+        self.node(name).map_or("absent", |n| n.status.as_str())
+    }
+
+    /// The children `name` has according to the root, as a set.
+    pub fn children_of(&self, name: &str) -> BTreeSet<String> {
+        self.node(name)
+            .map(|n| n.children.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The deepest attached node's depth.
+    pub fn depth(&self) -> u32 {
+        self.nodes
+            .iter()
+            .filter(|n| n.attached())
+            .map(|n| n.depth)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The live edges `(parent, child)`, as `GET /topo` should list them.
+    pub fn edges(&self) -> BTreeSet<(String, String)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.up)
+            .filter_map(|n| n.parent.clone().map(|p| (p, n.name.clone())))
+            .collect()
+    }
+
+    /// What keeps the attached nodes from being one binary tree under the root: an attached node
+    /// whose parent is not attached or does not list it, a wrong depth, more than two children, a
+    /// listed child that does not name its parent back, a cycle. Empty when the tree is sound.
+    pub fn tree_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(root) = self.node(&self.root) else {
+            return vec![format!("the root {} is not in the topology", self.root)];
+        };
+        if root.parent.is_some() || root.depth != 0 {
+            problems.push(format!(
+                "the root has parent {:?} and depth {}",
+                root.parent, root.depth
+            ));
+        }
+        for n in self.nodes.iter().filter(|n| n.attached()) {
+            if n.children.len() > 2 {
+                problems.push(format!(
+                    "{} has {} children: {:?}",
+                    n.name,
+                    n.children.len(),
+                    n.children
+                ));
+            }
+            for c in &n.children {
+                if let Some(cn) = self.node(c) {
+                    if cn.attached() && cn.parent.as_deref() != Some(n.name.as_str()) {
+                        problems.push(format!(
+                            "{} lists child {c}, whose parent is {:?}",
+                            n.name, cn.parent
+                        ));
+                    }
+                }
+            }
+            if n.name == self.root {
+                continue;
+            }
+            let Some(p) = n.parent.as_deref() else {
+                problems.push(format!("{} is attached without a parent", n.name));
+                continue;
+            };
+            match self.node(p) {
+                None => problems.push(format!("{}'s parent {p} is unknown", n.name)),
+                Some(pn) => {
+                    if !pn.attached() {
+                        problems.push(format!("{}'s parent {p} is {}", n.name, pn.status));
+                    }
+                    if !pn.children.iter().any(|c| c == &n.name) {
+                        problems.push(format!("{}'s parent {p} does not list it", n.name));
+                    }
+                    if n.depth != pn.depth + 1 {
+                        problems.push(format!(
+                            "{} has depth {} under {p} at depth {}",
+                            n.name, n.depth, pn.depth
+                        ));
+                    }
+                }
+            }
+            // Walk up: the root must come within as many steps as there are nodes.
+            let mut at = n;
+            let mut steps = 0;
+            while at.name != self.root {
+                steps += 1;
+                match at.parent.as_deref().and_then(|p| self.node(p)) {
+                    Some(up) if steps <= self.nodes.len() => at = up,
+                    Some(_) => {
+                        problems.push(format!("{} is on a cycle", n.name));
+                        break;
+                    }
+                    None => break, // reported above
+                }
+            }
+        }
+        problems
+    }
+
+    /// Whether every one of `names` is attached and the attached nodes form a sound binary tree.
+    pub fn healthy<S: AsRef<str>>(&self, names: &[S]) -> bool {
+        names.iter().all(|n| self.is_attached(n.as_ref())) && self.tree_problems().is_empty()
+    }
+
+    /// One line per node, for error messages.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            out.push_str(&format!(
+                "  {} [{}] depth {} parent {} children {:?}\n",
+                n.name,
+                n.status,
+                n.depth,
+                n.parent.as_deref().unwrap_or("-"),
+                n.children
+            ));
+        }
+        let problems = self.tree_problems();
+        if !problems.is_empty() {
+            out.push_str(&format!("  problems: {}\n", problems.join("; ")));
+        }
+        out
+    }
+}
+
+// ----- HTTP -------------------------------------------------------------------------------------
+
+/// One HTTP/1.1 request to the root over a fresh connection (`Connection: close`), with `timeout`
+/// for connecting and for each read and write. Returns the status and the body. A client this small
+/// is enough for a loopback JSON API and keeps the tests free of an HTTP stack.
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to the root's HTTP API on {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = bearer {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if method != "GET" {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer to {method} {path}"))?;
+    parse_response(&raw).with_context(|| format!("the answer to {method} {path}"))
+}
+
+/// Splits a raw HTTP/1.1 response into its status and (de-chunked) body.
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no end of headers in {} bytes", raw.len()))?;
+    let head = std::str::from_utf8(&raw[..split]).context("headers are not UTF-8")?;
+    let body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let mut chunked = false;
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        }
+    }
+    if chunked {
+        return Ok((status, dechunk(body)?));
+    }
+    let body = match length {
+        Some(n) if n <= body.len() => &body[..n],
+        Some(n) => bail!("body cut short: {} of {n} bytes", body.len()),
+        None => body,
+    };
+    Ok((status, body.to_vec()))
+}
+
+/// Decodes a chunked transfer encoding (trailers ignored).
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("chunk size line not terminated"))?;
+        let size_text = std::str::from_utf8(&rest[..eol])?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 {
+            bail!("chunk cut short");
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+// ----- Cluster ----------------------------------------------------------------------------------
+
+/// One agent's process and files.
+#[derive(Debug)]
+struct AgentSlot {
+    /// The running process, `None` while killed.
+    pid: Option<u32>,
+    /// How many times it was started, for log file names.
+    starts: u32,
+    state_dir: PathBuf,
+    metrics_file: PathBuf,
+    /// What its metrics file holds, so one value can change without losing the others.
+    metrics: BTreeMap<String, f64>,
+}
+
+/// A running cluster: root, agents, test hosts. See the module documentation.
+#[derive(Debug)]
+pub struct Cluster {
+    // Dropped after `Cluster::drop` has stopped the root; its own drop kills the agents and removes
+    // the namespaces.
+    net: Testnet,
+    bins: Binaries,
+    opts: ClusterOptions,
+    dir: PathBuf,
+    root_state: PathBuf,
+    mesh: SocketAddr,
+    http: SocketAddr,
+    root: Option<Child>,
+    root_starts: u32,
+    join_token: String,
+    admin_token: String,
+    agents: Vec<AgentSlot>,
+    keep: bool,
+}
+
+impl Cluster {
+    /// Makes `n_agents` test hosts, starts the root and one agent on each host, and returns once the
+    /// root answers HTTP and every agent is started (not yet attached: see [`Cluster::wait_for`]).
+    pub fn start(n_agents: usize, opts: ClusterOptions) -> Result<Cluster> {
+        let bins = binaries()?;
+        let dir = fresh_dir()?;
+        let net = match Testnet::up(n_agents) {
+            Ok(net) => net,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        // The bridge exists only once a net is up, so it is pinned and the mesh port found after `up`.
+        let ports = pin_bridge_mac()
+            .and_then(|()| free_port(BRIDGE_ADDR, true))
+            .and_then(|m| Ok((m, free_port(Ipv4Addr::LOCALHOST, false)?)));
+        let (mesh_port, http_port) = match ports {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let agents = net
+            .hosts()
+            .iter()
+            .map(|h| AgentSlot {
+                pid: None,
+                starts: 0,
+                state_dir: dir.join(&h.name),
+                metrics_file: dir.join(format!("{}.metrics", h.name)),
+                metrics: BTreeMap::new(),
+            })
+            .collect();
+        // From here on, dropping `cluster` stops whatever was started.
+        let mut cluster = Cluster {
+            net,
+            bins,
+            opts,
+            root_state: dir.join("root"),
+            dir,
+            mesh: SocketAddr::from((BRIDGE_ADDR, mesh_port)),
+            http: SocketAddr::from((Ipv4Addr::LOCALHOST, http_port)),
+            root: None,
+            root_starts: 0,
+            join_token: String::new(),
+            admin_token: String::new(),
+            agents,
+            keep: false,
+        };
+        if let Err(e) = cluster.boot() {
+            cluster.keep_logs();
+            return Err(e.context(format!(
+                "starting a cluster of {n_agents} (logs in {})",
+                cluster.dir.display()
+            )));
+        }
+        Ok(cluster)
+    }
+
+    fn boot(&mut self) -> Result<()> {
+        self.start_root()?;
+        let token_file = self.root_state.join("join-token");
+        self.join_token = fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_owned();
+        let admin_file = self.root_state.join("admin-token");
+        self.admin_token = fs::read_to_string(&admin_file)
+            .with_context(|| format!("reading {}", admin_file.display()))?
+            .trim()
+            .to_owned();
+        for i in 0..self.agents.len() {
+            // An empty metrics file from the start: the agent warns about a missing one.
+            self.write_metrics(i)?;
+            self.start_agent(i)?;
+        }
+        Ok(())
+    }
+
+    // ----- Where things are -------------------------------------------------------------------
+
+    /// The directory holding every log, state dir and metrics file of this cluster.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The test hosts, in agent order: agent `i` runs on `hosts()[i]` and is named after it.
+    pub fn hosts(&self) -> &[TestHost] {
+        self.net.hosts()
+    }
+
+    /// The agents' names (their hosts' names), in order.
+    pub fn names(&self) -> Vec<String> {
+        self.hosts().iter().map(|h| h.name.clone()).collect()
+    }
+
+    /// Agent `i`'s name. Panics when there is no agent `i`, like indexing.
+    pub fn name(&self, i: usize) -> &str {
+        &self.hosts()[i].name
+    }
+
+    /// The index of the agent called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.hosts().iter().position(|h| h.name == name)
+    }
+
+    /// The host names' common prefix: the agents are `<prefix>1` to `<prefix>N`.
+    pub fn prefix(&self) -> &str {
+        self.net.prefix()
+    }
+
+    /// The node set naming every agent, `<prefix>[1-N]`.
+    pub fn all_nodes(&self) -> String {
+        format!("{}[1-{}]", self.prefix(), self.agents.len())
+    }
+
+    /// The root's HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The root's mesh address, as given to the agents.
+    pub fn mesh_addr(&self) -> SocketAddr {
+        self.mesh
+    }
+
+    /// The test hosts themselves, for what the methods here do not cover.
+    pub fn testnet(&mut self) -> &mut Testnet {
+        &mut self.net
+    }
+
+    /// Keeps the directory with the logs when the cluster is dropped, and prints its path then.
+    /// Dropping during a panic does so by itself.
+    pub fn keep_logs(&mut self) {
+        self.keep = true;
+    }
+
+    // ----- The root ---------------------------------------------------------------------------
+
+    /// Starts the root (again) on the same state dir and ports, and waits until it answers HTTP.
+    pub fn start_root(&mut self) -> Result<()> {
+        if self.root.is_some() {
+            bail!("the root is already running");
+        }
+        self.root_starts += 1;
+        let log = self.log_path("root", self.root_starts);
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(&self.bins.root);
+        cmd.arg("--mesh")
+            .arg(self.mesh.to_string())
+            .arg("--http")
+            .arg(self.http.to_string())
+            .arg("--state-dir")
+            .arg(&self.root_state)
+            .arg("--period")
+            .arg(&self.opts.period)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own group, like the agents, so a stop reaches anything it starts.
+            .process_group(0);
+        if let Some(filter) = &self.opts.log_filter {
+            cmd.env("BANYAN_LOG", filter);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bins.root.display()))?;
+        self.root = Some(child);
+        self.wait_root_ready(&log)
+    }
+
+    /// Waits until the root has its tokens and answers `GET /status`, failing early if it exits.
+    fn wait_root_ready(&mut self, log: &Path) -> Result<()> {
+        let deadline = Instant::now() + ROOT_READY;
+        let token = self.root_state.join("join-token");
+        let admin = self.root_state.join("admin-token");
+        loop {
+            if let Some(child) = self.root.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.root = None;
+                    bail!(
+                        "banyan-root exited at start ({status}); its log {}:\n{}",
+                        log.display(),
+                        tail(log, 20)
+                    );
+                }
+            }
+            // The token files come first, the HTTP listener after them.
+            let tokens = fs::metadata(&token).is_ok_and(|m| m.len() > 0)
+                && fs::metadata(&admin).is_ok_and(|m| m.len() > 0);
+            if tokens
+                && self
+                    .request("GET", "/status", None, Duration::from_secs(2))
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "banyan-root did not become ready within {ROOT_READY:?}; its log {}:\n{}",
+                    log.display(),
+                    tail(log, 20)
+                );
+            }
+            thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// Stops the root with SIGTERM (SIGKILL after 5 s) and waits for it to exit.
+    pub fn stop_root(&mut self) -> Result<()> {
+        let mut child = self
+            .root
+            .take()
+            .ok_or_else(|| anyhow!("the root is not running"))?;
+        signal_group(child.id(), Signal::SIGTERM)?;
+        let deadline = Instant::now() + ROOT_GRACE;
+        while child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                eprintln!("cluster: banyan-root ignored SIGTERM for {ROOT_GRACE:?}; killing it");
+                signal_group(child.id(), Signal::SIGKILL)?;
+                child.wait()?;
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever else its group started goes too.
+        signal_group(child.id(), Signal::SIGKILL)
+    }
+
+    /// Kills the root with SIGKILL: no chance to save anything.
+    pub fn kill_root(&mut self) -> Result<()> {
+        let mut child = self
+            .root
+            .take()
+            .ok_or_else(|| anyhow!("the root is not running"))?;
+        signal_group(child.id(), Signal::SIGKILL)?;
+        child.wait()?;
+        Ok(())
+    }
+
+    // ----- Agents -----------------------------------------------------------------------------
+
+    fn agent(&self, i: usize) -> Result<&AgentSlot> {
+        self.agents
+            .get(i)
+            .ok_or_else(|| anyhow!("no agent {i} (the cluster has {})", self.agents.len()))
+    }
+
+    fn agent_mut(&mut self, i: usize) -> Result<&mut AgentSlot> {
+        let n = self.agents.len();
+        self.agents
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("no agent {i} (the cluster has {n})"))
+    }
+
+    fn log_path(&self, who: &str, start: u32) -> PathBuf {
+        if start <= 1 {
+            self.dir.join(format!("{who}.log"))
+        } else {
+            self.dir.join(format!("{who}.{start}.log"))
+        }
+    }
+
+    /// Starts agent `i` on its host with its own state dir and metrics file.
+    fn start_agent(&mut self, i: usize) -> Result<()> {
+        let name = self.name(i).to_owned();
+        let slot = self.agent(i)?;
+        if slot.pid.is_some() {
+            bail!("agent {name} is already running");
+        }
+        let log = self.log_path(&name, slot.starts + 1);
+        let (state_dir, metrics_file) = (slot.state_dir.clone(), slot.metrics_file.clone());
+        let root = self.mesh.to_string();
+        let args = [
+            "--name",
+            &name,
+            "--root",
+            &root,
+            "--token",
+            &self.join_token,
+            "--state-dir",
+            path_str(&state_dir)?,
+            "--metrics-file",
+            path_str(&metrics_file)?,
+            "--period",
+            &self.opts.period,
+        ];
+        let mut envs = Vec::new();
+        if let Some(filter) = &self.opts.log_filter {
+            envs.push(("BANYAN_LOG", filter.as_str()));
+        }
+        let agent_bin = self.bins.agent.clone();
+        let pid = self.net.spawn(i, &agent_bin, &args, &envs, &log)?;
+        let slot = self.agent_mut(i)?;
+        slot.pid = Some(pid);
+        slot.starts += 1;
+        Ok(())
+    }
+
+    /// Kills agent `i` with SIGKILL, as a crash would.
+    pub fn kill_agent(&mut self, i: usize) -> Result<()> {
+        let pid = self.running_pid(i)?;
+        self.net.kill(pid)?;
+        self.agent_mut(i)?.pid = None;
+        Ok(())
+    }
+
+    /// Stops agent `i` with SIGTERM (SIGKILL after 5 s).
+    pub fn terminate_agent(&mut self, i: usize) -> Result<()> {
+        let pid = self.running_pid(i)?;
+        self.net.terminate(pid)?;
+        self.agent_mut(i)?.pid = None;
+        Ok(())
+    }
+
+    /// Starts agent `i` again with the same state dir (so with its certificate), killing it first
+    /// if it still runs.
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        if self.agent(i)?.pid.is_some() {
+            self.kill_agent(i)?;
+        }
+        self.start_agent(i)
+    }
+
+    fn running_pid(&self, i: usize) -> Result<u32> {
+        self.agent(i)?
+            .pid
+            .ok_or_else(|| anyhow!("agent {} is not running", self.name(i)))
+    }
+
+    /// Agents started by the cluster that have exited since, by name.
+    pub fn exited_agents(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.pid.is_some_and(has_exited))
+            .map(|(i, _)| self.name(i).to_owned())
+            .collect()
+    }
+
+    /// Cuts agent `i`'s host off the bridge: its packets are silently dropped.
+    pub fn cut(&self, i: usize) -> Result<()> {
+        self.net.cut(i)
+    }
+
+    /// Reconnects a host cut off by [`Cluster::cut`].
+    pub fn restore(&self, i: usize) -> Result<()> {
+        self.net.restore(i)
+    }
+
+    /// Cuts the path between the hosts of agents `a` and `b` only, both ways (a blackhole route
+    /// to the other in each host), while both keep reaching everyone else: a partial partition.
+    pub fn partition(&self, a: usize, b: usize) -> Result<()> {
+        self.route_between(a, b, "add")
+    }
+
+    /// Undoes [`Cluster::partition`].
+    pub fn heal_partition(&self, a: usize, b: usize) -> Result<()> {
+        self.route_between(a, b, "del")
+    }
+
+    fn route_between(&self, a: usize, b: usize, verb: &str) -> Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            let to_host = self
+                .hosts()
+                .get(to)
+                .with_context(|| format!("no agent {to}"))?;
+            let to_addr = format!("{}/32", to_host.addr);
+            let out = self
+                .net
+                .exec(from, &["ip", "route", verb, "blackhole", &to_addr])?;
+            if !out.status.success() {
+                bail!(
+                    "ip route {verb} blackhole {to_addr} on {}: {}",
+                    self.name(from),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes agent `i` with SIGSTOP: alive, sockets open, silent until [`Cluster::resume_agent`].
+    pub fn pause_agent(&self, i: usize) -> Result<()> {
+        signal_group(self.running_pid(i)?, Signal::SIGSTOP)
+    }
+
+    /// Lets an agent frozen by [`Cluster::pause_agent`] run again.
+    pub fn resume_agent(&self, i: usize) -> Result<()> {
+        signal_group(self.running_pid(i)?, Signal::SIGCONT)
+    }
+
+    /// Sets `name` to `value` in agent `i`'s metrics file (names ending `_total` are counters).
+    /// The file is replaced atomically, so the agent never reads half of it.
+    pub fn set_metric(&mut self, i: usize, name: &str, value: f64) -> Result<()> {
+        self.agent_mut(i)?.metrics.insert(name.to_owned(), value);
+        self.write_metrics(i)
+    }
+
+    fn write_metrics(&self, i: usize) -> Result<()> {
+        let slot = self.agent(i)?;
+        let mut text = String::new();
+        for (name, value) in &slot.metrics {
+            text.push_str(&format!("{name} {value}\n"));
+        }
+        let tmp = slot.metrics_file.with_extension("metrics.tmp");
+        fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &slot.metrics_file)
+            .with_context(|| format!("replacing {}", slot.metrics_file.display()))
+    }
+
+    // ----- Reading the cluster ----------------------------------------------------------------
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let bearer = (method != "GET").then_some(self.admin_token.as_str());
+        let (status, bytes) = http_request(self.http, method, path, bearer, body, timeout)?;
+        if !(200..300).contains(&status) {
+            bail!(
+                "{method} {path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{method} {path}: not JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    }
+
+    /// `GET path` on the root's HTTP API, as JSON; an error for a non-2xx status.
+    pub fn http_get(&self, path: &str) -> Result<Value> {
+        self.request("GET", path, None, HTTP_TIMEOUT)
+    }
+
+    /// `POST path` with a JSON body and the admin token.
+    pub fn http_post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.request("POST", path, Some(body), HTTP_TIMEOUT)
+    }
+
+    /// `POST /ping` to the node set `nodes` (e.g. `cn[1-4]`): `{"answered", "failed", "unreachable"}`.
+    pub fn ping(&self, nodes: &str) -> Result<Value> {
+        self.http_post("/ping", &json!({ "nodes": nodes }))
+    }
+
+    /// `GET /topology`, typed.
+    pub fn topology(&self) -> Result<Topology> {
+        serde_json::from_value(self.http_get("/topology")?)
+            .context("GET /topology: unexpected shape")
+    }
+
+    /// `GET /topo` as a set of `(parent, child)` edges.
+    pub fn topo_edges(&self) -> Result<BTreeSet<(String, String)>> {
+        let edges: Vec<(String, String)> = serde_json::from_value(self.http_get("/topo")?)
+            .context("GET /topo: unexpected shape")?;
+        Ok(edges.into_iter().collect())
+    }
+
+    /// Every attached agent's depth, by name.
+    pub fn agent_depths(&self) -> Result<BTreeMap<String, u32>> {
+        let topo = self.topology()?;
+        Ok(topo
+            .agents()
+            .filter(|n| n.attached())
+            .map(|n| (n.name.clone(), n.depth))
+            .collect())
+    }
+
+    /// The root's total of counter `name` from `GET /totals`; `None` when it has none.
+    pub fn counter_total(&self, name: &str) -> Result<Option<f64>> {
+        let totals = self.http_get("/totals")?;
+        let Some(metric) = totals.get("metrics").and_then(|m| m.get(name)) else {
+            return Ok(None);
+        };
+        metric
+            .get("Counter")
+            .and_then(|c| c.get("value"))
+            .and_then(Value::as_f64)
+            .map(Some)
+            .ok_or_else(|| anyhow!("/totals: {name} is not a counter: {metric}"))
+    }
+
+    /// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`. `check` errors
+    /// (the root restarting, say) are retried; the last one is reported on timeout with `what`.
+    pub fn poll<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Cluster) -> Result<Option<T>>,
+    ) -> Result<(T, Duration)> {
+        let start = Instant::now();
+        let last = loop {
+            let outcome = check(self);
+            match outcome {
+                Ok(Some(v)) => return Ok((v, start.elapsed())),
+                Ok(None) | Err(_) if start.elapsed() < timeout => {}
+                Ok(None) => break "the condition never held".to_owned(),
+                Err(e) => break format!("last error: {e:#}"),
+            }
+            thread::sleep(POLL_EVERY);
+        };
+        let mut exited = String::new();
+        if self.root.as_ref().is_some_and(|r| has_exited(r.id())) {
+            exited.push_str("; the root has exited");
+        }
+        let agents = self.exited_agents();
+        if !agents.is_empty() {
+            exited.push_str(&format!("; agents that exited: {agents:?}"));
+        }
+        bail!(
+            "timed out after {timeout:?} waiting for {what}: {last}{exited} (logs in {})",
+            self.dir.display()
+        )
+    }
+
+    /// Polls `/topology` every 100 ms until `cond` holds; returns how long that took. On timeout the
+    /// error shows the last topology.
+    pub fn wait_for(
+        &self,
+        mut cond: impl FnMut(&Topology) -> bool,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let mut last: Option<Topology> = None;
+        let result = self.poll("a topology condition", timeout, |c| {
+            let topo = c.topology()?;
+            let ok = cond(&topo);
+            last = Some(topo);
+            Ok(ok.then_some(()))
+        });
+        match result {
+            Ok(((), took)) => Ok(took),
+            Err(e) => match last {
+                Some(topo) => Err(e.context(format!("last topology:\n{}", topo.summary()))),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Waits until every one of `names` is attached in a sound binary tree.
+    pub fn wait_healthy<S: AsRef<str>>(&self, names: &[S], timeout: Duration) -> Result<Duration> {
+        self.wait_for(|t| t.healthy(names), timeout)
+    }
+
+    /// Waits until the root's total of counter `name` is exactly `expected`.
+    pub fn wait_for_counter(
+        &self,
+        name: &str,
+        expected: f64,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let mut seen = None;
+        let result = self.poll(&format!("{name} = {expected}"), timeout, |c| {
+            let v = c.counter_total(name)?;
+            seen = v;
+            Ok((v == Some(expected)).then_some(()))
+        });
+        result
+            .map(|((), took)| took)
+            .with_context(|| format!("{name} last seen at {seen:?}, expected {expected}"))
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| anyhow!("path {} is not UTF-8", p.display()))
+}
+
+/// Sends `signal` to the process group led by `pid`; a group already gone is not an error.
+fn signal_group(pid: u32, signal: Signal) -> Result<()> {
+    let pgid = Pid::from_raw(i32::try_from(pid).context("PID out of range")?);
+    match killpg(pgid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(anyhow!("sending {signal} to process group {pid}: {e}")),
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.root.take() {
+            if let Err(e) = signal_group(child.id(), Signal::SIGKILL) {
+                eprintln!("cluster: {e:#}");
+            }
+            let _ = child.wait();
+        }
+        // The agents and namespaces go with `self.net`, dropped after this.
+        if self.keep || thread::panicking() || std::env::var_os("BANYAN_KEEP_LOGS").is_some() {
+            eprintln!("cluster: logs and state kept in {}", self.dir.display());
+        } else if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("cluster: removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_with_length_and_chunks_parse() {
+        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(raw).unwrap(), (200, b"{}".to_vec()));
+        let raw = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(raw).unwrap(), (404, b"abcde".to_vec()));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab").is_err());
+    }
+
+    fn node(name: &str, parent: Option<&str>, depth: u32, children: &[&str]) -> TopoNode {
+        TopoNode {
+            name: name.into(),
+            parent: parent.map(Into::into),
+            depth,
+            children: children.iter().map(|c| (*c).into()).collect(),
+            addr: String::new(),
+            up: true,
+            status: "up".into(),
+        }
+    }
+
+    #[test]
+    fn tree_problems_find_bad_shapes() {
+        let good = Topology {
+            root: "r".into(),
+            nodes: vec![
+                node("r", None, 0, &["a", "b"]),
+                node("a", Some("r"), 1, &["c"]),
+                node("b", Some("r"), 1, &[]),
+                node("c", Some("a"), 2, &[]),
+            ],
+        };
+        assert!(
+            good.tree_problems().is_empty(),
+            "{:?}",
+            good.tree_problems()
+        );
+        assert!(good.healthy(&["a", "b", "c"]));
+        assert_eq!(good.depth(), 2);
+
+        let mut three = good.clone();
+        three.nodes[0].children.push("c".into());
+        assert!(!three.tree_problems().is_empty());
+
+        let cycle = Topology {
+            root: "r".into(),
+            nodes: vec![
+                node("r", None, 0, &[]),
+                node("a", Some("b"), 1, &["b"]),
+                node("b", Some("a"), 2, &["a"]),
+            ],
+        };
+        assert!(!cycle.tree_problems().is_empty());
+    }
+}
