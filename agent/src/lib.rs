@@ -7,6 +7,7 @@
 //! the simulator reuse. The async shell around it ([`shell`]) only moves bytes and time in and out.
 //! This crate does not serve HTTP and does not decide placement: that is the root's job.
 
+pub mod collect;
 pub mod enrol;
 pub mod sampler;
 pub mod shell;

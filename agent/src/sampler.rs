@@ -1,15 +1,16 @@
 //! What an agent measures of its own node each wave.
 //!
-//! For now: the agent's own counters and a text file of site values (one `name value` per line,
-//! like node_exporter's textfile collector; names ending in `_total` are counters, others gauges).
-//! The node collectors (CPU, memory, network, disks) arrive as more components behind the same
-//! [`Sampler`] call.
+//! The node collectors ([`crate::collect`]: CPU, load, memory, network, disks, filesystems,
+//! uptime, temperatures, the agent itself), the agent's wave counter, and a text file of site
+//! values (one `name value` per line, like node_exporter's textfile collector; names ending in
+//! `_total` are counters, others gauges).
 
 use banyan_protocol::metric::{MetricSet, Value};
 use banyan_protocol::wire::Digest;
 use std::path::PathBuf;
 
 pub struct Sampler {
+    collectors: crate::collect::Collectors,
     waves: u64,
     started_ms: u64,
     metrics_file: Option<PathBuf>,
@@ -19,6 +20,7 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(metrics_file: Option<PathBuf>, now_ms: u64) -> Sampler {
         Sampler {
+            collectors: crate::collect::Collectors::for_node(std::path::Path::new("/")),
             waves: 0,
             started_ms: now_ms,
             metrics_file,
@@ -37,6 +39,7 @@ impl Sampler {
             now_ms,
         );
         set.set_gauge("banyan_agent_up", 1.0, now_ms);
+        self.collectors.collect_into(now_ms, &mut set);
         if let Some(path) = &self.metrics_file {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
@@ -86,26 +89,6 @@ pub fn parse_text(text: &str, now_ms: u64, set: &mut MetricSet) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_file_lines_become_counters_and_gauges() {
-        let mut set = MetricSet::new();
-        parse_text(
-            "# site values\njobs_done_total 12\nrack_temp 31.5\nbad line here\n9bad 1\nx_total -3\nnan_g NaN\n",
-            5,
-            &mut set,
-        );
-        assert_eq!(set.counter("jobs_done_total"), 12.0);
-        assert!(
-            matches!(set.get("rack_temp"), Some(banyan_protocol::metric::Value::Gauge(g)) if g.last == 31.5)
-        );
-        assert_eq!(set.len(), 2);
-    }
-}
-
 /// The node table's small view of a sample: read from the series the collectors produce.
 pub fn digest_of(name: &str, set: &MetricSet, now_ms: u64) -> Digest {
     let gauge = |key: &str| match set.get(key) {
@@ -131,5 +114,25 @@ pub fn digest_of(name: &str, set: &MetricSet, now_ms: u64) -> Digest {
         net_rx_bps: sum_family("banyan_node_network_receive_bytes_per_second{"),
         net_tx_bps: sum_family("banyan_node_network_transmit_bytes_per_second{"),
         scrape_errors: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_file_lines_become_counters_and_gauges() {
+        let mut set = MetricSet::new();
+        parse_text(
+            "# site values\njobs_done_total 12\nrack_temp 31.5\nbad line here\n9bad 1\nx_total -3\nnan_g NaN\n",
+            5,
+            &mut set,
+        );
+        assert_eq!(set.counter("jobs_done_total"), 12.0);
+        assert!(
+            matches!(set.get("rack_temp"), Some(banyan_protocol::metric::Value::Gauge(g)) if g.last == 31.5)
+        );
+        assert_eq!(set.len(), 2);
     }
 }

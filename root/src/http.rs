@@ -61,6 +61,8 @@ pub fn router(api: Api) -> Router {
         .route("/job", get(job))
         .route("/job/", get(job))
         .route("/nodes", get(nodes))
+        .route("/metrics", get(metrics))
+        .route("/metrics/", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .with_state(api)
@@ -495,4 +497,26 @@ async fn nodes(
         })
         .collect();
     Ok(Json(json!(out)))
+}
+
+/// Prometheus text exposition 0.0.4 of `main` (the sum over all nodes) or of one job.
+async fn metrics(
+    State(api): State<Api>,
+    q: Result<axum::extract::Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad query", e.body_text()))?;
+    let snap = snapshot(&api).await?;
+    let id = q.job.unwrap_or_else(|| "main".to_string());
+    let (_, set) = job_metrics(&api, &snap, &id).await?;
+    let help = |family: &str| crate::catalog::help(family).map(str::to_string);
+    let text = banyan_protocol::exposition::render(&set, &help, &[("banyan_job", id.as_str())]);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -1,0 +1,168 @@
+//! bench-mesh: figures of the real mesh, with real agents on test hosts (network namespaces):
+//! leaf-to-root visibility of a changed value (p50/p99), the per-hop forwarding time, and the time
+//! from killing an inner agent to the tree being whole again, over several runs.
+//!
+//! A benchmark, not a test: it prints figures and asserts nothing about time. Run it as root with
+//! `scripts/bench-mesh` (defaults: 63 agents, 1 s period, 40 visibility samples, 5 kills).
+
+use anyhow::{bail, Context, Result};
+use banyan_tests::cluster::{Cluster, ClusterOptions};
+use banyan_tests::testnet::Testnet;
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, min {:.0}, max {:.0} (n={})",
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN),
+        v.len()
+    )
+}
+
+fn main() -> Result<()> {
+    if !Testnet::require()? {
+        bail!("bench-mesh needs root and network namespaces");
+    }
+    let agents = arg("--agents", 63);
+    let samples = arg("--samples", 40);
+    let kills = arg("--kills", 5);
+    let mut cluster = Cluster::start(agents, ClusterOptions::default())?;
+    let names = cluster.names();
+    let formed = cluster.wait_healthy(&names, Duration::from_secs(120))?;
+    let topo = cluster.topology()?;
+    println!(
+        "bench-mesh: {agents} agents on test hosts, period 1 s; tree formed in {:.1} s, depth {}",
+        formed.as_secs_f64(),
+        topo.depth()
+    );
+
+    // Per-hop time: the root reports, for each wave, the time from the wave's start (every node
+    // samples at the same wall-clock boundary) to the root having the whole wave.
+    let mut latencies = Vec::new();
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies.len() < 20 && Instant::now() < deadline {
+        let s = cluster.http_get("/status")?;
+        let wave = s["last_wave"]["wave"].as_u64();
+        if wave.is_some() && wave != last && s["last_wave"]["complete"].as_bool() == Some(true) {
+            if let Some(l) = s["last_wave"]["latency_ms"].as_f64() {
+                latencies.push(l);
+            }
+            last = wave;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let depth = topo.depth().max(1) as f64;
+    let per_hop: Vec<f64> = latencies.iter().map(|l| l / depth).collect();
+    println!(
+        "wave latency (sampling -> root has the whole wave): {}",
+        summary(latencies)
+    );
+    println!(
+        "per-hop forwarding over depth {depth}: {}",
+        summary(per_hop)
+    );
+
+    // Leaf-to-root visibility: change a counter on the deepest leaf, poll the root's totals.
+    let depths = cluster.agent_depths()?;
+    let (leaf, leaf_depth) = depths
+        .iter()
+        .max_by_key(|(_, d)| **d)
+        .map(|(n, d)| (n.clone(), *d))
+        .context("no attached agent")?;
+    let li = cluster.index_of(&leaf).context("leaf index")?;
+    let mut visible = Vec::new();
+    for k in 1..=samples {
+        // Spread the changes over the period so the wait for the next sample is measured fairly.
+        std::thread::sleep(Duration::from_millis(137 * (k as u64 % 7)));
+        let t0 = Instant::now();
+        cluster.set_metric(li, "bench_marker_total", k as f64)?;
+        loop {
+            if cluster.counter_total("bench_marker_total")? == Some(k as f64) {
+                visible.push(t0.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("the change on {leaf} did not reach the root in 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    println!(
+        "leaf-to-root visibility of a changed value ({leaf}, depth {leaf_depth}): {}",
+        summary(visible)
+    );
+
+    // Heal: SIGKILL an inner agent (silent death, the worst case for detection).
+    let mut detect = Vec::new();
+    let mut heal = Vec::new();
+    for run in 0..kills {
+        let topo = cluster.topology()?;
+        let victim = topo
+            .agents()
+            .filter(|n| n.attached() && !n.children.is_empty())
+            .map(|n| n.name.clone())
+            .nth(run % 3)
+            .context("no inner agent")?;
+        let vi = cluster.index_of(&victim).context("victim index")?;
+        let others: Vec<String> = names.iter().filter(|n| **n != victim).cloned().collect();
+        let t0 = Instant::now();
+        cluster.kill_agent(vi)?;
+        let mut detected = None;
+        loop {
+            let t = cluster.topology()?;
+            if detected.is_none() && !t.is_attached(&victim) {
+                detected = Some(t0.elapsed());
+            }
+            if detected.is_some() && t.healthy(&others) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("the tree did not heal within 30 s after killing {victim}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let healed = t0.elapsed();
+        let d = detected.unwrap_or(healed);
+        println!(
+            "kill {} ({victim}): lost seen at the root after {:.2} s, tree whole after {:.2} s",
+            run + 1,
+            d.as_secs_f64(),
+            healed.as_secs_f64()
+        );
+        detect.push(d.as_secs_f64() * 1000.0);
+        heal.push(healed.as_secs_f64() * 1000.0);
+        cluster.restart_agent(vi)?;
+        cluster.wait_healthy(&names, Duration::from_secs(60))?;
+    }
+    println!(
+        "detection (kill -> the root sees it lost): {}",
+        summary(detect)
+    );
+    println!(
+        "heal (kill -> every other agent in a sound tree): {}",
+        summary(heal)
+    );
+    println!("targets: detection <= 3 s, heal <= 5 s, leaf-to-root p99 <= 1 s at a 1 s period");
+    Ok(())
+}
