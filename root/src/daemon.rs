@@ -60,6 +60,8 @@ enum Event {
         why: String,
     },
     Api(ApiRequest),
+    /// Keep the totals and close every link, then stop.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// A handle for the HTTP side.
@@ -73,6 +75,15 @@ impl RootHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Event::Api(ApiRequest::Snapshot(tx))).ok()?;
         rx.await.ok()
+    }
+
+    /// Stops the core cleanly: the totals are kept and the children see their links close at once
+    /// (rather than after the silence timeout).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Event::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     pub async fn command(&self, targets: Vec<String>, body: CommandBody) -> Option<CommandReport> {
@@ -123,10 +134,19 @@ pub fn start(
         commands: HashMap::new(),
         last_wave: None,
         last_now: now,
+        saved: MetricSet::new(),
     };
     let task = tokio::spawn(async move {
-        shell.run(rx).await;
+        let done = shell.run(rx).await;
+        shell.save_totals();
         ep.close(close::DONE.into(), b"root stopping");
+        // Let the close reach the agents before the endpoint is dropped.
+        tokio::time::timeout(Duration::from_secs(1), ep.wait_idle())
+            .await
+            .ok();
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
     });
     Ok((RootHandle { tx }, task))
 }
@@ -141,22 +161,41 @@ struct Shell {
     commands: HashMap<u64, oneshot::Sender<CommandReport>>,
     last_wave: Option<WaveDone>,
     last_now: u64,
+    /// The cumulative totals last written to the state dir.
+    saved: MetricSet,
 }
 
 impl Shell {
+    /// Writes the cumulative totals when they changed. After a restart they are what the root
+    /// keeps of everything its children had sent, so they are written as soon as anything new
+    /// arrived, not once per wave: a late report counts too.
+    fn save_totals(&mut self) {
+        let now = self.core.totals().cumulative();
+        if now == self.saved {
+            return;
+        }
+        match self.state.save_totals(&now) {
+            Ok(()) => self.saved = now,
+            Err(e) => warn!(error = %e, "cannot keep the totals; a restart would lose counts"),
+        }
+    }
+
     fn now(&mut self) -> u64 {
         self.last_now = self.last_now.max(transport::unix_ms());
         self.last_now
     }
 
-    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) -> Option<oneshot::Sender<()>> {
         loop {
             let now = self.now();
             let wait = self.core.next_timeout().saturating_sub(now).min(1000);
             tokio::select! {
                 ev = rx.recv() => {
-                    let Some(ev) = ev else { return };
-                    self.handle(ev);
+                    match ev {
+                        None => return None,
+                        Some(Event::Shutdown(done)) => return Some(done),
+                        Some(ev) => self.handle(ev),
+                    }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => {
                     let now = self.now();
@@ -222,6 +261,7 @@ impl Shell {
                 };
                 let _ = reply.send(snap);
             }
+            Event::Shutdown(_) => {}
             Event::Api(ApiRequest::Command {
                 targets,
                 body,
@@ -263,11 +303,9 @@ impl Shell {
             newest = Some(w);
         }
         if let Some(w) = newest {
-            if let Err(e) = self.state.save_totals(&self.core.totals()) {
-                warn!(error = %e, "cannot keep the totals; a restart would lose counts");
-            }
             self.last_wave = Some(w);
         }
+        self.save_totals();
     }
 }
 

@@ -117,6 +117,10 @@ pub struct Placement {
     /// Depths and indexes need a rebuild before the next decision.
     dirty: bool,
     held: Vec<Held>,
+    /// Nodes an orphan of the current window lost or could not reach: not a parent for anyone
+    /// placed in this window, whatever the model still says of them (the model learns of a loss
+    /// later than the orphans do, or not at all when only one link is cut).
+    suspects: std::collections::HashSet<String>,
     window_close: Option<u64>,
     decisions: VecDeque<(u64, Msg)>,
     moves: VecDeque<(String, Peer, u64)>,
@@ -152,6 +156,7 @@ impl Placement {
             leaves: BTreeSet::new(),
             dirty: true,
             held: Vec::new(),
+            suspects: std::collections::HashSet::new(),
             window_close: None,
             decisions: VecDeque::new(),
             moves: VecDeque::new(),
@@ -262,6 +267,16 @@ impl Placement {
             t.status = Status::Detached { since: now };
         }
         self.dirty = true;
+        match &join.reason {
+            // An orphan that lost the root is talking to it now: the root is not in doubt.
+            JoinReason::ParentLost { parent } | JoinReason::ParentRefused { parent, .. }
+                if parent != &self.root =>
+            {
+                self.suspects.insert(parent.clone());
+            }
+            JoinReason::ParentLost { .. } | JoinReason::ParentRefused { .. } => {}
+            JoinReason::Fresh | JoinReason::Moved => {}
+        }
         let fresh = matches!(join.reason, JoinReason::Fresh);
         if fresh && self.window_close.is_none() {
             self.place(now, ticket, &join);
@@ -577,7 +592,10 @@ impl Placement {
     }
 
     fn shallowest_free(&self, exclude: &str) -> Option<(u32, String)> {
-        self.free.iter().find(|(_, n)| n != exclude).cloned()
+        self.free
+            .iter()
+            .find(|(_, n)| n != exclude && !self.suspects.contains(n))
+            .cloned()
     }
 
     fn place(&mut self, now: u64, ticket: u64, join: &Join) {
@@ -608,9 +626,11 @@ impl Placement {
 
     fn close_window(&mut self, now: u64) {
         let mut held = std::mem::take(&mut self.held);
+        let suspects = std::mem::take(&mut self.suspects);
         if held.is_empty() {
             return;
         }
+        self.suspects = suspects;
         if self.dirty {
             self.rebuild();
         }
@@ -649,6 +669,7 @@ impl Placement {
             placed.insert(h.join.name.clone(), answer.clone());
             self.decisions.push_back((h.ticket, answer));
         }
+        self.suspects.clear();
     }
 
     /// Compacts the tree after failures: moves the deepest leaves into the shallowest free slots
@@ -679,7 +700,10 @@ impl Placement {
     /// Turns the shallowest free slot into two one level down by moving a deep leaf into it, when
     /// the next free slot is deeper than that.
     fn promote_if_useful(&mut self, now: u64, orphan: &str) {
-        let mut slots = self.free.iter().filter(|(_, n)| n != orphan);
+        let mut slots = self
+            .free
+            .iter()
+            .filter(|(_, n)| n != orphan && !self.suspects.contains(n));
         let Some((d0, s0)) = slots.next().cloned() else {
             return;
         };
@@ -690,7 +714,9 @@ impl Placement {
         let Some((_, leaf)) = self
             .leaves
             .iter()
-            .find(|(Reverse(d), n)| *d > d0 + 1 && n != &s0 && n != orphan)
+            .find(|(Reverse(d), n)| {
+                *d > d0 + 1 && n != &s0 && n != orphan && !self.suspects.contains(n)
+            })
             .cloned()
         else {
             return;

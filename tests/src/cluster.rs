@@ -3,14 +3,17 @@
 //! [`Cluster::start`] makes a [`Testnet`] of `n` hosts, starts `banyan-root` in the machine's own
 //! namespace (on the bridge address, which every host reaches) and one `banyan-agent` per host, each
 //! with its own state dir and metrics file under a fresh temporary directory. The methods then act on
-//! the cluster the way an operator or a failure would (kill, restart, cut a host, stop the root) and
-//! read it back through the root's HTTP API. Dropping the cluster stops every process by PID and
-//! removes the namespaces; the temporary directory, which holds every process's log, is kept and
-//! its path printed when the test failed (a panic, or [`Cluster::keep_logs`]).
+//! the cluster the way an operator or a failure would (kill, restart or freeze an agent, cut a host
+//! off, cut two hosts from each other, stop the root) and read it back through the root's HTTP API
+//! ([`Cluster::topology`], [`Cluster::wait_for`], [`Cluster::counter_total`], [`Cluster::ping`]).
+//! Dropping the cluster stops every process by PID and removes the namespaces; the temporary
+//! directory, which holds every process's log, is removed too unless the test failed (a panic, or
+//! [`Cluster::keep_logs`]) or `BANYAN_KEEP_LOGS` is set, in which case its path is printed.
 //!
 //! The programs are the built `banyan-root` and `banyan-agent` binaries: `BANYAN_BIN_DIR` if set,
 //! else `target/debug` of this workspace (or of `CARGO_TARGET_DIR`), built once with `cargo build`
-//! when missing there.
+//! when missing there. `cargo test -p banyan-tests` does not rebuild them when they exist: build
+//! them first (`cargo build -p banyan-agent -p banyan-root`) to test the current code.
 //!
 //! The root's ports are chosen free for each cluster rather than the default 1337: tests run in
 //! parallel, and every cluster's root shares the bridge address 198.18.0.1 and the loopback.
@@ -183,45 +186,6 @@ fn free_port(addr: Ipv4Addr, udp: bool) -> Result<u16> {
     .with_context(|| format!("finding a free port on {addr}"))?
     .port();
     Ok(port)
-}
-
-/// The test bridge in the machine's own namespace (made by `scripts/testnet`).
-const BRIDGE: &str = "bnybr0";
-
-/// Gives the test bridge a MAC address of its own, its current one.
-///
-/// A Linux bridge without an address set takes the lowest MAC among its ports. When the port it took
-/// goes away (another test's net torn down) the bridge's MAC changes, but hosts keep the old one in
-/// their neighbour tables (UDP never confirms an entry, so it stays "reachable" for up to ~45 s) and
-/// everything they send to 198.18.0.1, the root, is lost meanwhile. That belongs in
-/// `scripts/testnet` where it makes the bridge; until it is there, the harness pins it. An address
-/// once set stays until the bridge is deleted with the last net.
-fn pin_bridge_mac() -> Result<()> {
-    let dev = Path::new("/sys/class/net").join(BRIDGE);
-    let read = |file: &str| -> Result<String> {
-        let path = dev.join(file);
-        Ok(fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .trim()
-            .to_owned())
-    };
-    // NET_ADDR_SET: pinned already (by an earlier cluster, or by the script once it does so).
-    if read("addr_assign_type")? == "3" {
-        return Ok(());
-    }
-    let mac = read("address")?;
-    let out = Command::new("ip")
-        .args(["link", "set", BRIDGE, "address", &mac])
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip link set")?;
-    if !out.status.success() {
-        bail!(
-            "pinning the MAC of {BRIDGE}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Whether `pid` has exited (a zombie waiting to be reaped, or gone). Only for diagnostics: processes
@@ -574,9 +538,8 @@ impl Cluster {
                 return Err(e);
             }
         };
-        // The bridge exists only once a net is up, so it is pinned and the mesh port found after `up`.
-        let ports = pin_bridge_mac()
-            .and_then(|()| free_port(BRIDGE_ADDR, true))
+        // The bridge exists only once a net is up, so the mesh port is found after `up`.
+        let ports = free_port(BRIDGE_ADDR, true)
             .and_then(|m| Ok((m, free_port(Ipv4Addr::LOCALHOST, false)?)));
         let (mesh_port, http_port) = match ports {
             Ok(p) => p,

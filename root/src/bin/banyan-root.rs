@@ -91,7 +91,7 @@ async fn run(args: Args) -> Result<(), String> {
     )?;
     tracing::info!(mesh = %args.mesh, http = %args.http, "banyan-root serving");
     let app = http::router(Api {
-        root: handle,
+        root: handle.clone(),
         admin_token: Arc::new(state.admin_token.clone()),
     });
     let server = axum::serve(listener, app).with_graceful_shutdown(stop_signal());
@@ -99,6 +99,8 @@ async fn run(args: Args) -> Result<(), String> {
         r = server => r.map_err(|e| format!("HTTP server failed: {e}"))?,
         _ = core => return Err("the tree core stopped".into()),
     }
+    tracing::info!("stopping: keeping the totals and closing the links");
+    handle.shutdown().await;
     Ok(())
 }
 
