@@ -827,6 +827,9 @@ impl Node {
                 link.height = report.height;
                 let digests = std::mem::take(&mut report.digests);
                 let newer = link.report.as_ref().is_none_or(|r| report.wave >= r.wave);
+                // Late: a report of the current wave, arriving after this node sent that wave up.
+                let late = report.wave == self.wave
+                    && link.report.as_ref().is_none_or(|r| r.wave < report.wave);
                 if newer {
                     link.report = Some(report);
                 }
@@ -834,6 +837,11 @@ impl Node {
                     self.take_digest(d);
                 }
                 if !self.wave_sent && self.children_done() {
+                    self.send_wave(now, true);
+                } else if self.wave_sent && late && self.role == Role::Agent {
+                    // The wave went up without this child (its deadline passed): send the update
+                    // now rather than a period later. Reports are cumulative, so a second one for
+                    // the same wave is safe.
                     self.send_wave(now, true);
                 }
             }
