@@ -827,9 +827,9 @@ impl Node {
                 link.height = report.height;
                 let digests = std::mem::take(&mut report.digests);
                 let newer = link.report.as_ref().is_none_or(|r| report.wave >= r.wave);
-                // Late: a report of the current wave, arriving after this node sent that wave up.
-                let late = report.wave == self.wave
-                    && link.report.as_ref().is_none_or(|r| r.wave < report.wave);
+                // Late: a report of the current wave arriving after this node sent that wave up
+                // (first-hand, or itself a late update from further down).
+                let late = report.wave == self.wave;
                 if newer {
                     link.report = Some(report);
                 }

@@ -39,7 +39,7 @@ impl Default for PlacementConfig {
             heal_window_ms: 400,
             stale_after_ms: 8000,
             pending_ttl_ms: 6000,
-            rebalance_every_ms: 1000,
+            rebalance_every_ms: 500,
         }
     }
 }
