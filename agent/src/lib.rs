@@ -9,6 +9,7 @@
 
 pub mod collect;
 pub mod enrol;
+pub mod process;
 pub mod sampler;
 pub mod shell;
 pub mod transport;

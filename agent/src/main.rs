@@ -107,32 +107,9 @@ fn config(args: Args) -> Result<AgentConfig, String> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM (how systemd, clush and tests stop the agent).
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BANYAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    banyan_agent::process::init_logging();
     let cfg = match config(args) {
         Ok(c) => c,
         Err(e) => {
@@ -151,7 +128,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(shell::run(cfg, stop_signal()));
+    let result = runtime.block_on(shell::run(cfg, banyan_agent::process::stop_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(AgentError::Refused(why)) => {

@@ -429,7 +429,7 @@ async fn serve_child(
         );
         return Ok(());
     };
-    let (mut f, first) = match transport::accept_first(&conn, &cert_name).await {
+    let (f, first) = match transport::accept_first(&conn, &cert_name).await {
         Ok(Some(x)) => x,
         Ok(None) => return Ok(()),
         Err(e) => return Err(e),
@@ -466,33 +466,14 @@ async fn serve_child(
     let Ok(answer) = reply_rx.await else {
         return Ok(());
     };
-    f.send(&answer).await?;
-    if let Msg::Refused { reason } = &answer {
-        let _ = f.send.finish();
-        // Give the refusal a moment to arrive before the close overtakes it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        transport::refuse(&conn, close::REFUSED, reason);
-        return Ok(());
-    }
-    let Framed { send, recv, .. } = f;
-    let events = tx.clone();
-    let who = name.clone();
-    let why = transport::pump_link(conn, send, recv, &name, out_rx, |msg| {
-        events
-            .send(Event::Child {
-                name: who.clone(),
-                link,
-                msg: Some(msg),
-                why: String::new(),
-            })
-            .is_ok()
+    transport::serve_attached(conn, f, &name, answer, out_rx, |msg, why| {
+        tx.send(Event::Child {
+            name: name.clone(),
+            link,
+            msg,
+            why,
+        })
+        .is_ok()
     })
-    .await;
-    let _ = tx.send(Event::Child {
-        name,
-        link,
-        msg: None,
-        why,
-    });
-    Ok(())
+    .await
 }

@@ -441,3 +441,32 @@ pub async fn accept_first(
         }
     }
 }
+
+/// Serves a child link once its parent's core has answered the attach: sends the answer; on a
+/// refusal closes the connection with the reason, otherwise runs the link with [`pump_link`].
+/// `event(Some(msg), "")` is called for every message and `event(None, why)` once at the end; it
+/// returns false when nobody listens any more.
+pub async fn serve_attached(
+    conn: Connection,
+    f: Framed,
+    name: &str,
+    answer: Msg,
+    out: tokio::sync::mpsc::UnboundedReceiver<Msg>,
+    mut event: impl FnMut(Option<Msg>, String) -> bool,
+) -> Result<(), LinkError> {
+    let Framed { mut send, recv, .. } = f;
+    write_msg(&mut send, name, &answer).await?;
+    if let Msg::Refused { reason } = &answer {
+        let _ = send.finish();
+        // Give the refusal a moment to arrive before the close overtakes it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        refuse(&conn, close::REFUSED, reason);
+        return Ok(());
+    }
+    let why = pump_link(conn, send, recv, name, out, |msg| {
+        event(Some(msg), String::new())
+    })
+    .await;
+    event(None, why);
+    Ok(())
+}

@@ -464,32 +464,14 @@ async fn serve_child(
     let Ok(answer) = reply_rx.await else {
         return Ok(());
     };
-    let Framed { mut send, recv, .. } = f;
-    transport::write_msg(&mut send, &name, &answer).await?;
-    if let Msg::Refused { reason } = &answer {
-        let _ = send.finish();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        transport::refuse(&conn, close::REFUSED, reason);
-        return Ok(());
-    }
-    let events = tx.clone();
-    let who = name.clone();
-    let why = transport::pump_link(conn, send, recv, &name, out_rx, |msg| {
-        events
-            .send(Event::Child {
-                name: who.clone(),
-                link,
-                msg: Some(msg),
-                why: String::new(),
-            })
-            .is_ok()
+    transport::serve_attached(conn, f, &name, answer, out_rx, |msg, why| {
+        tx.send(Event::Child {
+            name: name.clone(),
+            link,
+            msg,
+            why,
+        })
+        .is_ok()
     })
-    .await;
-    let _ = tx.send(Event::Child {
-        name,
-        link,
-        msg: None,
-        why,
-    });
-    Ok(())
+    .await
 }

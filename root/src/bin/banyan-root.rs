@@ -41,21 +41,6 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     banyan_protocol::duration::parse(s)
 }
 
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 async fn run(args: Args) -> Result<(), String> {
     let period_ms = args.period.as_millis() as u64;
     if period_ms < 100 {
@@ -94,7 +79,8 @@ async fn run(args: Args) -> Result<(), String> {
         root: handle.clone(),
         admin_token: Arc::new(state.admin_token.clone()),
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop_signal());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(banyan_agent::process::stop_signal());
     tokio::select! {
         r = server => r.map_err(|e| format!("HTTP server failed: {e}"))?,
         _ = core => return Err("the tree core stopped".into()),
@@ -106,14 +92,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BANYAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    banyan_agent::process::init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
