@@ -266,7 +266,12 @@ impl Placement {
             t.in_transit = true;
             t.status = Status::Detached { since: now };
         }
-        self.dirty = true;
+        // A fresh node with nothing below it changes no depth: `attach_pending` keeps the indexes
+        // right without an O(N) rebuild, which keeps a mass start at O(N log N). A node that had a
+        // place was detached above, which marks the model for a rebuild already.
+        if !join.subtree.is_empty() {
+            self.dirty = true;
+        }
         match &join.reason {
             // An orphan that lost the root is talking to it now: the root is not in doubt.
             JoinReason::ParentLost { parent } | JoinReason::ParentRefused { parent, .. }
@@ -428,11 +433,19 @@ impl Placement {
             t.addr = m.addr.clone();
             t.gen = m.gen;
             if attached {
-                if !matches!(t.status, Status::Attached) {
-                    self.dirty = true;
-                }
+                let confirmed = !matches!(t.status, Status::Attached);
                 t.status = Status::Attached;
                 t.in_transit = false;
+                if confirmed {
+                    // A placement confirmed where it was made: only this node's index entries
+                    // change (it may now be a promotable leaf); no depth moved.
+                    self.unindex(&m.name);
+                    let kids = self.live_children(&m.name);
+                    self.index(&m.name, kids);
+                    if !same_place {
+                        self.dirty = true;
+                    }
+                }
             } else if !t.status.is_live() {
                 t.status = Status::Detached { since: now };
             }

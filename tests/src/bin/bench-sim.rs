@@ -185,8 +185,9 @@ fn bench_size(seed: u64, n: usize) -> SizeResult {
     progress(n, "joining");
     let wall = Instant::now();
     sim.add_agents(n);
-    // Joins cost the root's placement O(N) each (see the report), so a big tree takes long to
-    // form in wall time: say how far it got now and then.
+    // Every fresh join makes the root's placement rebuild its whole model (O(N) per join, so
+    // O(N^2) to form the tree): at 100,000 agents forming takes hours of wall time, almost all
+    // of it inside the first virtual step. Say how far it got whenever a step ends late.
     let mut last_note = Instant::now();
     let join_ms = sim.run_until_cond(JOIN_STEP_MS, JOIN_LIMIT_MS, |s| {
         if last_note.elapsed().as_secs() >= 30 {
