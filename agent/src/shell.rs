@@ -420,7 +420,6 @@ async fn serve_child(
     link: u64,
     tx: mpsc::UnboundedSender<Event>,
 ) -> Result<(), LinkError> {
-    let remote = conn.remote_address().to_string();
     let Some(cert_name) = transport::peer_cert_name(&conn) else {
         transport::refuse(
             &conn,
@@ -435,38 +434,26 @@ async fn serve_child(
         Err(e) => return Err(e),
     };
     let attach = match first {
-        Msg::Attach(mut a) => {
-            a.addr = transport::advertised(&a.addr, conn.remote_address());
-            a
-        }
+        Msg::Attach(a) => a,
         other => {
             let why = format!("this agent only accepts attaches, not {}", other.kind());
             transport::refuse(&conn, close::BAD_MESSAGE, &why);
             return Ok(());
         }
     };
-    if attach.name != cert_name {
-        let why = format!(
-            "certificate is for {cert_name}, not {}: a node cannot claim another node's name",
-            attach.name
-        );
-        warn!(peer = %remote, "{why}");
-        transport::refuse(&conn, close::AUTH, &why);
-        return Ok(());
-    }
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let name = attach.name.clone();
-    let _ = tx.send(Event::ChildAttach {
-        attach,
-        link,
-        reply: reply_tx,
-        out: out_tx,
-    });
-    let Ok(answer) = reply_rx.await else {
-        return Ok(());
+    let events = tx.clone();
+    let ask = move |attach, out| {
+        let (reply, answer) = oneshot::channel();
+        let event = Event::ChildAttach {
+            attach,
+            link,
+            reply,
+            out,
+        };
+        events.send(event).ok().map(|()| answer)
     };
-    transport::serve_attached(conn, f, &name, answer, out_rx, |msg, why| {
+    transport::serve_child(conn, f, attach, &cert_name, ask, |msg, why| {
         tx.send(Event::Child {
             name: name.clone(),
             link,

@@ -7,7 +7,7 @@
 
 use banyan_protocol::frame::{self, FrameError, Greeting};
 use banyan_protocol::identity::{self, ClientAuth, Identity};
-use banyan_protocol::wire::{Msg, PROTOCOL_VERSION};
+use banyan_protocol::wire::{Attach, Msg, PROTOCOL_VERSION};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
 use std::net::SocketAddr;
@@ -183,18 +183,16 @@ impl Framed {
     /// Opens a stream on `conn` and exchanges greetings.
     pub async fn open(conn: &Connection, peer: &str) -> Result<Framed, LinkError> {
         let (send, recv) = conn.open_bi().await.map_err(|e| conn_error(peer, e))?;
-        let mut f = Framed {
-            send,
-            recv,
-            peer: peer.to_string(),
-        };
-        f.greet().await?;
-        Ok(f)
+        Framed::greeted(send, recv, peer).await
     }
 
     /// Accepts the next stream on `conn` and exchanges greetings.
     pub async fn accept(conn: &Connection, peer: &str) -> Result<Framed, LinkError> {
         let (send, recv) = conn.accept_bi().await.map_err(|e| conn_error(peer, e))?;
+        Framed::greeted(send, recv, peer).await
+    }
+
+    async fn greeted(send: SendStream, recv: RecvStream, peer: &str) -> Result<Framed, LinkError> {
         let mut f = Framed {
             send,
             recv,
@@ -469,4 +467,39 @@ pub async fn serve_attached(
     .await;
     event(None, why);
     Ok(())
+}
+
+/// Serves a link a child opened with `attach`: checks the certificate names the child, fixes its
+/// advertised address, hands the attach to the core with `ask` (which returns where the core's
+/// answer will come), then runs the link with [`serve_attached`]. The same for agents and the root.
+pub async fn serve_child(
+    conn: Connection,
+    f: Framed,
+    mut attach: Attach,
+    cert_name: &str,
+    ask: impl FnOnce(
+        Attach,
+        tokio::sync::mpsc::UnboundedSender<Msg>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Msg>>,
+    event: impl FnMut(Option<Msg>, String) -> bool,
+) -> Result<(), LinkError> {
+    if attach.name != cert_name {
+        let why = format!(
+            "certificate is for {cert_name}, not {}: a node cannot claim another node's name",
+            attach.name
+        );
+        tracing::warn!(peer = %conn.remote_address(), "{why}");
+        refuse(&conn, close::AUTH, &why);
+        return Ok(());
+    }
+    attach.addr = advertised(&attach.addr, conn.remote_address());
+    let name = attach.name.clone();
+    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let Some(reply) = ask(attach, out_tx) else {
+        return Ok(());
+    };
+    let Ok(answer) = reply.await else {
+        return Ok(());
+    };
+    serve_attached(conn, f, &name, answer, out_rx, event).await
 }

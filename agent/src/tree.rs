@@ -600,7 +600,7 @@ impl Node {
                 gen,
                 root_epoch,
             })) => {
-                if parent.name == self.name || self.announced.contains_key(&parent.name) {
+                if self.is_self_or_below(&parent.name) {
                     // The root's view is stale: that parent is inside our own subtree.
                     self.rejoin(
                         now,
@@ -612,23 +612,7 @@ impl Node {
                     return Ok(());
                 }
                 self.root_epoch = root_epoch;
-                self.clear_pending();
-                let attach = Attach {
-                    name: self.name.clone(),
-                    addr: self.addr.clone(),
-                    gen,
-                    height: self.height(),
-                    subtree: self.announced.values().cloned().collect(),
-                };
-                self.phase = Phase::Attaching {
-                    parent: parent.clone(),
-                    gen,
-                    since: now,
-                };
-                self.actions.push_back(Action::ConnectParent {
-                    peer: parent,
-                    attach,
-                });
+                self.attach_to(now, parent, gen);
                 Ok(())
             }
             Ok(Msg::Retry { after_ms, .. }) => {
@@ -825,7 +809,12 @@ impl Node {
             Msg::Heartbeat { .. } => {}
             Msg::Report(mut report) => {
                 link.height = report.height;
-                let digests = std::mem::take(&mut report.digests);
+                // A child speaks only for its own subtree: digests of other names are dropped, so
+                // no child can fill the root's node table with made-up nodes.
+                let digests: Vec<Digest> = std::mem::take(&mut report.digests)
+                    .into_iter()
+                    .filter(|d| link.members.contains_key(&d.name))
+                    .collect();
                 let newer = link.report.as_ref().is_none_or(|r| report.wave >= r.wave);
                 // Late: a report of the current wave arriving after this node sent that wave up
                 // (first-hand, or itself a late update from further down).
@@ -1088,7 +1077,7 @@ impl Node {
             CommandBody::Move { parent, .. } => {
                 if !matches!(self.phase, Phase::Attached { .. }) {
                     Err("not attached; it will be placed when it rejoins".into())
-                } else if parent.name == self.name || self.announced.contains_key(&parent.name) {
+                } else if self.is_self_or_below(&parent.name) {
                     Err(format!("{} is inside this node's subtree", parent.name))
                 } else {
                     Ok(Answer::Moving)
@@ -1099,10 +1088,7 @@ impl Node {
 
     /// Leaves the parent on purpose, handing over the last values, and attaches under `parent`.
     fn move_to(&mut self, now: u64, parent: Peer, gen: u64) {
-        if !matches!(self.phase, Phase::Attached { .. })
-            || parent.name == self.name
-            || self.announced.contains_key(&parent.name)
-        {
+        if !matches!(self.phase, Phase::Attached { .. }) || self.is_self_or_below(&parent.name) {
             return;
         }
         let last = self.net();
@@ -1112,6 +1098,17 @@ impl Node {
         self.actions.push_back(Action::CloseParent {
             reason: "moved by the root".into(),
         });
+        self.attach_to(now, parent, gen);
+    }
+
+    /// Whether `name` is this node or inside its subtree: attaching there would make a cycle.
+    fn is_self_or_below(&self, name: &str) -> bool {
+        name == self.name || self.announced.contains_key(name)
+    }
+
+    /// Starts attaching under `parent`. The attach carries the whole subtree as it is now, so
+    /// membership changes queued before it are dropped; later ones go up once the parent accepts.
+    fn attach_to(&mut self, now: u64, parent: Peer, gen: u64) {
         self.clear_pending();
         let attach = Attach {
             name: self.name.clone(),

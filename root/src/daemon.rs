@@ -442,29 +442,19 @@ async fn serve_child(
     link: u64,
     tx: mpsc::UnboundedSender<Event>,
 ) -> Result<(), LinkError> {
-    if attach.name != cert {
-        let why = format!(
-            "certificate is for {cert}, not {}: a node cannot claim another node's name",
-            attach.name
-        );
-        transport::refuse(&conn, close::AUTH, &why);
-        return Ok(());
-    }
-    let mut attach = attach;
-    attach.addr = transport::advertised(&attach.addr, conn.remote_address());
     let name = attach.name.clone();
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let _ = tx.send(Event::ChildAttach {
-        attach,
-        link,
-        reply: reply_tx,
-        out: out_tx,
-    });
-    let Ok(answer) = reply_rx.await else {
-        return Ok(());
+    let events = tx.clone();
+    let ask = move |attach, out| {
+        let (reply, answer) = oneshot::channel();
+        let event = Event::ChildAttach {
+            attach,
+            link,
+            reply,
+            out,
+        };
+        events.send(event).ok().map(|()| answer)
     };
-    transport::serve_attached(conn, f, &name, answer, out_rx, |msg, why| {
+    transport::serve_child(conn, f, attach, &cert, ask, |msg, why| {
         tx.send(Event::Child {
             name: name.clone(),
             link,
