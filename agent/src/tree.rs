@@ -485,17 +485,23 @@ impl Node {
             }),
             Role::Agent => {
                 if matches!(self.phase, Phase::Attached { .. }) {
-                    let report = Report {
-                        wave: self.wave,
-                        height: self.height(),
-                        net: self.net(),
-                        digests: std::mem::take(&mut self.digests),
-                    };
-                    self.last_sent_net = report.net.clone();
-                    self.send_parent(now, Msg::Report(report));
+                    self.send_report(now);
                 }
             }
         }
+    }
+
+    /// Sends the current wave's report up and remembers its net values: they are what the parent
+    /// keeps of us, so they become debt if we leave it.
+    fn send_report(&mut self, now: u64) {
+        let report = Report {
+            wave: self.wave,
+            height: self.height(),
+            net: self.net(),
+            digests: std::mem::take(&mut self.digests),
+        };
+        self.last_sent_net = report.net.clone();
+        self.send_parent(now, Msg::Report(report));
     }
 
     fn check_children(&mut self, now: u64) {
@@ -681,16 +687,8 @@ impl Node {
                 self.depth = depth;
                 self.root_epoch = root_epoch;
                 self.parent_heard = now;
-                self.last_sent_net = MetricSet::new();
                 // Give the new parent our values at once rather than a period later.
-                let report = Report {
-                    wave: self.wave,
-                    height: self.height(),
-                    net: self.net(),
-                    digests: std::mem::take(&mut self.digests),
-                };
-                self.last_sent_net = report.net.clone();
-                self.send_parent(now, Msg::Report(report));
+                self.send_report(now);
                 // Changes below us since the attach was written.
                 self.flush_delta(now);
             }

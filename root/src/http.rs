@@ -84,14 +84,22 @@ async fn wrong_method() -> ApiError {
     )
 }
 
+/// The answer when the tree core has stopped (the root is shutting down).
+fn core_stopped() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "root stopping",
+        "the tree core is not running",
+    )
+}
+
+/// A query string that does not parse.
+fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad query", e.body_text())
+}
+
 async fn snapshot(api: &Api) -> Result<Snapshot, ApiError> {
-    api.root.snapshot().await.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "root stopping",
-            "the tree core is not running",
-        )
-    })
+    api.root.snapshot().await.ok_or_else(core_stopped)
 }
 
 fn up(s: Status) -> bool {
@@ -282,13 +290,7 @@ async fn ping(
         .root
         .command(targets, CommandBody::Ping)
         .await
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "root stopping",
-                "the tree core is not running",
-            )
-        })?;
+        .ok_or_else(core_stopped)?;
     Ok(Json(report_json(&report)))
 }
 
@@ -388,13 +390,7 @@ pub async fn node_metrics(
             CommandBody::Query(banyan_protocol::wire::Query::NodeMetrics),
         )
         .await
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "root stopping",
-                "the tree core is not running",
-            )
-        })?;
+        .ok_or_else(core_stopped)?;
     match report.answers.get(name) {
         Some((Ok(banyan_protocol::wire::Answer::Metrics(set)), _)) => Ok(set.clone()),
         Some((Err(e), _)) => Err(ApiError::new(
@@ -435,8 +431,7 @@ async fn job(
     State(api): State<Api>,
     q: Result<axum::extract::Query<JobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let axum::extract::Query(q) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad query", e.body_text()))?;
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
     let snap = snapshot(&api).await?;
     match q.job {
         Some(id) => {
@@ -468,8 +463,7 @@ async fn nodes(
     State(api): State<Api>,
     q: Result<axum::extract::Query<NodesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let axum::extract::Query(q) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad query", e.body_text()))?;
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
     let filter = match q.nodes.as_deref() {
         Some(expr) => Some(NodeSet::parse(expr).map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid node set", e.to_string())
@@ -504,8 +498,7 @@ async fn metrics(
     State(api): State<Api>,
     q: Result<axum::extract::Query<JobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let axum::extract::Query(q) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad query", e.body_text()))?;
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
     let snap = snapshot(&api).await?;
     let id = q.job.unwrap_or_else(|| "main".to_string());
     let (_, set) = job_metrics(&api, &snap, &id).await?;
