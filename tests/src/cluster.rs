@@ -20,13 +20,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,6 +35,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::support::{binaries, free_port, http_request, tail, Binaries};
 use crate::testnet::{TestHost, Testnet};
 
 /// The bridge's address in the machine's own namespace: every test host routes to it.
@@ -75,90 +74,6 @@ impl Default for ClusterOptions {
     }
 }
 
-/// The two programs a cluster runs.
-#[derive(Debug, Clone)]
-struct Binaries {
-    root: PathBuf,
-    agent: PathBuf,
-}
-
-/// Where the binaries are, building them once per test process when they are missing.
-fn binaries() -> Result<Binaries> {
-    // A failed build is remembered too: every test of the process then fails with the same message
-    // instead of running cargo again.
-    static FOUND: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| find_binaries().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-fn find_binaries() -> Result<Binaries> {
-    let in_dir = |dir: &Path| Binaries {
-        root: dir.join("banyan-root"),
-        agent: dir.join("banyan-agent"),
-    };
-    let present = |b: &Binaries| b.root.is_file() && b.agent.is_file();
-    if let Some(dir) = std::env::var_os("BANYAN_BIN_DIR") {
-        // An explicit directory is used as it is: building into it is not ours to do.
-        let bins = in_dir(Path::new(&dir));
-        if !present(&bins) {
-            bail!(
-                "BANYAN_BIN_DIR={} lacks banyan-root or banyan-agent",
-                Path::new(&dir).display()
-            );
-        }
-        return Ok(bins);
-    }
-    let workspace = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| {
-            if t.is_relative() {
-                workspace.join(t)
-            } else {
-                t
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    let bins = in_dir(&target.join("debug"));
-    if present(&bins) {
-        return Ok(bins);
-    }
-    // `cargo test -p banyan-tests` builds this crate's dependencies as libraries only, not their
-    // binaries, so on a fresh checkout they have to be built here.
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!(
-        "cluster: building banyan-root and banyan-agent (missing in {})",
-        target.display()
-    );
-    let status = Command::new(&cargo)
-        .args(["build", "-p", "banyan-agent", "-p", "banyan-root"])
-        .current_dir(&workspace)
-        .stdin(Stdio::null())
-        .status()
-        .context("running `cargo build -p banyan-agent -p banyan-root`")?;
-    if !status.success() {
-        bail!(
-            "`cargo build -p banyan-agent -p banyan-root` failed ({status}); see its output above"
-        );
-    }
-    if !present(&bins) {
-        bail!(
-            "`cargo build` succeeded but {} or {} is still missing",
-            bins.root.display(),
-            bins.agent.display()
-        );
-    }
-    Ok(bins)
-}
-
-/// The workspace's root directory (this crate lives in `<workspace>/tests`).
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
 /// A fresh directory for one cluster under the system's temporary directory.
 fn fresh_dir() -> Result<PathBuf> {
     let base = std::env::temp_dir();
@@ -175,19 +90,6 @@ fn fresh_dir() -> Result<PathBuf> {
     bail!("no free directory name under {}", base.display())
 }
 
-/// A port that is free at this moment on `addr` (TCP or UDP). Another process may take it before the
-/// root binds it; that shows as the root failing to start, with the reason in its log.
-fn free_port(addr: Ipv4Addr, udp: bool) -> Result<u16> {
-    let port = if udp {
-        UdpSocket::bind((addr, 0)).and_then(|s| s.local_addr())
-    } else {
-        TcpListener::bind((addr, 0)).and_then(|s| s.local_addr())
-    }
-    .with_context(|| format!("finding a free port on {addr}"))?
-    .port();
-    Ok(port)
-}
-
 /// Whether `pid` has exited (a zombie waiting to be reaped, or gone). Only for diagnostics: processes
 /// started through [`Testnet::spawn`] are reaped by the testnet, which does not expose `try_wait`.
 fn has_exited(pid: u32) -> bool {
@@ -197,17 +99,6 @@ fn has_exited(pid: u32) -> bool {
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
         Err(_) => true,
-    }
-}
-
-/// The last `lines` lines of a log file, for error messages.
-fn tail(path: &Path, lines: usize) -> String {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }
 
@@ -390,105 +281,6 @@ impl Topology {
 }
 
 // ----- HTTP -------------------------------------------------------------------------------------
-
-/// One HTTP/1.1 request to the root over a fresh connection (`Connection: close`), with `timeout`
-/// for connecting and for each read and write. Returns the status and the body. A client this small
-/// is enough for a loopback JSON API and keeps the tests free of an HTTP stack.
-fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<&Value>,
-    timeout: Duration,
-) -> Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to the root's HTTP API on {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(token) = bearer {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    if method != "GET" {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer to {method} {path}"))?;
-    parse_response(&raw).with_context(|| format!("the answer to {method} {path}"))
-}
-
-/// Splits a raw HTTP/1.1 response into its status and (de-chunked) body.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers in {} bytes", raw.len()))?;
-    let head = std::str::from_utf8(&raw[..split]).context("headers are not UTF-8")?;
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    if chunked {
-        return Ok((status, dechunk(body)?));
-    }
-    let body = match length {
-        Some(n) if n <= body.len() => &body[..n],
-        Some(n) => bail!("body cut short: {} of {n} bytes", body.len()),
-        None => body,
-    };
-    Ok((status, body.to_vec()))
-}
-
-/// Decodes a chunked transfer encoding (trailers ignored).
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("chunk size line not terminated"))?;
-        let size_text = std::str::from_utf8(&rest[..eol])?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("bad chunk size {size_text:?}"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size + 2 {
-            bail!("chunk cut short");
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
 
 // ----- Cluster ----------------------------------------------------------------------------------
 
@@ -1129,15 +921,6 @@ impl Drop for Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn responses_with_length_and_chunks_parse() {
-        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(parse_response(raw).unwrap(), (200, b"{}".to_vec()));
-        let raw = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(raw).unwrap(), (404, b"abcde".to_vec()));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab").is_err());
-    }
 
     fn node(name: &str, parent: Option<&str>, depth: u32, children: &[&str]) -> TopoNode {
         TopoNode {

@@ -2,4 +2,5 @@
 
 pub mod cluster;
 pub mod sim;
+pub mod support;
 pub mod testnet;

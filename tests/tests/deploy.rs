@@ -17,18 +17,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use banyan_tests::support::{binaries, free_port, http_request, tail, workspace_root, Binaries};
 use banyan_tests::testnet::Testnet;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
@@ -59,11 +59,6 @@ static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 /// Whether CI asked for every test to run for real (`CI=true`).
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
 /// `name` on the PATH or in the sbin directories (sshd lives in /usr/sbin, which a user's PATH may lack).
@@ -122,76 +117,6 @@ fn require_tools(tool: &str) -> Result<Option<Tools>> {
     }))
 }
 
-/// `banyan-root` and `banyan-agent`, built once per test process when missing.
-fn binaries() -> Result<(PathBuf, PathBuf)> {
-    static FOUND: OnceLock<std::result::Result<(PathBuf, PathBuf), String>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| find_binaries().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-fn find_binaries() -> Result<(PathBuf, PathBuf)> {
-    let workspace = workspace_root();
-    let dir = match std::env::var_os("BANYAN_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("target"));
-            workspace.join(target).join("debug")
-        }
-    };
-    let bins = (dir.join("banyan-root"), dir.join("banyan-agent"));
-    if bins.0.is_file() && bins.1.is_file() {
-        return Ok(bins);
-    }
-    if std::env::var_os("BANYAN_BIN_DIR").is_some() {
-        bail!(
-            "BANYAN_BIN_DIR={} lacks banyan-root or banyan-agent",
-            dir.display()
-        );
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "banyan-agent", "-p", "banyan-root"])
-        .current_dir(&workspace)
-        .stdin(Stdio::null())
-        .status()
-        .context("running `cargo build -p banyan-agent -p banyan-root`")?;
-    ensure!(
-        status.success() && bins.0.is_file() && bins.1.is_file(),
-        "`cargo build -p banyan-agent -p banyan-root` did not produce {} ({status})",
-        dir.display()
-    );
-    Ok(bins)
-}
-
-fn free_udp_port(addr: Ipv4Addr) -> Result<u16> {
-    Ok(UdpSocket::bind((addr, 0))
-        .and_then(|s| s.local_addr())
-        .with_context(|| format!("finding a free UDP port on {addr}"))?
-        .port())
-}
-
-fn free_tcp_port(addr: Ipv4Addr) -> Result<u16> {
-    Ok(TcpListener::bind((addr, 0))
-        .and_then(|s| s.local_addr())
-        .with_context(|| format!("finding a free TCP port on {addr}"))?
-        .port())
-}
-
-/// The last `lines` lines of a log, for error messages.
-fn tail(path: &Path, lines: usize) -> String {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("(cannot read {}: {e})", path.display()),
-    }
-}
-
 /// Whether `pid` is a live process (a zombie is not: it has exited and waits to be reaped).
 fn alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -235,55 +160,15 @@ fn netns_id(path: &str) -> Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-/// One HTTP/1.1 GET to the root, answering the parsed JSON body of a 200.
+/// `GET path` on the root's API: the JSON body of a 200, an error otherwise.
 fn http_get(addr: SocketAddr, path: &str) -> Result<Value> {
-    let timeout = Duration::from_secs(5);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to the root's HTTP API on {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer to GET {path}"))?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("GET {path}: no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let mut body = raw[split + 4..].to_vec();
+    let (status, body) = http_request(addr, "GET", path, None, None, Duration::from_secs(5))?;
     ensure!(
-        head.starts_with("http/1.1 200"),
-        "GET {path}: {}",
-        head.lines().next().unwrap_or_default()
+        status == 200,
+        "GET {path}: HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
     );
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body).with_context(|| format!("GET {path}: bad chunked body"))?;
-    }
     serde_json::from_slice(&body).with_context(|| format!("GET {path}: the body is not JSON"))
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("chunk size line not terminated"))?;
-        let size_text = std::str::from_utf8(&rest[..eol])?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        ensure!(rest.len() >= size + 2, "chunk cut short");
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
 }
 
 /// Test hosts with sshd, a root, and the files `scripts/deploy` is given. Dropping it stops the root and
@@ -310,13 +195,16 @@ impl Fixture {
     fn start(tools: &Tools, hosts: usize, with_sshd: usize) -> Result<Fixture> {
         // Orphaned agents come to this process, which reaps them (see the module documentation).
         nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
-        let (root_bin, agent_bin) = binaries()?;
+        let Binaries {
+            root: root_bin,
+            agent: agent_bin,
+        } = binaries()?;
         // Until `fx` exists, an error drops `net`, which removes the hosts.
         let net = Testnet::up(hosts)?;
         let names = net.hosts().iter().map(|h| h.name.clone()).collect();
         // The bridge exists once a net is up.
-        let mesh = SocketAddr::from((BRIDGE, free_udp_port(BRIDGE)?));
-        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port(Ipv4Addr::LOCALHOST)?));
+        let mesh = SocketAddr::from((BRIDGE, free_port(BRIDGE, true)?));
+        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST, false)?));
         let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("banyan-deploy-{}-{n}", std::process::id()));
         if dir.exists() {

@@ -25,8 +25,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,6 +37,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use banyan_protocol::frame::{self, Greeting, MAX_FRAME};
 use banyan_protocol::identity::{self, ClusterCa, Fingerprint, Identity, JoinToken, NodeKey};
 use banyan_protocol::wire::{Attach, Join, JoinReason, Member, Msg, PROTOCOL_VERSION, ROOT_NAME};
+use banyan_tests::support::{self, binaries, http_request};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream};
 use rand::rngs::StdRng;
@@ -71,45 +71,6 @@ const STILL_SERVES: Duration = Duration::from_secs(30);
 // Binaries, ports, temporary directories
 // ---------------------------------------------------------------------------------------------
 
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-/// The directory holding `banyan-root` and `banyan-agent`, built once if they are missing.
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let has_both =
-            |d: &Path| d.join("banyan-root").is_file() && d.join("banyan-agent").is_file();
-        if let Some(dir) = std::env::var_os("BANYAN_BIN_DIR") {
-            let dir = PathBuf::from(dir);
-            assert!(
-                has_both(&dir),
-                "BANYAN_BIN_DIR={} holds no banyan-root and banyan-agent",
-                dir.display()
-            );
-            return dir;
-        }
-        let dir = workspace_root().join("target/debug");
-        if !has_both(&dir) {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "banyan-agent", "-p", "banyan-root"])
-                .current_dir(workspace_root())
-                .status()
-                .expect("cannot run cargo build for the daemons");
-            assert!(status.success(), "cargo build of the daemons failed");
-            assert!(
-                has_both(&dir),
-                "cargo build left no binaries in {}",
-                dir.display()
-            );
-        }
-        dir
-    })
-}
-
 /// A port on 127.0.0.1 that was free a moment ago and that no other test of this process got.
 ///
 /// Binding port 0 lets the kernel choose; the set keeps two tests of this process from being handed
@@ -118,13 +79,8 @@ fn free_port(udp: bool) -> u16 {
     static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let given = GIVEN.get_or_init(Default::default);
     loop {
-        let port = if udp {
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|s| s.local_addr())
-        } else {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|s| s.local_addr())
-        }
-        .expect("cannot bind a loopback port")
-        .port();
+        let port =
+            support::free_port(Ipv4Addr::LOCALHOST, udp).expect("cannot bind a loopback port");
         if given.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
             return port;
         }
@@ -171,7 +127,9 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, program: &str, args: &[String], logs: &Path) -> Proc {
-        let path = bin_dir().join(program);
+        let bins = binaries().expect("the daemons' binaries");
+        let dir = bins.root.parent().unwrap_or(Path::new("."));
+        let path = dir.join(program);
         let stdout = logs.join(format!("{name}.stdout"));
         let stderr = logs.join(format!("{name}.stderr"));
         let mut cmd = Command::new(&path);
@@ -239,8 +197,7 @@ impl Drop for Proc {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP (a minimal HTTP/1.1 client: the workspace has no HTTP client crate, and one request per
-// connection is all these tests need)
+// HTTP
 // ---------------------------------------------------------------------------------------------
 
 fn http(
@@ -250,40 +207,8 @@ fn http(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> Result<(u16, Value)> {
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    let body = body.unwrap_or("");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(token) = bearer {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers in the answer to {method} {path}"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut content = raw[split + 4..].to_vec();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        content = dechunk(&content)?;
-    }
+    let body: Option<Value> = body.map(serde_json::from_str).transpose()?;
+    let (status, content) = http_request(addr, method, path, bearer, body.as_ref(), HTTP_TIMEOUT)?;
     let json = serde_json::from_slice(&content).with_context(|| {
         format!(
             "{method} {path} answered {status} with no JSON: {}",
@@ -291,27 +216,6 @@ fn http(
         )
     })?;
     Ok((status, json))
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("chunk size line without CRLF"))?;
-        let size_text = String::from_utf8_lossy(&data[..eol]);
-        let size_hex = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .with_context(|| format!("bad chunk size {size_hex:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        ensure!(data.len() >= size + 2, "chunk shorter than announced");
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+//! What the real-process tests share: where the daemons' binaries are (built once when missing),
+//! free ports, log tails, and one small HTTP client for the root's API.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The two daemons the tests run.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub root: PathBuf,
+    pub agent: PathBuf,
+}
+
+/// Where the binaries are, building them once per test process when they are missing.
+pub fn binaries() -> Result<Binaries> {
+    // A failed build is remembered too: every test of the process then fails with the same message
+    // instead of running cargo again.
+    static FOUND: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| find_binaries().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn find_binaries() -> Result<Binaries> {
+    let in_dir = |dir: &Path| Binaries {
+        root: dir.join("banyan-root"),
+        agent: dir.join("banyan-agent"),
+    };
+    let present = |b: &Binaries| b.root.is_file() && b.agent.is_file();
+    if let Some(dir) = std::env::var_os("BANYAN_BIN_DIR") {
+        // An explicit directory is used as it is: building into it is not ours to do.
+        let bins = in_dir(Path::new(&dir));
+        if !present(&bins) {
+            bail!(
+                "BANYAN_BIN_DIR={} lacks banyan-root or banyan-agent",
+                Path::new(&dir).display()
+            );
+        }
+        return Ok(bins);
+    }
+    let workspace = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_relative() {
+                workspace.join(t)
+            } else {
+                t
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let bins = in_dir(&target.join("debug"));
+    if present(&bins) {
+        return Ok(bins);
+    }
+    // `cargo test -p banyan-tests` builds this crate's dependencies as libraries only, not their
+    // binaries, so on a fresh checkout they have to be built here.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "banyan-tests: building banyan-root and banyan-agent (missing in {})",
+        target.display()
+    );
+    let status = Command::new(&cargo)
+        .args(["build", "-p", "banyan-agent", "-p", "banyan-root"])
+        .current_dir(&workspace)
+        .stdin(Stdio::null())
+        .status()
+        .context("running `cargo build -p banyan-agent -p banyan-root`")?;
+    if !status.success() {
+        bail!(
+            "`cargo build -p banyan-agent -p banyan-root` failed ({status}); see its output above"
+        );
+    }
+    if !present(&bins) {
+        bail!(
+            "`cargo build` succeeded but {} or {} is still missing",
+            bins.root.display(),
+            bins.agent.display()
+        );
+    }
+    Ok(bins)
+}
+
+/// The workspace's root directory (this crate lives in `<workspace>/tests`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// A port that is free at this moment on `addr` (TCP or UDP). Another process may take it before the
+/// root binds it; that shows as the root failing to start, with the reason in its log.
+pub fn free_port(addr: Ipv4Addr, udp: bool) -> Result<u16> {
+    let port = if udp {
+        UdpSocket::bind((addr, 0)).and_then(|s| s.local_addr())
+    } else {
+        TcpListener::bind((addr, 0)).and_then(|s| s.local_addr())
+    }
+    .with_context(|| format!("finding a free port on {addr}"))?
+    .port();
+    Ok(port)
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// One HTTP request to the root's API: the status and the body. `bearer` adds the admin token;
+/// `body` is sent as JSON. Errors only when the root cannot be reached or answers garbage; a 4xx or
+/// 5xx is a status like any other, for the caller to judge.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let result = match (method, body) {
+        ("GET", _) => {
+            let mut req = agent.get(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+        (_, body) => {
+            let mut req = ureq::http::Request::builder()
+                .method(method)
+                .uri(&url)
+                .header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            let text = body.map(Value::to_string).unwrap_or_default();
+            let req = req
+                .body(text)
+                .map_err(|e| anyhow!("{method} {path}: {e}"))?;
+            agent.run(req)
+        }
+    };
+    let mut resp =
+        result.with_context(|| format!("{method} {path} on the root's HTTP API at {addr}"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .body_mut()
+        .read_to_vec()
+        .with_context(|| format!("reading the answer to {method} {path}"))?;
+    Ok((status, bytes))
+}
