@@ -49,6 +49,14 @@ struct Args {
     /// A text file of `name value` lines reported with this node each wave.
     #[arg(long, env = "BANYAN_METRICS_FILE")]
     metrics_file: Option<PathBuf>,
+    /// A Prometheus exporter to scrape into this node's metrics each period: HOST:PORT or an
+    /// http:// URL (repeat for several). More can be added at run time with the root's /join.
+    #[arg(long = "scrape", value_name = "HOST:PORT", value_parser = parse_target)]
+    scrape: Vec<banyan_protocol::target::Target>,
+}
+
+fn parse_target(s: &str) -> Result<banyan_protocol::target::Target, String> {
+    banyan_protocol::target::Target::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -104,6 +112,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         state_dir: args.state_dir,
         tree: TreeConfig::default().with_period(period_ms),
         metrics_file: args.metrics_file,
+        scrape: args.scrape,
     })
 }
 

@@ -6,10 +6,11 @@
 
 use crate::enrol::{self, EnrolError};
 use crate::sampler::Sampler;
+use crate::scrape::Scrapes;
 use crate::transport::{self, close, Framed, LinkError};
 use crate::tree::{Action, Node, Phase, TreeConfig};
 use banyan_protocol::identity::{ClientAuth, Identity, JoinToken};
-use banyan_protocol::wire::{Attach, Msg, Peer, ROOT_NAME};
+use banyan_protocol::wire::{Answer, Attach, CommandBody, Msg, Peer, Query, ROOT_NAME};
 use quinn::Endpoint;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ pub struct AgentConfig {
     pub state_dir: Option<PathBuf>,
     pub tree: TreeConfig,
     pub metrics_file: Option<PathBuf>,
+    /// Exporters to scrape from the start, besides those saved in the state dir.
+    pub scrape: Vec<banyan_protocol::target::Target>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,11 @@ pub async fn run(
             transport::unix_ms(),
         ),
         sampler: Sampler::new(cfg.metrics_file.clone(), transport::unix_ms()),
+        scrapes: Scrapes::open(
+            cfg.state_dir.as_deref(),
+            &cfg.scrape,
+            Duration::from_millis(cfg.tree.period_ms),
+        ),
         cfg,
         ep: ep.clone(),
         tx,
@@ -142,6 +150,7 @@ struct Core {
     cfg: AgentConfig,
     node: Node,
     sampler: Sampler,
+    scrapes: Scrapes,
     ep: Endpoint,
     tx: mpsc::UnboundedSender<Event>,
     parent: Option<(u64, mpsc::UnboundedSender<Msg>)>,
@@ -176,8 +185,10 @@ impl Core {
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => {
                     let now = self.now();
                     if now >= self.node.next_wave_at() {
-                        let own = self.sampler.sample(now);
-                        let digest = crate::sampler::digest_of(&self.cfg.name, &own, now);
+                        let mut own = self.sampler.sample(now);
+                        self.scrapes.merge_into(&mut own);
+                        let mut digest = crate::sampler::digest_of(&self.cfg.name, &own, now);
+                        digest.scrape_errors = self.scrapes.errors();
                         self.node.set_own(own);
                         self.node.push_digest(digest);
                     }
@@ -309,7 +320,22 @@ impl Core {
                     info!(node = %self.cfg.name, child = %child, reason = %reason, "child removed");
                     self.children.remove(&child);
                 }
+                Action::Execute { id, body } => {
+                    let answer = self.execute(&body);
+                    let now = self.now();
+                    self.node.answer_command(now, id, answer);
+                }
             }
+        }
+    }
+
+    /// Commands the tree hands to the shell. Each is quick (no I/O beyond a small file write),
+    /// so it is answered here, in line.
+    fn execute(&mut self, body: &CommandBody) -> Result<Answer, String> {
+        match body {
+            CommandBody::Scrape(change) => self.scrapes.apply(change).map(Answer::Scrapes),
+            CommandBody::Query(Query::Scrapes) => Ok(Answer::Scrapes(self.scrapes.status())),
+            other => Err(format!("{other:?} is not carried out by the agent's shell")),
         }
     }
 

@@ -11,6 +11,7 @@ use banyan_protocol::wire::{Attach, Msg, PROTOCOL_VERSION};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -467,6 +468,58 @@ pub async fn serve_attached(
     .await;
     event(None, why);
     Ok(())
+}
+
+/// Adds the UDP bytes one connection received (quinn's `udp_rx.bytes`: datagrams as they came off
+/// the wire, handshake and keep-alives included) to a total shared by many connections. quinn
+/// counts per connection, so the meter remembers what it already added and adds only the growth.
+pub struct RxMeter {
+    conn: Connection,
+    total: Arc<AtomicU64>,
+    seen: u64,
+}
+
+impl RxMeter {
+    pub fn new(conn: &Connection, total: Arc<AtomicU64>) -> RxMeter {
+        RxMeter {
+            conn: conn.clone(),
+            total,
+            seen: 0,
+        }
+    }
+
+    /// Adds what the connection received since the last update.
+    pub fn update(&mut self) {
+        let now = self.conn.stats().udp_rx.bytes;
+        if now > self.seen {
+            self.total.fetch_add(now - self.seen, Ordering::Relaxed);
+            self.seen = now;
+        }
+    }
+}
+
+/// [`serve_child`], also adding the bytes the link receives to `rx_total` (see [`RxMeter`]): on
+/// every message from the child, and once more when the link has ended.
+pub async fn serve_child_metered(
+    conn: Connection,
+    f: Framed,
+    attach: Attach,
+    cert_name: &str,
+    rx_total: Arc<AtomicU64>,
+    ask: impl FnOnce(
+        Attach,
+        tokio::sync::mpsc::UnboundedSender<Msg>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Msg>>,
+    mut event: impl FnMut(Option<Msg>, String) -> bool,
+) -> Result<(), LinkError> {
+    let mut meter = RxMeter::new(&conn, rx_total);
+    let result = serve_child(conn, f, attach, cert_name, ask, |msg, why| {
+        meter.update();
+        event(msg, why)
+    })
+    .await;
+    meter.update();
+    result
 }
 
 /// Serves a link a child opened with `attach`: checks the certificate names the child, fixes its

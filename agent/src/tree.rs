@@ -95,6 +95,9 @@ pub enum Action {
     ToChild { child: String, msg: Msg },
     /// Close a child's link (it is lost or left).
     CloseChild { child: String, reason: String },
+    /// Carry out a command addressed to this node that the tree does not handle itself (its
+    /// scrapes, later its actions); hand the answer back with [`Node::answer_command`].
+    Execute { id: u64, body: CommandBody },
 }
 
 /// Where a node stands toward its parent.
@@ -862,10 +865,14 @@ impl Node {
             self.pending_lost
                 .push((self.name.clone(), child.to_string()));
         }
-        self.actions.push_back(Action::CloseChild {
-            child: child.to_string(),
-            reason: why.to_string(),
-        });
+        // A child that re-attached is on a new link, which the shell keeps under the same name:
+        // closing "the child's link" now would close the new one. The old link ends by itself.
+        if why != "re-attached" {
+            self.actions.push_back(Action::CloseChild {
+                child: child.to_string(),
+                reason: why.to_string(),
+            });
+        }
         let names: Vec<String> = link.members.into_keys().collect();
         self.refresh_union(now, names);
         // Commands waiting on that subtree will time out at the root; nothing to do here.
@@ -1025,8 +1032,15 @@ impl Node {
             .map(|t| (t, Err(format!("not below {}", self.name))))
             .collect();
         if mine {
-            let answer = self.execute(now, &cmd.body);
-            results.push((self.name.clone(), answer));
+            if Self::is_delegated(&cmd.body) {
+                self.actions.push_back(Action::Execute {
+                    id: cmd.id,
+                    body: cmd.body.clone(),
+                });
+            } else {
+                let answer = self.execute(now, &cmd.body);
+                results.push((self.name.clone(), answer));
+            }
         }
         if !results.is_empty() {
             self.send_parent(
@@ -1068,8 +1082,30 @@ impl Node {
         }
     }
 
+    /// Commands the shell carries out ([`Action::Execute`]) rather than the tree.
+    fn is_delegated(body: &CommandBody) -> bool {
+        matches!(
+            body,
+            CommandBody::Scrape(_) | CommandBody::Query(Query::Scrapes)
+        )
+    }
+
+    /// The shell's answer to an [`Action::Execute`]; it goes up like any other result.
+    pub fn answer_command(&mut self, now: u64, id: u64, answer: Result<Answer, String>) {
+        self.send_parent(
+            now,
+            Msg::Outcome(Outcome {
+                id,
+                results: vec![(self.name.clone(), answer)],
+            }),
+        );
+    }
+
     fn execute(&mut self, _now: u64, body: &CommandBody) -> Result<Answer, String> {
         match body {
+            CommandBody::Scrape(_) | CommandBody::Query(Query::Scrapes) => {
+                Err("not carried out by the tree".into())
+            }
             CommandBody::Ping => Ok(Answer::Pong),
             CommandBody::Query(Query::NodeMetrics) => Ok(Answer::Metrics(self.own.clone())),
             CommandBody::Move { parent, .. } => {
@@ -1186,4 +1222,46 @@ fn fnv(s: &str) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attach(name: &str) -> Attach {
+        Attach {
+            name: name.into(),
+            addr: "198.18.0.9:1337".into(),
+            gen: 1,
+            height: 0,
+            subtree: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_child_that_re_attaches_keeps_its_new_link() {
+        let mut node = Node::new_agent("p", "198.18.0.2:1337", TreeConfig::default(), 0);
+        while node.poll_action().is_some() {}
+        assert!(matches!(
+            node.handle_attach(10, attach("c")),
+            Msg::Accepted { .. }
+        ));
+        while node.poll_action().is_some() {}
+        // The child restarted and came back before its old link was seen to end.
+        assert!(matches!(
+            node.handle_attach(20, attach("c")),
+            Msg::Accepted { .. }
+        ));
+        let mut actions = Vec::new();
+        while let Some(a) = node.poll_action() {
+            actions.push(a);
+        }
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::CloseChild { child, .. } if child == "c")),
+            "closing the child's link by name would close the new link: {actions:?}"
+        );
+        assert_eq!(node.children().collect::<Vec<_>>(), vec!["c"]);
+    }
 }

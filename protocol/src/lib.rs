@@ -1,6 +1,6 @@
 //! `banyan-protocol` is the vocabulary every banyan program shares: the wire messages of the mesh and
 //! their length-prefixed frame codec, the metric model with its merge rules, node-set expressions as
-//! ClusterShell and pdsh write them, human durations, and the TLS identities of the cluster (CA, join
+//! ClusterShell and pdsh write them, human durations, exporter addresses, and the TLS identities of the cluster (CA, join
 //! token, node certificates, rustls configurations).
 //!
 //! It is deliberately pure: no sockets, no async runtime, no clock. Everything here is deterministic
@@ -14,4 +14,5 @@ pub mod frame;
 pub mod identity;
 pub mod metric;
 pub mod nodeset;
+pub mod target;
 pub mod wire;

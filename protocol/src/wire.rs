@@ -143,6 +143,31 @@ pub struct Digest {
 pub enum Query {
     /// The node's own metrics as last sampled.
     NodeMetrics,
+    /// The Prometheus exporters the node scrapes, and how their last scrapes went.
+    Scrapes,
+}
+
+/// A change to the exporters a node scrapes. Targets are URLs as [`crate::target::Target`]
+/// normalizes them; the node checks them again.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ScrapeChange {
+    Add(String),
+    Remove(String),
+}
+
+/// One exporter a node scrapes, as `/join/list` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ScrapeStatus {
+    pub target_url: String,
+    pub period_ms: u64,
+    /// When the last scrape finished (ms since the Unix epoch), 0 before the first.
+    pub last_scrape_ms: u64,
+    /// When the last scrape that worked finished, 0 if none has.
+    pub last_ok_ms: u64,
+    /// Why the last scrape failed; `None` when it worked.
+    pub error: Option<String>,
+    /// Series the target contributes (from its last good scrape).
+    pub series: u32,
 }
 
 /// What a command asks its targets to do.
@@ -154,6 +179,8 @@ pub enum CommandBody {
     Move { parent: Peer, gen: u64 },
     /// Answer a question about the node.
     Query(Query),
+    /// Start or stop scraping a Prometheus exporter into the node's metrics.
+    Scrape(ScrapeChange),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -169,6 +196,8 @@ pub enum Answer {
     Pong,
     Moving,
     Metrics(MetricSet),
+    /// The node's scrape targets (after the change, for [`CommandBody::Scrape`]).
+    Scrapes(Vec<ScrapeStatus>),
 }
 
 /// Results of a command from some of its targets; the root merges them.

@@ -14,6 +14,7 @@ use banyan_protocol::wire::{Attach, CommandBody, Digest, Join, Msg, ROOT_NAME};
 use quinn::Endpoint;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -40,6 +41,9 @@ pub struct Snapshot {
     pub last_wave: Option<WaveDone>,
     pub period_ms: u64,
     pub now_ms: u64,
+    /// UDP bytes received on the links of the root's children since it started (handshakes and
+    /// keep-alives included).
+    pub mesh_rx_bytes: u64,
 }
 
 enum Event {
@@ -112,7 +116,13 @@ pub fn start(
     let ep = transport::endpoint(cfg.mesh, &state.identity, ClientAuth::Optional)
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(accept_loop(ep.clone(), tx.clone(), state.clone()));
+    let mesh_rx = Arc::new(AtomicU64::new(0));
+    tokio::spawn(accept_loop(
+        ep.clone(),
+        tx.clone(),
+        state.clone(),
+        mesh_rx.clone(),
+    ));
     let epoch = rand::random::<u64>() | 1;
     let now = transport::unix_ms();
     let core = RootCore::new(
@@ -135,6 +145,7 @@ pub fn start(
         last_wave: None,
         last_now: now,
         saved: MetricSet::new(),
+        mesh_rx,
     };
     let task = tokio::spawn(async move {
         let done = shell.run(rx).await;
@@ -163,6 +174,8 @@ struct Shell {
     last_now: u64,
     /// The cumulative totals last written to the state dir.
     saved: MetricSet,
+    /// Bytes received on child links, added to by the link tasks.
+    mesh_rx: Arc<AtomicU64>,
 }
 
 impl Shell {
@@ -258,6 +271,7 @@ impl Shell {
                     last_wave: self.last_wave.clone(),
                     period_ms: self.core.node.config().period_ms,
                     now_ms: now,
+                    mesh_rx_bytes: self.mesh_rx.load(Ordering::Relaxed),
                 };
                 let _ = reply.send(snap);
             }
@@ -309,11 +323,17 @@ impl Shell {
     }
 }
 
-async fn accept_loop(ep: Endpoint, tx: mpsc::UnboundedSender<Event>, state: Arc<RootState>) {
+async fn accept_loop(
+    ep: Endpoint,
+    tx: mpsc::UnboundedSender<Event>,
+    state: Arc<RootState>,
+    mesh_rx: Arc<AtomicU64>,
+) {
     let mut next_link: u64 = 1;
     while let Some(incoming) = ep.accept().await {
         next_link += 1;
         let (tx, state, link) = (tx.clone(), state.clone(), next_link);
+        let mesh_rx = mesh_rx.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -323,7 +343,7 @@ async fn accept_loop(ep: Endpoint, tx: mpsc::UnboundedSender<Event>, state: Arc<
                     return;
                 }
             };
-            if let Err(e) = serve(conn, link, tx, state).await {
+            if let Err(e) = serve(conn, link, tx, state, mesh_rx).await {
                 debug!(peer = %remote, error = %e, "connection ended");
             }
         });
@@ -336,6 +356,7 @@ async fn serve(
     link: u64,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<RootState>,
+    mesh_rx: Arc<AtomicU64>,
 ) -> Result<(), LinkError> {
     let remote = conn.remote_address();
     let cert_name = transport::peer_cert_name(&conn);
@@ -406,7 +427,9 @@ async fn serve(
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
             Ok(())
         }
-        (Msg::Attach(attach), Some(cert)) => serve_child(conn, f, attach, cert, link, tx).await,
+        (Msg::Attach(attach), Some(cert)) => {
+            serve_child(conn, f, attach, cert, link, tx, mesh_rx).await
+        }
         (other, Some(_)) => {
             let why = format!("unexpected first message {}", other.kind());
             transport::refuse(&conn, close::BAD_MESSAGE, &why);
@@ -441,6 +464,7 @@ async fn serve_child(
     cert: String,
     link: u64,
     tx: mpsc::UnboundedSender<Event>,
+    mesh_rx: Arc<AtomicU64>,
 ) -> Result<(), LinkError> {
     let name = attach.name.clone();
     let events = tx.clone();
@@ -454,7 +478,7 @@ async fn serve_child(
         };
         events.send(event).ok().map(|()| answer)
     };
-    transport::serve_child(conn, f, attach, &cert, ask, |msg, why| {
+    transport::serve_child_metered(conn, f, attach, &cert, mesh_rx, ask, |msg, why| {
         tx.send(Event::Child {
             name: name.clone(),
             link,

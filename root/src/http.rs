@@ -63,6 +63,10 @@ pub fn router(api: Api) -> Router {
         .route("/nodes", get(nodes))
         .route("/metrics", get(metrics))
         .route("/metrics/", get(metrics))
+        .route("/join", get(join))
+        .route("/join/", get(join))
+        .route("/join/del", get(join_del).post(join_del).delete(join_del))
+        .route("/join/list", get(join_list))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .with_state(api)
@@ -156,6 +160,8 @@ struct StatusView {
     nodes_stale: usize,
     depth: u32,
     last_wave: Option<Value>,
+    /// UDP bytes the root received on its children's links since it started.
+    mesh_rx_bytes: u64,
 }
 
 async fn status(State(api): State<Api>) -> Result<Json<StatusView>, ApiError> {
@@ -169,6 +175,7 @@ async fn status(State(api): State<Api>) -> Result<Json<StatusView>, ApiError> {
         nodes_lost: 0,
         nodes_stale: 0,
         depth: 0,
+        mesh_rx_bytes: snap.mesh_rx_bytes,
         last_wave: snap.last_wave.as_ref().map(|w| {
             json!({
                 "wave": w.wave,
@@ -510,6 +517,192 @@ async fn metrics(
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
+    )
+        .into_response())
+}
+
+// ----- Scrapes of Prometheus exporters (`/join`) --------------------------------------------------
+
+#[derive(Deserialize)]
+struct JoinQuery {
+    /// `HOST:PORT` or an `http://` URL.
+    to: Option<String>,
+    /// The node that scrapes it; by default the node named, or addressed, by the target's host.
+    node: Option<String>,
+}
+
+/// Which node scrapes `target`: the one asked for, else the node whose name or mesh address is
+/// the target's host. A target on no node needs `node=`: guessing would put series on the wrong
+/// node's view.
+fn scraping_node(
+    snap: &Snapshot,
+    target: &banyan_protocol::target::Target,
+    asked: Option<&str>,
+) -> Result<String, ApiError> {
+    if let Some(name) = asked {
+        return match agents(snap).find(|n| n.name == name) {
+            Some(n) if up(n.status) => Ok(n.name.clone()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "node not up",
+                format!("{name} is not attached to the tree now; try again when it is"),
+            )),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown node",
+                format!("no node {name:?}; GET /nodes lists them"),
+            )),
+        };
+    }
+    let host = target.host().trim_start_matches('[').trim_end_matches(']');
+    let addr_host = |addr: &str| -> bool {
+        addr.parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string() == host)
+            .unwrap_or(false)
+    };
+    agents(snap)
+        .find(|n| n.name.eq_ignore_ascii_case(host) || addr_host(&n.addr))
+        .map(|n| n.name.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "which node scrapes it",
+                format!(
+                    "no node is named or addressed {host:?}; add &node=NAME to say which node scrapes {target}"
+                ),
+            )
+        })
+}
+
+fn parse_join(q: &JoinQuery) -> Result<banyan_protocol::target::Target, ApiError> {
+    let to = q.to.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing target",
+            "give the exporter as ?to=HOST:PORT, e.g. /join?to=cn12:9100",
+        )
+    })?;
+    banyan_protocol::target::Target::parse(to)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad target", e.to_string()))
+}
+
+/// Sends a scrape change to one node and answers with its new list.
+async fn change_scrape(
+    api: &Api,
+    node: &str,
+    change: banyan_protocol::wire::ScrapeChange,
+) -> Result<Json<Value>, ApiError> {
+    use banyan_protocol::wire::Answer;
+    let report = api
+        .root
+        .command(vec![node.to_string()], CommandBody::Scrape(change))
+        .await
+        .ok_or_else(core_stopped)?;
+    match report.answers.get(node) {
+        Some((Ok(Answer::Scrapes(list)), _)) => Ok(Json(json!({
+            "node": node,
+            "scrapes": list.iter().map(|s| scrape_json(node, s)).collect::<Vec<_>>(),
+        }))),
+        Some((Ok(other), _)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "unexpected answer",
+            format!("{node} answered {other:?}"),
+        )),
+        Some((Err(e), _)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "node refused",
+            format!("{node}: {e}"),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "node unreachable",
+            format!("{node} did not answer through the tree"),
+        )),
+    }
+}
+
+/// One scrape as `/join/list` shows it: the Metric Proxy's fields, then ours.
+fn scrape_json(node: &str, s: &banyan_protocol::wire::ScrapeStatus) -> Value {
+    json!({
+        "target_url": s.target_url,
+        "ttype": "Prometheus",
+        "period": s.period_ms as f64 / 1000.0,
+        "last_scrape": s.last_scrape_ms / 1000,
+        "node": node,
+        "ok": s.error.is_none() && s.last_ok_ms > 0,
+        "error": s.error,
+        "last_ok": s.last_ok_ms / 1000,
+        "series": s.series,
+    })
+}
+
+/// `GET /join?to=HOST:PORT[&node=NAME]` (admin): a node starts scraping an exporter.
+async fn join(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    q: Result<axum::extract::Query<JoinQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&api, &headers)?;
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
+    let target = parse_join(&q)?;
+    let snap = snapshot(&api).await?;
+    let node = scraping_node(&snap, &target, q.node.as_deref())?;
+    change_scrape(
+        &api,
+        &node,
+        banyan_protocol::wire::ScrapeChange::Add(target.url()),
+    )
+    .await
+}
+
+/// `/join/del?to=HOST:PORT[&node=NAME]` (admin): the node stops scraping it.
+async fn join_del(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    q: Result<axum::extract::Query<JoinQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&api, &headers)?;
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
+    let target = parse_join(&q)?;
+    let snap = snapshot(&api).await?;
+    let node = scraping_node(&snap, &target, q.node.as_deref())?;
+    change_scrape(
+        &api,
+        &node,
+        banyan_protocol::wire::ScrapeChange::Remove(target.url()),
+    )
+    .await
+}
+
+/// `GET /join/list`: every node's scrapes, asked through the tree. Nodes that did not answer are
+/// named in the `X-Banyan-Unreachable` count, so a short list is never mistaken for a full one.
+async fn join_list(State(api): State<Api>) -> Result<Response, ApiError> {
+    use banyan_protocol::wire::{Answer, Query};
+    let snap = snapshot(&api).await?;
+    let targets: Vec<String> = agents(&snap)
+        .filter(|n| up(n.status))
+        .map(|n| n.name.clone())
+        .collect();
+    let report = api
+        .root
+        .command(targets, CommandBody::Query(Query::Scrapes))
+        .await
+        .ok_or_else(core_stopped)?;
+    let mut out = Vec::new();
+    for (node, (answer, _)) in &report.answers {
+        if let Ok(Answer::Scrapes(list)) = answer {
+            out.extend(list.iter().map(|s| scrape_json(node, s)));
+        }
+    }
+    let missing = report.unreachable.len()
+        + report
+            .answers
+            .values()
+            .filter(|(a, _)| !matches!(a, Ok(Answer::Scrapes(_))))
+            .count();
+    Ok((
+        [("x-banyan-unreachable", missing.to_string())],
+        Json(json!(out)),
     )
         .into_response())
 }

@@ -449,6 +449,16 @@ impl Cluster {
         &mut self.net
     }
 
+    /// The root's process id, while it runs.
+    pub fn root_pid(&self) -> Option<u32> {
+        self.root.as_ref().map(Child::id)
+    }
+
+    /// Agent `i`'s process id, while it runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.agents.get(i).and_then(|a| a.pid)
+    }
+
     /// Keeps the directory with the logs when the cluster is dropped, and prints its path then.
     /// Dropping during a panic does so by itself.
     pub fn keep_logs(&mut self) {
@@ -763,6 +773,31 @@ impl Cluster {
     /// `POST path` with a JSON body and the admin token.
     pub fn http_post(&self, path: &str, body: &Value) -> Result<Value> {
         self.request("POST", path, Some(body), HTTP_TIMEOUT)
+    }
+
+    /// `GET path` with the admin token (the writes that the Metric Proxy made GETs, like `/join`).
+    pub fn http_get_admin(&self, path: &str) -> Result<Value> {
+        let (status, bytes) = http_request(
+            self.http,
+            "GET",
+            path,
+            Some(&self.admin_token),
+            None,
+            HTTP_TIMEOUT,
+        )?;
+        if !(200..300).contains(&status) {
+            bail!(
+                "GET {path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("GET {path}: not JSON: {}", String::from_utf8_lossy(&bytes)))
+    }
+
+    /// The root's admin token, for tests that send requests of their own.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
     }
 
     /// `POST /ping` to the node set `nodes` (e.g. `cn[1-4]`): `{"answered", "failed", "unreachable"}`.

@@ -653,6 +653,8 @@ impl Sim {
                     self.child_links.remove(&(from, c));
                 }
             }
+            // The simulator models the tree, not a node's scrapes or actions.
+            (End::Agent(_), Action::Execute { .. }) => {}
             (End::Root, _) => {}
         }
     }

@@ -88,6 +88,38 @@ fn find_binaries() -> Result<Binaries> {
     Ok(bins)
 }
 
+/// Whether CI asked for every test to run for real (`CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// `name` on the PATH or in the sbin directories (daemons live in /usr/sbin, which a user's PATH
+/// may lack).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// A program a test needs, from Debian package `package`. Missing: an error under `CI=true` (CI
+/// never passes without running the test); otherwise `SKIPPED: ...` is printed and `Ok(None)`
+/// returned, and the test returns.
+pub fn require_program(name: &str, package: &str) -> Result<Option<PathBuf>> {
+    match find_program(name) {
+        Some(p) => Ok(Some(p)),
+        None if in_ci() => bail!(
+            "{name} not found under CI=true: install the Debian package {package} (scripts/test does)"
+        ),
+        None => {
+            println!("SKIPPED: {name} not found (Debian package {package})");
+            Ok(None)
+        }
+    }
+}
+
 /// The workspace's root directory (this crate lives in `<workspace>/tests`).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
