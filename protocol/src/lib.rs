@@ -1,5 +1,6 @@
 //! `banyan-protocol` is the vocabulary every banyan program shares: the wire messages of the mesh and
-//! their length-prefixed frame codec, the metric model with its merge rules, node-set expressions as
+//! their length-prefixed frame codec, what a job's ranks tell their agent (`ingest`) and how a job's
+//! series ride in metric sets (`job`), the metric model with its merge rules, node-set expressions as
 //! ClusterShell and pdsh write them, human durations, exporter addresses, and the TLS identities of the cluster (CA, join
 //! token, node certificates, rustls configurations).
 //!
@@ -12,6 +13,8 @@ pub mod duration;
 pub mod exposition;
 pub mod frame;
 pub mod identity;
+pub mod ingest;
+pub mod job;
 pub mod metric;
 pub mod nodeset;
 pub mod target;
