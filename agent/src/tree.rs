@@ -126,6 +126,10 @@ struct ChildLink {
     /// The child itself and every node below it, as it announced them.
     members: HashMap<String, Member>,
     report: Option<Report>,
+    /// The wave during which the child attached. Its report for that wave is kept but not counted:
+    /// a child that moved here is still inside its old parent's report of that wave, and its
+    /// gauges (which carry no debt) would be counted twice until the old path caught up.
+    quiet_wave: u64,
 }
 
 /// A finished command as the root reports it.
@@ -320,7 +324,7 @@ impl Node {
         let mut total = self.own.clone();
         total.merge(&self.frozen);
         for child in self.children.values() {
-            if let Some(r) = &child.report {
+            if let Some(r) = child.report.as_ref().filter(|r| r.wave != child.quiet_wave) {
                 total.merge(&r.net);
             }
         }
@@ -791,6 +795,7 @@ impl Node {
                 last_sent: now,
                 members,
                 report: None,
+                quiet_wave: self.wave,
             },
         );
         self.refresh_union(now, names);
@@ -877,6 +882,10 @@ impl Node {
         self.refresh_union(now, names);
         // Commands waiting on that subtree will time out at the root; nothing to do here.
         if !self.wave_sent && self.children_done() {
+            self.send_wave(now, true);
+        } else if self.wave_sent && self.role == Role::Agent && why != "re-attached" {
+            // The wave already went up with the child in it: correct it now, before the child
+            // shows up under its new parent, so its gauges are never counted on two paths.
             self.send_wave(now, true);
         }
     }
@@ -1086,8 +1095,24 @@ impl Node {
     fn is_delegated(body: &CommandBody) -> bool {
         matches!(
             body,
-            CommandBody::Scrape(_) | CommandBody::Query(Query::Scrapes)
+            CommandBody::Scrape(_) | CommandBody::Query(Query::Scrapes) | CommandBody::ForgetJob(_)
         )
+    }
+
+    /// Drops every series of a finished job from what this node holds (its own sample, kept
+    /// values, debt, children's reports), so finished jobs stop travelling up the tree. The root
+    /// ignores a finished job's series that are still in flight.
+    pub fn forget_job(&mut self, job: &str) {
+        use banyan_protocol::job::remove_job;
+        remove_job(&mut self.own, job);
+        remove_job(&mut self.frozen, job);
+        remove_job(&mut self.debt, job);
+        remove_job(&mut self.last_sent_net, job);
+        for link in self.children.values_mut() {
+            if let Some(r) = link.report.as_mut() {
+                remove_job(&mut r.net, job);
+            }
+        }
     }
 
     /// The shell's answer to an [`Action::Execute`]; it goes up like any other result.
@@ -1103,9 +1128,9 @@ impl Node {
 
     fn execute(&mut self, _now: u64, body: &CommandBody) -> Result<Answer, String> {
         match body {
-            CommandBody::Scrape(_) | CommandBody::Query(Query::Scrapes) => {
-                Err("not carried out by the tree".into())
-            }
+            CommandBody::Scrape(_)
+            | CommandBody::Query(Query::Scrapes)
+            | CommandBody::ForgetJob(_) => Err("not carried out by the tree".into()),
             CommandBody::Ping => Ok(Answer::Pong),
             CommandBody::Query(Query::NodeMetrics) => Ok(Answer::Metrics(self.own.clone())),
             CommandBody::Move { parent, .. } => {

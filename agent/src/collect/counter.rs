@@ -27,6 +27,23 @@ impl Cumulative {
         self.total
     }
 
+    /// Like [`Cumulative::update`], for a kernel counter that never starts again from zero but may
+    /// step back a little: proc(5) warns that `/proc/stat`'s iowait "will decrease in certain
+    /// conditions", and idle has been seen to do the same. A step back counts nothing, and counting
+    /// resumes once the kernel passes the highest value seen, so the total is the kernel's growth
+    /// since the baseline and never jumps by the whole value since boot, as a reset would.
+    pub fn update_no_reset(&mut self, raw: u64) -> u64 {
+        match self.last {
+            Some(last) if raw <= last => {}
+            Some(last) => {
+                self.total = self.total.saturating_add(raw - last);
+                self.last = Some(raw);
+            }
+            None => self.last = Some(raw),
+        }
+        self.total
+    }
+
     /// The count since the baseline, as of the last update.
     pub fn total(&self) -> u64 {
         self.total
@@ -88,6 +105,18 @@ mod tests {
         c.update(u32::MAX as u64 - 10);
         let before = c.total();
         assert_eq!(c.update(5), before + 5);
+    }
+
+    #[test]
+    fn a_counter_that_never_resets_ignores_steps_back() {
+        let mut c = Cumulative::default();
+        assert_eq!(c.update_no_reset(27_278), 0);
+        assert_eq!(c.update_no_reset(27_300), 22);
+        // A tick back (iowait on some kernels): nothing counted, and not the 27,299 since boot.
+        assert_eq!(c.update_no_reset(27_299), 22);
+        // Counting resumes above the highest value seen.
+        assert_eq!(c.update_no_reset(27_300), 22);
+        assert_eq!(c.update_no_reset(27_310), 32);
     }
 
     #[test]

@@ -126,8 +126,10 @@ impl CpuState {
     }
 
     fn emit(&mut self, ticks: &Ticks, hz: f64, now_ms: u64, out: &mut MetricSet) {
+        // The tick counters never reset (they are 64-bit since boot); idle and iowait may step
+        // back a little, which must not read as a reset.
         for ((name, counter), raw) in self.seconds.iter().zip(&mut self.counters).zip(ticks) {
-            out.set_counter(name, counter.update(*raw) as f64 / hz);
+            out.set_counter(name, counter.update_no_reset(*raw) as f64 / hz);
         }
         if let Some(ratio) = self.prev.and_then(|prev| busy_ratio(&prev, ticks)) {
             out.set_gauge(&self.usage, ratio, now_ms);
@@ -309,6 +311,49 @@ procs_blocked 0
         );
         // 8 modes for all and each core, a usage gauge for each, and the core count.
         assert_eq!(second.len(), 8 * 3 + 3 + 1);
+    }
+
+    #[test]
+    fn idle_and_iowait_stepping_back_is_not_a_reset() {
+        let tree = FakeTree::new();
+        tree.write(
+            "proc/stat",
+            "cpu 1000 0 100 5000 700 0 0 0\ncpu0 1000 0 100 5000 700 0 0 0\n",
+        );
+        let mut cpu = Cpu::new(tree.path());
+        cpu.hz = 100.0;
+        cpu.collect(1_000, &mut MetricSet::new()).unwrap();
+        // proc(5): iowait "will decrease in certain conditions"; idle too on some kernels.
+        tree.write(
+            "proc/stat",
+            "cpu 1010 0 100 4999 699 0 0 0\ncpu0 1010 0 100 4999 699 0 0 0\n",
+        );
+        let mut set = MetricSet::new();
+        cpu.collect(2_000, &mut set).unwrap();
+        for label in ["all", "0"] {
+            let seconds = |mode: &str| {
+                set.counter(&format!(
+                    "banyan_node_cpu_seconds_total{{cpu=\"{label}\",mode=\"{mode}\"}}"
+                ))
+            };
+            assert_eq!(seconds("iowait"), 0.0);
+            assert_eq!(seconds("idle"), 0.0);
+            assert_eq!(seconds("user"), 0.1);
+        }
+        tree.write(
+            "proc/stat",
+            "cpu 1010 0 100 5003 702 0 0 0\ncpu0 1010 0 100 5003 702 0 0 0\n",
+        );
+        let mut set = MetricSet::new();
+        cpu.collect(3_000, &mut set).unwrap();
+        assert_eq!(
+            set.counter("banyan_node_cpu_seconds_total{cpu=\"all\",mode=\"iowait\"}"),
+            0.02
+        );
+        assert_eq!(
+            set.counter("banyan_node_cpu_seconds_total{cpu=\"all\",mode=\"idle\"}"),
+            0.03
+        );
     }
 
     #[test]
