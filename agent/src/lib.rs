@@ -1,7 +1,8 @@
 //! `banyan-agent` is the daemon that runs on every node of the cluster: it enrols with the root,
 //! takes the place in the reduction tree that the root gives it, samples its node once per wave,
 //! merges its children's reports into its own and sends one report up, and runs the commands that
-//! come down. It also scrapes the Prometheus exporters an operator joins to its node ([`scrape`]).
+//! come down. It also scrapes the Prometheus exporters an operator joins to its node ([`scrape`]) and
+//! gathers the metrics of the job ranks running on it ([`ingest`], [`jobs`]).
 //!
 //! The tree logic is [`tree::Node`], a deterministic state machine with no I/O, which the root and
 //! the simulator reuse. The async shell around it ([`shell`]) only moves bytes and time in and out.
@@ -9,6 +10,8 @@
 
 pub mod collect;
 pub mod enrol;
+pub mod ingest;
+pub mod jobs;
 pub mod process;
 pub mod sampler;
 pub mod scrape;

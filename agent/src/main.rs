@@ -43,9 +43,10 @@ struct Args {
     /// Reduction period (500ms, 1s, 2m).
     #[arg(long, env = "BANYAN_PERIOD", default_value = "1s", value_parser = parse_duration)]
     period: std::time::Duration,
-    /// Local ingest socket for job ranks (used by banyan-run; reserved).
-    #[arg(long, env = "BANYAN_SOCKET")]
-    socket: Option<PathBuf>,
+    /// Local socket for job ranks (banyan-run): `@name` for an abstract socket (private to the
+    /// network namespace), or a path.
+    #[arg(long, env = "BANYAN_SOCKET", default_value = banyan_protocol::ingest::DEFAULT_SOCKET)]
+    socket: String,
     /// A text file of `name value` lines reported with this node each wave.
     #[arg(long, env = "BANYAN_METRICS_FILE")]
     metrics_file: Option<PathBuf>,
@@ -113,6 +114,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         tree: TreeConfig::default().with_period(period_ms),
         metrics_file: args.metrics_file,
         scrape: args.scrape,
+        socket: args.socket,
     })
 }
 

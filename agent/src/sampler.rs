@@ -114,6 +114,7 @@ pub fn digest_of(name: &str, set: &MetricSet, now_ms: u64) -> Digest {
         net_rx_bps: sum_family("banyan_node_network_receive_bytes_per_second{"),
         net_tx_bps: sum_family("banyan_node_network_transmit_bytes_per_second{"),
         scrape_errors: Vec::new(),
+        jobs: Vec::new(),
     }
 }
 

@@ -5,6 +5,8 @@
 //! comes out of [`Node::poll_action`] and is carried out here, nowhere else.
 
 use crate::enrol::{self, EnrolError};
+use crate::ingest::RankEvent;
+use crate::jobs::LocalJobs;
 use crate::sampler::Sampler;
 use crate::scrape::Scrapes;
 use crate::transport::{self, close, Framed, LinkError};
@@ -30,6 +32,8 @@ pub struct AgentConfig {
     pub metrics_file: Option<PathBuf>,
     /// Exporters to scrape from the start, besides those saved in the state dir.
     pub scrape: Vec<banyan_protocol::target::Target>,
+    /// The local socket for job ranks (`@name`: abstract).
+    pub socket: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,14 @@ pub async fn run(
         .map_err(|e| AgentError::Setup(e.to_string()))?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(accept_loop(ep.clone(), tx.clone()));
+    let listener = crate::ingest::bind(&cfg.socket).map_err(|e| {
+        AgentError::Setup(format!(
+            "cannot listen for job ranks on {}: {e} (is another agent running here? --socket picks another)",
+            cfg.socket
+        ))
+    })?;
+    let (rank_tx, rank_rx) = mpsc::unbounded_channel();
+    tokio::spawn(crate::ingest::serve(listener, rank_tx));
     let advertised = cfg.mesh.to_string();
     let mut core = Core {
         node: Node::new_agent(
@@ -132,6 +144,8 @@ pub async fn run(
             &cfg.scrape,
             Duration::from_millis(cfg.tree.period_ms),
         ),
+        jobs: LocalJobs::new(),
+        ranks: HashMap::new(),
         cfg,
         ep: ep.clone(),
         tx,
@@ -141,7 +155,7 @@ pub async fn run(
         last_now: 0,
         logged_phase: String::new(),
     };
-    let result = core.run(rx, shutdown).await;
+    let result = core.run(rx, rank_rx, shutdown).await;
     ep.close(close::DONE.into(), b"agent stopping");
     result
 }
@@ -151,6 +165,9 @@ struct Core {
     node: Node,
     sampler: Sampler,
     scrapes: Scrapes,
+    jobs: LocalJobs,
+    /// Ranks connected now: connection -> job id.
+    ranks: HashMap<u64, String>,
     ep: Endpoint,
     tx: mpsc::UnboundedSender<Event>,
     parent: Option<(u64, mpsc::UnboundedSender<Msg>)>,
@@ -170,6 +187,7 @@ impl Core {
     async fn run(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
+        mut rank_rx: mpsc::UnboundedReceiver<RankEvent>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
@@ -182,13 +200,16 @@ impl Core {
                     let Some(ev) = ev else { return Ok(()) };
                     self.handle(ev)?;
                 }
+                Some(ev) = rank_rx.recv() => self.handle_rank(ev),
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => {
                     let now = self.now();
                     if now >= self.node.next_wave_at() {
                         let mut own = self.sampler.sample(now);
                         self.scrapes.merge_into(&mut own);
+                        self.jobs.merge_into(&mut own);
                         let mut digest = crate::sampler::digest_of(&self.cfg.name, &own, now);
                         digest.scrape_errors = self.scrapes.errors();
+                        digest.jobs = self.jobs.digest();
                         self.node.set_own(own);
                         self.node.push_digest(digest);
                     }
@@ -329,12 +350,60 @@ impl Core {
         }
     }
 
+    /// A rank's hello, update or end, from the ingest socket.
+    fn handle_rank(&mut self, ev: RankEvent) {
+        match ev {
+            RankEvent::Hello {
+                conn,
+                job,
+                rank: _,
+                uid,
+                pid: _,
+                reply,
+            } => {
+                let id = job.jobid.clone();
+                let answer = self
+                    .jobs
+                    .start_rank(job, uid)
+                    .map(|()| self.cfg.tree.period_ms)
+                    .map_err(|e| e.to_string());
+                if answer.is_ok() {
+                    self.ranks.insert(conn, id);
+                }
+                // A rank that vanished before the answer is a rank that ended.
+                if reply.send(answer).is_err() {
+                    if let Some(id) = self.ranks.remove(&conn) {
+                        self.jobs.end_rank(&id, true);
+                    }
+                }
+            }
+            RankEvent::Update { conn, delta } => {
+                if let Some(id) = self.ranks.get(&conn) {
+                    let dropped = self.jobs.update(id, &delta);
+                    if let Some((series, why)) = dropped.series.first() {
+                        warn!(job = %id, dropped = dropped.series.len(), first = %series.escape_debug(), why, "series from a rank refused; the rest were kept");
+                    }
+                }
+            }
+            RankEvent::Exit { conn, how } => {
+                if let Some(id) = self.ranks.remove(&conn) {
+                    self.jobs.end_rank(&id, how.is_none_or(|h| h.crashed()));
+                }
+            }
+        }
+    }
+
     /// Commands the tree hands to the shell. Each is quick (no I/O beyond a small file write),
     /// so it is answered here, in line.
     fn execute(&mut self, body: &CommandBody) -> Result<Answer, String> {
         match body {
             CommandBody::Scrape(change) => self.scrapes.apply(change).map(Answer::Scrapes),
             CommandBody::Query(Query::Scrapes) => Ok(Answer::Scrapes(self.scrapes.status())),
+            CommandBody::ForgetJob(job) => {
+                self.jobs.forget(job);
+                self.node.forget_job(job);
+                Ok(Answer::Done)
+            }
             other => Err(format!("{other:?} is not carried out by the agent's shell")),
         }
     }

@@ -136,6 +136,18 @@ pub struct Digest {
     pub net_tx_bps: f64,
     /// Prometheus exporters this node scrapes that failed at their last scrape: `(target, error)`.
     pub scrape_errors: Vec<(String, String)>,
+    /// Jobs with ranks running on this node (and jobs that just appeared here).
+    pub jobs: Vec<JobOnNode>,
+}
+
+/// One job as a node's digest shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct JobOnNode {
+    pub jobid: String,
+    /// Ranks of the job still running on the node.
+    pub running: u32,
+    /// The job's description, while the job is new on the node and now and then after.
+    pub desc: Option<crate::job::JobDesc>,
 }
 
 /// What the root can ask of a node without changing anything.
@@ -181,6 +193,8 @@ pub enum CommandBody {
     Query(Query),
     /// Start or stop scraping a Prometheus exporter into the node's metrics.
     Scrape(ScrapeChange),
+    /// The job's profile is written: drop its series and state.
+    ForgetJob(String),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -198,6 +212,8 @@ pub enum Answer {
     Metrics(MetricSet),
     /// The node's scrape targets (after the change, for [`CommandBody::Scrape`]).
     Scrapes(Vec<ScrapeStatus>),
+    /// Done, nothing to tell.
+    Done,
 }
 
 /// Results of a command from some of its targets; the root merges them.

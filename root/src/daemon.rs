@@ -4,6 +4,7 @@
 //! One task owns the [`RootCore`]; connection tasks and HTTP handlers talk to it with messages.
 
 use crate::core::{RootAction, RootCore};
+use crate::jobs::JobBook;
 use crate::placement::{NodeView, PlacementConfig};
 use crate::state::RootState;
 use banyan_agent::transport::{self, close, Framed, LinkError};
@@ -44,6 +45,8 @@ pub struct Snapshot {
     /// UDP bytes received on the links of the root's children since it started (handshakes and
     /// keep-alives included).
     pub mesh_rx_bytes: u64,
+    /// Jobs not finished yet.
+    pub jobs: Vec<banyan_protocol::job::JobDesc>,
 }
 
 enum Event {
@@ -134,7 +137,9 @@ pub fn start(
         epoch,
         now,
     );
+    let jobs = JobBook::open(Some(&state.dir));
     let mut shell = Shell {
+        jobs,
         core,
         state,
         epoch,
@@ -176,6 +181,7 @@ struct Shell {
     saved: MetricSet,
     /// Bytes received on child links, added to by the link tasks.
     mesh_rx: Arc<AtomicU64>,
+    jobs: JobBook,
 }
 
 impl Shell {
@@ -190,6 +196,44 @@ impl Shell {
         match self.state.save_totals(&now) {
             Ok(()) => self.saved = now,
             Err(e) => warn!(error = %e, "cannot keep the totals; a restart would lose counts"),
+        }
+    }
+
+    /// After each wave: learn new jobs, and write the profile of each job that ended. A finished
+    /// job's series are then dropped everywhere in the tree.
+    fn settle_jobs(&mut self) {
+        let now = self.now();
+        let now_s = now / 1000;
+        let totals = self.core.totals();
+        let digests = self.core.node.latest_digests();
+        self.jobs.learn(digests, &totals, now_s);
+        let stale: std::collections::BTreeSet<String> = self
+            .core
+            .placement
+            .view()
+            .into_iter()
+            .filter(|n| matches!(n.status, crate::placement::Status::Stale { .. }))
+            .map(|n| n.name)
+            .collect();
+        let ended = self.jobs.ended(&totals, digests, &stale, now_s);
+        for profile in ended {
+            let id = profile.desc.jobid.clone();
+            if let Err(e) = self.jobs.finish(&profile) {
+                warn!(job = %id, error = %e, "cannot write the profile; will try again next wave");
+                continue;
+            }
+            self.core.node.forget_job(&id);
+            let everyone: Vec<String> = self
+                .core
+                .placement
+                .view()
+                .into_iter()
+                .filter(|n| n.name != ROOT_NAME && n.status.is_live())
+                .map(|n| n.name)
+                .collect();
+            // Nobody waits for this command's report: it is dropped when it comes back.
+            self.core
+                .start_command(now, &everyone, CommandBody::ForgetJob(id));
         }
     }
 
@@ -272,6 +316,7 @@ impl Shell {
                     period_ms: self.core.node.config().period_ms,
                     now_ms: now,
                     mesh_rx_bytes: self.mesh_rx.load(Ordering::Relaxed),
+                    jobs: self.jobs.running().cloned().collect(),
                 };
                 let _ = reply.send(snap);
             }
@@ -318,6 +363,7 @@ impl Shell {
         }
         if let Some(w) = newest {
             self.last_wave = Some(w);
+            self.settle_jobs();
         }
         self.save_totals();
     }

@@ -21,6 +21,8 @@ use std::sync::Arc;
 pub struct Api {
     pub root: RootHandle,
     pub admin_token: Arc<String>,
+    /// The root's state dir, where profiles are.
+    pub state_dir: Arc<std::path::PathBuf>,
 }
 
 /// A JSON error with its status.
@@ -63,6 +65,11 @@ pub fn router(api: Api) -> Router {
         .route("/nodes", get(nodes))
         .route("/metrics", get(metrics))
         .route("/metrics/", get(metrics))
+        .route("/profiles", get(profiles))
+        .route("/profiles/percmd", get(profiles_percmd))
+        .route("/percmd", get(profiles_percmd))
+        .route("/profiles/get", get(profile_get))
+        .route("/get", get(profile_get))
         .route("/join", get(join))
         .route("/join/", get(join))
         .route("/join/del", get(join_del).post(join_del).delete(join_del))
@@ -204,7 +211,7 @@ async fn totals(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let snap = snapshot(&api).await?;
     Ok(Json(json!({
         "wave": snap.last_wave.as_ref().map(|w| w.wave),
-        "metrics": snap.totals.values,
+        "metrics": banyan_protocol::job::node_view(&snap.totals).values,
     })))
 }
 
@@ -320,6 +327,22 @@ pub struct JobDesc {
 
 const NODE_PREFIX: &str = "Node: ";
 
+impl From<&banyan_protocol::job::JobDesc> for JobDesc {
+    fn from(d: &banyan_protocol::job::JobDesc) -> JobDesc {
+        JobDesc {
+            jobid: d.jobid.clone(),
+            command: d.command.clone(),
+            size: d.size,
+            nodelist: d.nodelist.clone(),
+            partition: d.partition.clone(),
+            cluster: d.cluster.clone(),
+            run_dir: d.run_dir.clone(),
+            start_time: d.start_time,
+            end_time: d.end_time,
+        }
+    }
+}
+
 fn main_desc() -> JobDesc {
     JobDesc {
         jobid: "main".into(),
@@ -351,6 +374,7 @@ async fn job_list(State(api): State<Api>) -> Result<Json<Vec<JobDesc>>, ApiError
     let snap = snapshot(&api).await?;
     let mut out = vec![main_desc()];
     out.extend(agents(&snap).map(|n| node_desc(&n.name)));
+    out.extend(snap.jobs.iter().map(JobDesc::from));
     Ok(Json(out))
 }
 
@@ -419,13 +443,20 @@ async fn job_metrics(
     snap: &Snapshot,
     id: &str,
 ) -> Result<(JobDesc, banyan_protocol::metric::MetricSet), ApiError> {
+    use banyan_protocol::job::{job_view, node_view};
     if id == "main" {
-        return Ok((main_desc(), snap.totals.clone()));
+        return Ok((main_desc(), node_view(&snap.totals)));
     }
     if let Some(name) = id.strip_prefix(NODE_PREFIX) {
         if agents(snap).any(|n| n.name == name) {
-            return Ok((node_desc(name), node_metrics(api, name).await?));
+            return Ok((node_desc(name), node_view(&node_metrics(api, name).await?)));
         }
+    }
+    if let Some(desc) = snap.jobs.iter().find(|d| d.jobid == id) {
+        return Ok((JobDesc::from(desc), job_view(&snap.totals, id)));
+    }
+    if let Some(p) = crate::jobs::read_profile(&api.state_dir, id) {
+        return Ok((JobDesc::from(&p.desc), p.metrics));
     }
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
@@ -705,4 +736,69 @@ async fn join_list(State(api): State<Api>) -> Result<Response, ApiError> {
         Json(json!(out)),
     )
         .into_response())
+}
+
+// ----- Profiles of finished jobs ----------------------------------------------------------------
+
+/// `GET /profiles`: every finished job's description, oldest end first.
+async fn profiles(State(api): State<Api>) -> Json<Vec<JobDesc>> {
+    let dir = api.state_dir.clone();
+    let list = tokio::task::spawn_blocking(move || crate::jobs::list_profiles(&dir))
+        .await
+        .unwrap_or_default();
+    Json(list.iter().map(|p| JobDesc::from(&p.desc)).collect())
+}
+
+/// `GET /profiles/percmd` (also `/percmd`): finished jobs grouped by command.
+async fn profiles_percmd(State(api): State<Api>) -> Json<Value> {
+    let dir = api.state_dir.clone();
+    let list = tokio::task::spawn_blocking(move || crate::jobs::list_profiles(&dir))
+        .await
+        .unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, Vec<JobDesc>> = Default::default();
+    for p in &list {
+        by.entry(p.desc.command.clone())
+            .or_default()
+            .push(JobDesc::from(&p.desc));
+    }
+    Json(json!(by))
+}
+
+#[derive(Deserialize)]
+struct ProfileQuery {
+    jobid: Option<String>,
+}
+
+/// `GET /profiles/get?jobid=ID` (also `/get`): one profile, in the job snapshot's shape plus how
+/// its ranks ended.
+async fn profile_get(
+    State(api): State<Api>,
+    q: Result<axum::extract::Query<ProfileQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
+    let id = q.jobid.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing jobid",
+            "give the job as ?jobid=ID; GET /profiles lists them",
+        )
+    })?;
+    let dir = api.state_dir.clone();
+    let lookup = id.clone();
+    let found = tokio::task::spawn_blocking(move || crate::jobs::read_profile(&dir, &lookup))
+        .await
+        .ok()
+        .flatten();
+    let p = found.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown profile",
+            format!("no finished job {id:?}; GET /profiles lists them"),
+        )
+    })?;
+    Ok(Json(json!({
+        "desc": JobDesc::from(&p.desc),
+        "counters": counters_json(&p.metrics),
+        "ranks": p.ranks,
+    })))
 }

@@ -11,5 +11,6 @@ pub mod cli_nodeset;
 pub mod core;
 pub mod daemon;
 pub mod http;
+pub mod jobs;
 pub mod placement;
 pub mod state;

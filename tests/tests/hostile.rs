@@ -307,6 +307,9 @@ impl Cluster {
                 mesh.to_string(),
                 "--state-dir".into(),
                 self.dir.0.join(name).display().to_string(),
+                // The agents share one network namespace: each needs a rank socket of its own.
+                "--socket".into(),
+                format!("@banyan-hostile-{}-{name}", std::process::id()),
             ],
             &self.dir.0,
         )

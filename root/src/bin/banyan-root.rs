@@ -78,6 +78,7 @@ async fn run(args: Args) -> Result<(), String> {
     let app = http::router(Api {
         root: handle.clone(),
         admin_token: Arc::new(state.admin_token.clone()),
+        state_dir: Arc::new(state.dir.clone()),
     });
     let server =
         axum::serve(listener, app).with_graceful_shutdown(banyan_agent::process::stop_signal());
