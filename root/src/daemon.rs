@@ -137,7 +137,7 @@ pub fn start(
         epoch,
         now,
     );
-    let jobs = JobBook::open(Some(&state.dir));
+    let jobs = JobBook::open(Some(&state.dir), now);
     let mut shell = Shell {
         jobs,
         core,
@@ -203,19 +203,10 @@ impl Shell {
     /// job's series are then dropped everywhere in the tree.
     fn settle_jobs(&mut self) {
         let now = self.now();
-        let now_s = now / 1000;
         let totals = self.core.totals();
         let digests = self.core.node.latest_digests();
-        self.jobs.learn(digests, &totals, now_s);
-        let stale: std::collections::BTreeSet<String> = self
-            .core
-            .placement
-            .view()
-            .into_iter()
-            .filter(|n| matches!(n.status, crate::placement::Status::Stale { .. }))
-            .map(|n| n.name)
-            .collect();
-        let ended = self.jobs.ended(&totals, digests, &stale, now_s);
+        self.jobs.learn(digests, &totals, now);
+        let ended = self.jobs.ended(&totals, now);
         for profile in ended {
             let id = profile.desc.jobid.clone();
             if let Err(e) = self.jobs.finish(&profile) {

@@ -5,7 +5,7 @@
 //! ([`banyan_protocol::job`]), which the tree keeps exact like any other. A job ends when every
 //! rank that started has ended — `ended + lost >= started`, with at least `size` started when the
 //! launcher said how many — where *lost* counts the ranks that were still running on nodes that
-//! have since gone stale (their ranks can no longer be heard of). Then its profile (the job's
+//! have been silent for [`SILENT_MS`] (their ranks can no longer be heard of). Then its profile (the job's
 //! merged metrics, description, start and end, how its ranks ended) is written once, atomically,
 //! under `<state>/profiles/`, named by [`banyan_protocol::job::file_stem`].
 //!
@@ -42,31 +42,49 @@ pub struct Profile {
     pub metrics: MetricSet,
 }
 
+/// A node whose digests stopped this long ago is gone, and so are the ranks it still ran: longer
+/// than the tree takes to detect a death (3 s), re-place orphans and call a node stale (8 s).
+pub const SILENT_MS: u64 = 10_000;
+
 #[derive(Serialize, Deserialize, Default)]
 struct Saved {
     jobs: BTreeMap<String, JobDesc>,
+    /// Per job, the ranks still running on each node, as the nodes last said.
+    #[serde(default)]
+    running_on: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 pub struct JobBook {
     dir: Option<PathBuf>,
     /// Jobs not finished yet.
     running: BTreeMap<String, JobDesc>,
+    running_on: BTreeMap<String, BTreeMap<String, u32>>,
+    /// When each node's digest last changed, by the root's clock: `(sampled_ms, heard_at_ms)`.
+    heard: HashMap<String, (u64, u64)>,
+    /// When the book was opened (nodes not heard since count from then).
+    opened_ms: u64,
     /// Jobs whose profile is written.
     finished: BTreeSet<String>,
 }
 
 impl JobBook {
     /// Opens the book in `state_dir` (none: memory only, for tests and simulations).
-    pub fn open(state_dir: Option<&Path>) -> JobBook {
+    pub fn open(state_dir: Option<&Path>, now_ms: u64) -> JobBook {
         let mut book = JobBook {
             dir: state_dir.map(Path::to_path_buf),
             running: BTreeMap::new(),
+            running_on: BTreeMap::new(),
+            heard: HashMap::new(),
+            opened_ms: now_ms,
             finished: BTreeSet::new(),
         };
         if let Some(dir) = &book.dir {
             if let Ok(text) = std::fs::read_to_string(dir.join("jobs.json")) {
                 match serde_json::from_str::<Saved>(&text) {
-                    Ok(saved) => book.running = saved.jobs,
+                    Ok(saved) => {
+                        book.running = saved.jobs;
+                        book.running_on = saved.running_on;
+                    }
                     Err(e) => {
                         warn!(error = %e, "jobs.json is unreadable; running jobs will be learnt again from the nodes")
                     }
@@ -76,6 +94,8 @@ impl JobBook {
                 book.finished.insert(p.desc.jobid.clone());
             }
             book.running.retain(|id, _| !book.finished.contains(id));
+            let running = &book.running;
+            book.running_on.retain(|id, _| running.contains_key(id));
         }
         book
     }
@@ -94,9 +114,48 @@ impl JobBook {
 
     /// Learns jobs from this wave's digests. A job seen only through its series (its description
     /// lost with a node) is described by its id alone.
-    pub fn learn(&mut self, digests: &HashMap<String, Digest>, totals: &MetricSet, now_s: u64) {
+    pub fn learn(&mut self, digests: &HashMap<String, Digest>, totals: &MetricSet, now_ms: u64) {
+        let now_s = now_ms / 1000;
         let mut changed = false;
         for d in digests.values() {
+            let fresh = match self.heard.get(&d.name) {
+                Some((sampled, _)) => d.sampled_ms > *sampled,
+                None => true,
+            };
+            if !fresh {
+                continue;
+            }
+            self.heard.insert(d.name.clone(), (d.sampled_ms, now_ms));
+            // The node's word on every job it ran: those it no longer lists have no rank left here.
+            for (id, on) in self.running_on.iter_mut() {
+                let now_here = d
+                    .jobs
+                    .iter()
+                    .find(|j| &j.jobid == id)
+                    .map_or(0, |j| j.running);
+                let before = on.get(&d.name).copied().unwrap_or(0);
+                if now_here != before {
+                    changed = true;
+                    if now_here == 0 {
+                        on.remove(&d.name);
+                    } else {
+                        on.insert(d.name.clone(), now_here);
+                    }
+                }
+            }
+            for j in &d.jobs {
+                if !self.finished.contains(&j.jobid)
+                    && job::check_job_id(&j.jobid).is_ok()
+                    && j.running > 0
+                    && !self.running_on.contains_key(&j.jobid)
+                {
+                    self.running_on
+                        .entry(j.jobid.clone())
+                        .or_default()
+                        .insert(d.name.clone(), j.running);
+                    changed = true;
+                }
+            }
             for j in &d.jobs {
                 if self.finished.contains(&j.jobid) || job::check_job_id(&j.jobid).is_err() {
                     continue;
@@ -157,29 +216,26 @@ impl JobBook {
         }
     }
 
-    /// The jobs that ended by this wave, as profiles (not yet written). `stale` names the nodes
-    /// that are gone for good; their last digests say which ranks died with them.
-    pub fn ended(
-        &self,
-        totals: &MetricSet,
-        digests: &HashMap<String, Digest>,
-        stale: &BTreeSet<String>,
-        now_s: u64,
-    ) -> Vec<Profile> {
+    /// The jobs that ended by this wave, as profiles (not yet written).
+    pub fn ended(&self, totals: &MetricSet, now_ms: u64) -> Vec<Profile> {
+        let now_s = now_ms / 1000;
         let mut out = Vec::new();
         for (id, desc) in &self.running {
             let view = job::job_view(totals, id);
+            let silent = |node: &String| {
+                let heard = self.heard.get(node).map_or(self.opened_ms, |(_, at)| *at);
+                now_ms.saturating_sub(heard) >= SILENT_MS
+            };
             let tally = RankTally {
                 started: view.counter(job::RANKS_STARTED) as u64,
                 ended: view.counter(job::RANKS_ENDED) as u64,
                 crashed: view.counter(job::RANKS_CRASHED) as u64,
-                lost: stale
-                    .iter()
-                    .filter_map(|n| digests.get(n))
-                    .flat_map(|d| d.jobs.iter())
-                    .filter(|j| &j.jobid == id)
-                    .map(|j| j.running as u64)
-                    .sum(),
+                lost: self.running_on.get(id).map_or(0, |on| {
+                    on.iter()
+                        .filter(|(n, _)| silent(n))
+                        .map(|(_, r)| *r as u64)
+                        .sum()
+                }),
             };
             let all_started = desc.size == 0 || tally.started >= desc.size;
             if tally.started > 0 && all_started && tally.ended + tally.lost >= tally.started {
@@ -222,6 +278,7 @@ impl JobBook {
         }
         info!(job = %id, started = profile.ranks.started, crashed = profile.ranks.crashed, lost = profile.ranks.lost, "job ended; profile written");
         self.running.remove(&id);
+        self.running_on.remove(&id);
         self.finished.insert(id);
         self.save();
         Ok(())
@@ -231,6 +288,7 @@ impl JobBook {
         let Some(dir) = &self.dir else { return };
         let saved = Saved {
             jobs: self.running.clone(),
+            running_on: self.running_on.clone(),
         };
         let path = dir.join("jobs.json");
         let tmp = dir.join("jobs.json.tmp");
@@ -325,20 +383,19 @@ mod tests {
     #[test]
     fn a_job_ends_when_every_rank_that_started_has_ended() {
         let dir = tempdir("end");
-        let mut book = JobBook::open(Some(&dir));
+        let mut book = JobBook::open(Some(&dir), 100_000);
         let digests: HashMap<String, Digest> =
             [("cn1".to_string(), digest("cn1", "../7", 2, 4))].into();
-        let none = BTreeSet::new();
-        book.learn(&digests, &totals("../7", 2.0, 0.0, 0.0), 100);
+        book.learn(&digests, &totals("../7", 2.0, 0.0, 0.0), 100_000);
         assert_eq!(book.running().count(), 1);
         // Two of four ranks started and ended: not the end, the size says two more are coming.
         assert!(book
-            .ended(&totals("../7", 2.0, 2.0, 0.0), &digests, &none, 101)
+            .ended(&totals("../7", 2.0, 2.0, 0.0), 101_000)
             .is_empty());
         assert!(book
-            .ended(&totals("../7", 4.0, 3.0, 0.0), &digests, &none, 102)
+            .ended(&totals("../7", 4.0, 3.0, 0.0), 102_000)
             .is_empty());
-        let done = book.ended(&totals("../7", 4.0, 4.0, 1.0), &digests, &none, 103);
+        let done = book.ended(&totals("../7", 4.0, 4.0, 1.0), 103_000);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].ranks.crashed, 1);
         assert_eq!(done[0].metrics.counter("banyan_mpi_calls_total"), 40.0);
@@ -350,38 +407,48 @@ mod tests {
         assert_eq!(list_profiles(&dir).len(), 1);
         assert_eq!(read_profile(&dir, "../7").map(|p| p.ranks.started), Some(4));
         // A restarted root knows it is finished and does not take it up again.
-        let mut again = JobBook::open(Some(&dir));
+        let mut again = JobBook::open(Some(&dir), 104_000);
         assert!(again.is_finished("../7"));
-        again.learn(&digests, &totals("../7", 4.0, 4.0, 1.0), 104);
+        again.learn(&digests, &totals("../7", 4.0, 4.0, 1.0), 104_000);
         assert_eq!(again.running().count(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn ranks_on_a_stale_node_count_as_lost() {
-        let mut book = JobBook::open(None);
-        let digests: HashMap<String, Digest> = [
-            ("cn1".to_string(), digest("cn1", "9", 0, 4)),
+    fn ranks_on_a_silent_node_count_as_lost_also_across_a_root_restart() {
+        let dir = tempdir("silent");
+        let mut book = JobBook::open(Some(&dir), 100_000);
+        let mut digests: HashMap<String, Digest> = [
+            ("cn1".to_string(), digest("cn1", "9", 2, 4)),
             ("cn2".to_string(), digest("cn2", "9", 2, 4)),
         ]
         .into();
-        book.learn(&digests, &MetricSet::new(), 100);
+        book.learn(&digests, &MetricSet::new(), 100_000);
+        // cn1's ranks end and it says so; cn2 goes silent with two ranks running.
+        if let Some(d) = digests.get_mut("cn1") {
+            d.sampled_ms = 5;
+            d.jobs[0].running = 0;
+        }
+        book.learn(&digests, &MetricSet::new(), 101_000);
         let t = totals("9", 4.0, 2.0, 0.0);
-        assert!(book.ended(&t, &digests, &BTreeSet::new(), 101).is_empty());
-        let stale: BTreeSet<String> = ["cn2".to_string()].into();
-        let done = book.ended(&t, &digests, &stale, 102);
+        assert!(book.ended(&t, 100_000 + SILENT_MS / 2).is_empty());
+        // A root restarted meanwhile still knows where the ranks were.
+        let again = JobBook::open(Some(&dir), 102_000);
+        assert!(again.ended(&t, 102_000 + SILENT_MS / 2).is_empty());
+        let done = again.ended(&t, 102_000 + SILENT_MS);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].ranks.lost, 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_running_job_survives_a_root_restart() {
         let dir = tempdir("restart");
-        let mut book = JobBook::open(Some(&dir));
+        let mut book = JobBook::open(Some(&dir), 100_000);
         let digests: HashMap<String, Digest> =
             [("cn1".to_string(), digest("cn1", "5.0", 1, 1))].into();
-        book.learn(&digests, &MetricSet::new(), 100);
-        let again = JobBook::open(Some(&dir));
+        book.learn(&digests, &MetricSet::new(), 100_000);
+        let again = JobBook::open(Some(&dir), 200_000);
         assert_eq!(again.get("5.0").map(|d| d.command.as_str()), Some("./app"));
         let _ = std::fs::remove_dir_all(&dir);
     }

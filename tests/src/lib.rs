@@ -1,6 +1,7 @@
 //! banyan-tests: integration tests and the simulator; this library holds the harnesses the tests share.
 
 pub mod cluster;
+pub mod procstat;
 pub mod sim;
 pub mod support;
 pub mod testnet;

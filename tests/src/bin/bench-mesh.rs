@@ -1,13 +1,18 @@
 //! bench-mesh: figures of the real mesh, with real agents on test hosts (network namespaces):
-//! leaf-to-root visibility of a changed value (p50/p99), the per-hop forwarding time, and the time
+//! leaf-to-root visibility of a changed value (p50/p99), the per-hop forwarding time, what the root
+//! costs in steady state (CPU and memory of its process, bytes it receives per wave), and the time
 //! from killing an inner agent to the tree being whole again, over several runs.
 //!
 //! A benchmark, not a test: it prints figures and asserts nothing about time. Run it as root with
-//! `scripts/bench-mesh` (defaults: 63 agents, 1 s period, 40 visibility samples, 5 kills).
+//! `scripts/bench-mesh` (defaults: 63 agents, 1 s period, 40 visibility samples, a 30 s window for
+//! the root's cost, 5 kills), which runs the daemons built in release.
 
 use anyhow::{bail, Context, Result};
 use banyan_tests::cluster::{Cluster, ClusterOptions};
+use banyan_tests::procstat::{self, CpuWindow};
+use banyan_tests::support::binaries;
 use banyan_tests::testnet::Testnet;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -39,6 +44,48 @@ fn summary(mut v: Vec<f64>) -> String {
     )
 }
 
+/// What the root costs in steady state, over `window_s` seconds in which nothing else asks it
+/// anything: CPU (% of one core, per wave) and memory of its process, and the bytes it received on
+/// its mesh links (`mesh_rx_bytes` in `/status`) per wave.
+fn root_cost(cluster: &Cluster, agents: usize, window_s: usize) -> Result<()> {
+    let pid = cluster.root_pid().context("the root is not running")?;
+    let read = |s: &Value, what: &str, v: Option<u64>| {
+        v.with_context(|| format!("/status has no {what}: {s}"))
+    };
+    let s0 = cluster.http_get("/status")?;
+    let cpu = CpuWindow::start(pid)?;
+    std::thread::sleep(Duration::from_secs(window_s as u64));
+    let used = cpu.finish()?;
+    let s1 = cluster.http_get("/status")?;
+    let mem = procstat::memory(pid)?;
+    let waves = read(&s1, "last wave", s1["last_wave"]["wave"].as_u64())?.saturating_sub(read(
+        &s0,
+        "last wave",
+        s0["last_wave"]["wave"].as_u64(),
+    )?);
+    let rx = read(&s1, "mesh_rx_bytes", s1["mesh_rx_bytes"].as_u64())?.saturating_sub(read(
+        &s0,
+        "mesh_rx_bytes",
+        s0["mesh_rx_bytes"].as_u64(),
+    )?);
+    let per_wave = rx as f64 / waves.max(1) as f64;
+    println!(
+        "root cost over {:.1} s of steady state ({waves} waves, {agents} agents): CPU {:.3}% of one core \
+         ({:.0} µs per wave), RSS {:.1} MiB (peak {:.1} MiB)",
+        used.wall.as_secs_f64(),
+        used.percent(),
+        used.micros_per(waves),
+        mem.rss_mib(),
+        mem.peak_mib()
+    );
+    println!(
+        "root mesh input: {per_wave:.0} bytes per wave ({:.0} bytes per wave per agent, {:.1} KiB/s)",
+        per_wave / agents.max(1) as f64,
+        rx as f64 / 1024.0 / used.wall.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     if !Testnet::require()? {
         bail!("bench-mesh needs root and network namespaces");
@@ -46,6 +93,7 @@ fn main() -> Result<()> {
     let agents = arg("--agents", 63);
     let samples = arg("--samples", 40);
     let kills = arg("--kills", 5);
+    let window = arg("--window", 30);
     let mut cluster = Cluster::start(agents, ClusterOptions::default())?;
     let names = cluster.names();
     let formed = cluster.wait_healthy(&names, Duration::from_secs(120))?;
@@ -55,6 +103,7 @@ fn main() -> Result<()> {
         formed.as_secs_f64(),
         topo.depth()
     );
+    println!("daemons: {}", binaries()?.root.display());
 
     // Per-hop time: the root reports, for each wave, the time from the wave's start (every node
     // samples at the same wall-clock boundary) to the root having the whole wave.
@@ -82,6 +131,8 @@ fn main() -> Result<()> {
         "per-hop forwarding over depth {depth}: {}",
         summary(per_hop)
     );
+
+    root_cost(&cluster, agents, window)?;
 
     // Leaf-to-root visibility: change a counter on the deepest leaf, poll the root's totals.
     let depths = cluster.agent_depths()?;
