@@ -205,14 +205,19 @@ pub fn render_nodes(nodes: &Value) -> String {
                 .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
         ]);
     }
-    let mut widths = [0usize; 10];
-    for r in &rows {
+    table(&rows)
+}
+
+/// Rows as aligned columns, the first row being the header.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let line: Vec<String> = r
             .iter()
             .zip(widths)
@@ -221,6 +226,47 @@ pub fn render_nodes(nodes: &Value) -> String {
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out
+}
+
+/// Job descriptions (`/job/list`, `/profiles`) as a table; the `main` and `Node:` entries are
+/// left out (they are the cluster and its nodes, not jobs). Names are printed with control
+/// characters escaped: a job id is the user's text.
+pub fn render_jobs(list: &Value) -> String {
+    let mut rows = vec![[
+        "JOB".to_string(),
+        "SIZE".into(),
+        "COMMAND".into(),
+        "NODES".into(),
+        "STARTED".into(),
+        "ENDED".into(),
+    ]];
+    let when = |v: &Value| match v.as_u64() {
+        Some(0) | None => "-".to_string(),
+        Some(t) => format!("{t}"),
+    };
+    for j in list.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let id = j["jobid"].as_str().unwrap_or("?");
+        if id == "main" || id.starts_with("Node: ") {
+            continue;
+        }
+        rows.push([
+            id.escape_debug().to_string(),
+            j["size"].to_string(),
+            j["command"]
+                .as_str()
+                .unwrap_or("")
+                .escape_debug()
+                .to_string(),
+            j["nodelist"]
+                .as_str()
+                .unwrap_or("")
+                .escape_debug()
+                .to_string(),
+            when(&j["start_time"]),
+            when(&j["end_time"]),
+        ]);
+    }
+    table(&rows)
 }
 
 /// `banyan metrics NODE`: one series a line, counters by value, gauges by their last sample.

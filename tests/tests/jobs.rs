@@ -108,6 +108,30 @@ fn wait_profile(c: &Cluster, id: &str, timeout: Duration) -> Result<Value> {
     Ok(p)
 }
 
+/// Runs the operator CLI against the cluster's root: what it printed, and whether it succeeded.
+fn banyan(c: &Cluster, args: &[&str]) -> Result<(String, bool)> {
+    let bins = banyan_tests::support::binaries()?;
+    let cli = bins
+        .root
+        .parent()
+        .ok_or_else(|| anyhow!("no directory for {}", bins.root.display()))?
+        .join("banyan");
+    let out = std::process::Command::new(&cli)
+        .arg("--root")
+        .arg(format!("http://{}", c.http_addr()))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", cli.display()))?;
+    Ok((
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.success(),
+    ))
+}
+
 fn profile_files(c: &Cluster) -> Result<Vec<String>> {
     let dir = c.dir().join("root").join("profiles");
     let mut out = Vec::new();
@@ -161,6 +185,11 @@ fn a_job_across_nodes_is_live_then_one_exact_profile() -> Result<()> {
             Ok(counter(&job, CALLS).filter(|v| *v > 0.0).map(|_| job))
         })?;
         assert_eq!(live["desc"]["command"], "./ring");
+        let (jobs, ok) = banyan(c, &["jobs"])?;
+        assert!(
+            ok && jobs.contains("J1") && jobs.contains("./ring"),
+            "{jobs}"
+        );
         let text = banyan_tests::support::http_request(
             c.http_addr(),
             "GET",
@@ -192,6 +221,18 @@ fn a_job_across_nodes_is_live_then_one_exact_profile() -> Result<()> {
         let old = c.http_get("/job?job=J1")?;
         assert_eq!(counter(&old, CALLS), Some(120.0));
         assert_eq!(profile_files(c)?, vec!["J1.json".to_string()]);
+        let (shown, ok) = banyan(c, &["profile", "J1"])?;
+        assert!(ok, "{shown}");
+        assert!(
+            shown.contains("ranks: 4 started, 4 ended, 0 crashed, 0 lost"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("banyan_mpi_calls_total{function=\"MPI_Send\"} 120"),
+            "{shown}"
+        );
+        let (listed, _) = banyan(c, &["profiles", "--cmd", "./ring"])?;
+        assert!(listed.contains("J1"), "{listed}");
         // The job's series left the cluster's sum and the tree.
         let totals = c.http_get("/totals")?;
         assert!(!totals.to_string().contains("MPI_Send"), "{totals}");

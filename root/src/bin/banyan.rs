@@ -59,6 +59,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Running jobs.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's metrics, running or finished; `--watch` redraws them every period.
+    #[command(after_help = "Examples:\n  banyan job 4242.0\n  banyan job 4242.0 --watch")]
+    Job {
+        id: String,
+        /// Redraw every second until interrupted (or until the job ends).
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finished jobs, optionally only those of one command.
+    Profiles {
+        /// Only runs of this command.
+        #[arg(long)]
+        cmd: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A finished job's profile: its metrics and how its ranks ended.
+    Profile {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Round trip through the tree to every node of a set; lists the ones that did not answer.
     #[command(
         after_help = "Examples:\n  banyan ping 'cn[1-128]'\n  banyan ping @/etc/banyan/compute-nodes --token-file /var/lib/banyan-root/admin-token\n\nExit status: 0 when every node answered, 1 otherwise."
@@ -146,6 +175,60 @@ fn api_command(root: Option<&str>, command: Command) -> Result<ExitCode, CliErro
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Jobs { json } => {
+            let r = client.get("/job/list")?;
+            if json {
+                println!("{r:#}");
+            } else {
+                print!("{}", cli_api::render_jobs(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Job { id, watch, json } => loop {
+            let r = client.get_query("/job", &[("job", &id)])?;
+            if json {
+                println!("{r:#}");
+            } else {
+                if watch {
+                    // Clear the screen and go home, as watch(1) does.
+                    print!("\x1b[2J\x1b[H");
+                }
+                println!("{}", cli_api::render_jobs(&serde_json::json!([r["desc"]])));
+                print!("{}", cli_api::render_metrics(&r));
+            }
+            let ended = r["desc"]["end_time"].as_u64().is_some_and(|t| t > 0);
+            if !watch || ended {
+                return Ok(ExitCode::SUCCESS);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        },
+        Command::Profiles { cmd, json } => {
+            let mut r = client.get("/profiles")?;
+            if let (Some(cmd), Some(list)) = (&cmd, r.as_array_mut()) {
+                list.retain(|j| j["command"].as_str() == Some(cmd.as_str()));
+            }
+            if json {
+                println!("{r:#}");
+            } else {
+                print!("{}", cli_api::render_jobs(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Profile { id, json } => {
+            let r = client.get_query("/profiles/get", &[("jobid", &id)])?;
+            if json {
+                println!("{r:#}");
+            } else {
+                println!("{}", cli_api::render_jobs(&serde_json::json!([r["desc"]])));
+                let k = &r["ranks"];
+                println!(
+                    "ranks: {} started, {} ended, {} crashed, {} lost with their node\n",
+                    k["started"], k["ended"], k["crashed"], k["lost"]
+                );
+                print!("{}", cli_api::render_metrics(&r));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Nodeset(_) => Ok(ExitCode::SUCCESS),
     }
