@@ -118,15 +118,18 @@ impl LocalJobs {
         dropped
     }
 
-    /// A rank ended: `crashed` when it said so or its stream ended without saying how.
-    pub fn end_rank(&mut self, jobid: &str, crashed: bool) {
-        if let Some(j) = self.jobs.get_mut(jobid) {
-            j.running = j.running.saturating_sub(1);
-            j.ended += 1;
-            if crashed {
-                j.crashed += 1;
-            }
+    /// A rank ended: `crashed` when it said so or its stream ended without saying how. Returns
+    /// whether it was the job's last rank running on this node.
+    pub fn end_rank(&mut self, jobid: &str, crashed: bool) -> bool {
+        let Some(j) = self.jobs.get_mut(jobid) else {
+            return false;
+        };
+        j.running = j.running.saturating_sub(1);
+        j.ended += 1;
+        if crashed {
+            j.crashed += 1;
         }
+        j.running == 0
     }
 
     /// Adds every job's series, scoped, and its rank counters to the node's sample.

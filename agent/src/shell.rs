@@ -386,8 +386,19 @@ impl Core {
                 }
             }
             RankEvent::Exit { conn, how } => {
-                if let Some(id) = self.ranks.remove(&conn) {
-                    self.jobs.end_rank(&id, how.is_none_or(|h| h.crashed()));
+                let Some(id) = self.ranks.remove(&conn) else {
+                    return;
+                };
+                let last_here = self.jobs.end_rank(&id, how.is_none_or(|h| h.crashed()));
+                if last_here {
+                    // The root ends the job when its last rank is counted: tell it now rather
+                    // than at the next wave.
+                    let mut own = self.node.own().clone();
+                    own.values
+                        .retain(|k, _| !k.starts_with(banyan_protocol::job::SCOPE));
+                    self.jobs.merge_into(&mut own);
+                    let now = self.now();
+                    self.node.refresh_own(now, own);
                 }
             }
         }

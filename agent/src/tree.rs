@@ -352,6 +352,20 @@ impl Node {
         self.own = own;
     }
 
+    /// Replaces this node's own values between waves and, when this wave already went up, sends
+    /// the update now as a late report of the same wave (reports are cumulative, so a second one
+    /// is safe). Used when something the root waits for happened, like a job's last rank ending
+    /// here, so the root need not wait for the next period.
+    pub fn refresh_own(&mut self, now: u64, own: MetricSet) {
+        self.own = own;
+        if self.wave_sent
+            && self.role == Role::Agent
+            && matches!(self.phase, Phase::Attached { .. })
+        {
+            self.send_report(now);
+        }
+    }
+
     /// Queues this node's digest for the next report.
     pub fn push_digest(&mut self, digest: Digest) {
         self.take_digest(digest);

@@ -140,6 +140,7 @@ pub fn start(
     let jobs = JobBook::open(Some(&state.dir), now);
     let mut shell = Shell {
         jobs,
+        last_settle: 0,
         core,
         state,
         epoch,
@@ -182,6 +183,8 @@ struct Shell {
     /// Bytes received on child links, added to by the link tasks.
     mesh_rx: Arc<AtomicU64>,
     jobs: JobBook,
+    /// When jobs were last settled (ms).
+    last_settle: u64,
 }
 
 impl Shell {
@@ -203,6 +206,7 @@ impl Shell {
     /// job's series are then dropped everywhere in the tree.
     fn settle_jobs(&mut self) {
         let now = self.now();
+        self.last_settle = now;
         let totals = self.core.totals();
         let digests = self.core.node.latest_digests();
         self.jobs.learn(digests, &totals, now);
@@ -288,7 +292,18 @@ impl Shell {
                     return;
                 }
                 match msg {
-                    Some(m) => self.core.handle_child_msg(now, &name, m),
+                    Some(m) => {
+                        let report = matches!(m, Msg::Report(_));
+                        self.core.handle_child_msg(now, &name, m);
+                        // A late report may carry a job's last ranks: settle it now, not at
+                        // the next wave (at most every 50 ms, and only while jobs run).
+                        if report
+                            && self.jobs.running().next().is_some()
+                            && now >= self.last_settle + 50
+                        {
+                            self.settle_jobs();
+                        }
+                    }
                     None => {
                         info!(child = %name, reason = %why, "child link of the root ended");
                         self.children.remove(&name);
