@@ -1,7 +1,9 @@
 //! banyan-tests: integration tests and the simulator; this library holds the harnesses the tests share.
 
 pub mod cluster;
+pub mod mpi;
 pub mod procstat;
 pub mod sim;
+pub mod slurm;
 pub mod support;
 pub mod testnet;
