@@ -4,10 +4,12 @@
 //!
 //! `fake-rank [--socket @banyan-agent] --job ID [--rank N] [--size N] [--command TEXT]
 //!            [--updates N] [--every-ms MS] [--count NAME=V]... [--gauge NAME=V]...
-//!            [--exit ok|none|signal:N|abort] [--garbage]`
+//!            [--exit ok|none|signal:N|abort] [--garbage] [--swarm N]`
 //!
 //! Each update adds every `--count` value to its counter and samples every `--gauge`. It prints
-//! `welcome` or `refused: REASON` (and exits 3), and `done` at the end.
+//! `welcome` or `refused: REASON` (and exits 3), and `done` at the end. `--swarm N` runs N ranks
+//! (numbered from `--rank`) on N connections at once, and prints `last-exit-ms T`, when the last
+//! of them said it ended (for the benchmark of job-end latency).
 
 use banyan_protocol::frame::{self, Greeting};
 use banyan_protocol::ingest::{AgentReply, RankExit, RankMsg, DEFAULT_SOCKET, INGEST_VERSION};
@@ -28,6 +30,7 @@ struct Args {
     gauges: Vec<(String, f64)>,
     exit: String,
     garbage: bool,
+    swarm: u32,
 }
 
 fn parse() -> Result<Args, String> {
@@ -48,6 +51,7 @@ fn parse() -> Result<Args, String> {
         gauges: Vec::new(),
         exit: "ok".into(),
         garbage: false,
+        swarm: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +77,7 @@ fn parse() -> Result<Args, String> {
             "--gauge" => a.gauges.push(pair(value()?)?),
             "--exit" => a.exit = value()?,
             "--garbage" => a.garbage = true,
+            "--swarm" => a.swarm = value()?.parse().map_err(|_| "bad --swarm")?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -95,7 +100,83 @@ fn send(s: &mut UnixStream, msg: &RankMsg) -> Result<(), String> {
     s.write_all(&bytes).map_err(|e| e.to_string())
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One rank of a swarm, from hello to exit; returns when it sent its exit (ms).
+fn swarm_rank(a: &Args, rank: u32) -> Result<u64, String> {
+    let mut s = connect(&a.socket).map_err(|e| e.to_string())?;
+    let greeting = Greeting {
+        version: INGEST_VERSION,
+    };
+    s.write_all(&greeting.encode()).map_err(|e| e.to_string())?;
+    let hello = RankMsg::Hello {
+        job: a.desc.clone(),
+        rank,
+    };
+    send(&mut s, &hello)?;
+    let mut prefix = [0u8; 4];
+    s.read_exact(&mut prefix).map_err(|e| e.to_string())?;
+    let len = frame::body_len(prefix).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).map_err(|e| e.to_string())?;
+    if let AgentReply::Refused { reason } =
+        frame::decode_body::<AgentReply>(&body).map_err(|e| e.to_string())?
+    {
+        return Err(format!("refused: {reason}"));
+    }
+    for _ in 0..a.updates {
+        let mut delta = MetricSet::new();
+        for (n, v) in &a.counts {
+            delta.set_counter(n, *v);
+        }
+        send(&mut s, &RankMsg::Update { delta })?;
+        std::thread::sleep(a.every);
+    }
+    send(
+        &mut s,
+        &RankMsg::Exit {
+            how: RankExit::Exited(0),
+        },
+    )?;
+    let at = unix_ms();
+    // Keep the stream open until the agent has read the exit and closed its side.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    Ok(at)
+}
+
+/// `--swarm N`: N ranks at once, each on its own connection and thread.
+fn swarm(a: Args) -> Result<ExitCode, String> {
+    let a = std::sync::Arc::new(a);
+    let mut threads = Vec::new();
+    for i in 0..a.swarm {
+        let a = a.clone();
+        let t = std::thread::Builder::new()
+            .stack_size(128 << 10)
+            .spawn(move || swarm_rank(&a, a.rank + i))
+            .map_err(|e| e.to_string())?;
+        threads.push(t);
+    }
+    let mut last = 0;
+    for t in threads {
+        let at = t
+            .join()
+            .map_err(|_| "a rank thread panicked".to_string())??;
+        last = last.max(at);
+    }
+    println!("last-exit-ms {last}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(a: Args) -> Result<ExitCode, String> {
+    if a.swarm > 0 {
+        return swarm(a);
+    }
     let mut s = connect(&a.socket).map_err(|e| format!("cannot reach {}: {e}", a.socket))?;
     s.write_all(
         &Greeting {
