@@ -397,6 +397,54 @@ pub fn render_ping(r: &Value) -> (String, bool) {
     (out, ok)
 }
 
+/// `banyan alarms`: every alarm, raised ones marked, from `/alarms/list`.
+pub fn render_alarms(by_target: &Value) -> String {
+    let mut rows = vec![[
+        "TARGET".to_string(),
+        "ALARM".into(),
+        "CONDITION".into(),
+        "CURRENT".into(),
+        "STATE".into(),
+        "SINCE".into(),
+    ]];
+    if let Some(map) = by_target.as_object() {
+        for (target, list) in map {
+            for a in list.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                let op = &a["operator"];
+                let cond = if let Some(t) = op["More"].as_f64() {
+                    format!("> {t}")
+                } else if let Some(t) = op["Less"].as_f64() {
+                    format!("< {t}")
+                } else if let Some(t) = op["Equal"].as_f64() {
+                    format!("= {t}")
+                } else {
+                    "?".into()
+                };
+                let active = a["active"].as_bool().unwrap_or(false);
+                let since = if active {
+                    &a["raised_at"]
+                } else {
+                    &a["cleared_at"]
+                };
+                rows.push([
+                    target.escape_debug().to_string(),
+                    a["name"].as_str().unwrap_or("?").escape_debug().to_string(),
+                    format!(
+                        "{} {cond}",
+                        a["metric"].as_str().unwrap_or("?").escape_debug()
+                    ),
+                    a["current"].as_f64().map_or("-".into(), |v| format!("{v}")),
+                    if active { "RAISED" } else { "ok" }.to_string(),
+                    since
+                        .as_u64()
+                        .map_or("-".into(), |ms| format!("{}", ms / 1000)),
+                ]);
+            }
+        }
+    }
+    table(&rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

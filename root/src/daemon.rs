@@ -3,6 +3,7 @@
 //!
 //! One task owns the [`RootCore`]; connection tasks and HTTP handlers talk to it with messages.
 
+use crate::alarms::AlarmBook;
 use crate::core::{RootAction, RootCore};
 use crate::jobs::JobBook;
 use crate::placement::{NodeView, PlacementConfig};
@@ -75,6 +76,8 @@ enum Event {
 #[derive(Clone)]
 pub struct RootHandle {
     tx: mpsc::UnboundedSender<Event>,
+    /// The alarms, evaluated by the core at every wave and edited by the API.
+    pub alarms: Arc<std::sync::Mutex<AlarmBook>>,
 }
 
 impl RootHandle {
@@ -138,7 +141,9 @@ pub fn start(
         now,
     );
     let jobs = JobBook::open(Some(&state.dir), now);
+    let alarms = Arc::new(std::sync::Mutex::new(AlarmBook::open(Some(&state.dir))));
     let mut shell = Shell {
+        alarms: alarms.clone(),
         jobs,
         last_settle: 0,
         core,
@@ -165,7 +170,7 @@ pub fn start(
             let _ = done.send(());
         }
     });
-    Ok((RootHandle { tx }, task))
+    Ok((RootHandle { tx, alarms }, task))
 }
 
 struct Shell {
@@ -183,6 +188,7 @@ struct Shell {
     /// Bytes received on child links, added to by the link tasks.
     mesh_rx: Arc<AtomicU64>,
     jobs: JobBook,
+    alarms: Arc<std::sync::Mutex<AlarmBook>>,
     /// When jobs were last settled (ms).
     last_settle: u64,
 }
@@ -370,6 +376,13 @@ impl Shell {
         if let Some(w) = newest {
             self.last_wave = Some(w);
             self.settle_jobs();
+            let now = self.now();
+            let totals = self.core.totals();
+            // A panic while the lock was held leaves plain data: keep using it.
+            self.alarms
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .evaluate(&totals, now);
         }
         self.save_totals();
     }

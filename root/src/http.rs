@@ -65,6 +65,10 @@ pub fn router(api: Api) -> Router {
         .route("/nodes", get(nodes))
         .route("/metrics", get(metrics))
         .route("/metrics/", get(metrics))
+        .route("/alarms", get(alarms_raised))
+        .route("/alarms/list", get(alarms_list))
+        .route("/alarms/add", post(alarms_add))
+        .route("/alarms/del", get(alarms_del_get).post(alarms_del_post))
         .route("/profiles", get(profiles))
         .route("/profiles/percmd", get(profiles_percmd))
         .route("/percmd", get(profiles_percmd))
@@ -801,4 +805,100 @@ async fn profile_get(
         "counters": counters_json(&p.metrics),
         "ranks": p.ranks,
     })))
+}
+
+// ----- Alarms -------------------------------------------------------------------------------------
+
+fn alarm_book(api: &Api) -> std::sync::MutexGuard<'_, crate::alarms::AlarmBook> {
+    api.root
+        .alarms
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `GET /alarms`: the raised alarms, by target.
+async fn alarms_raised(State(api): State<Api>) -> Json<Value> {
+    Json(json!(alarm_book(&api).by_target(true)))
+}
+
+/// `GET /alarms/list`: every alarm, by target.
+async fn alarms_list(State(api): State<Api>) -> Json<Value> {
+    Json(json!(alarm_book(&api).by_target(false)))
+}
+
+/// `POST /alarms/add` (admin): `{name, target, metric, operation, value}`.
+async fn alarms_add(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Json<crate::alarms::AddRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&api, &headers)?;
+    let Json(req) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad request body",
+            format!(
+                "expected JSON {{\"name\", \"target\", \"metric\", \"operation\": \">\"|\"<\"|\"=\", \"value\"}}: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let added = alarm_book(&api)
+        .add(req)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad alarm", e))?;
+    Ok(Json(json!(added)))
+}
+
+#[derive(Deserialize)]
+struct AlarmDelQuery {
+    targetjob: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AlarmDelBody {
+    target: String,
+    name: String,
+}
+
+fn alarm_del(api: &Api, target: &str, name: &str) -> Result<Json<Value>, ApiError> {
+    let gone = alarm_book(api)
+        .delete(target, name)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "unknown alarm", e))?;
+    Ok(Json(json!(gone)))
+}
+
+/// `GET /alarms/del?targetjob=main&name=NAME` (admin).
+async fn alarms_del_get(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    q: Result<axum::extract::Query<AlarmDelQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&api, &headers)?;
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
+    let (Some(target), Some(name)) = (q.targetjob, q.name) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing alarm",
+            "give ?targetjob=main&name=NAME",
+        ));
+    };
+    alarm_del(&api, &target, &name)
+}
+
+/// `POST /alarms/del` (admin): `{"target", "name"}`.
+async fn alarms_del_post(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Json<AlarmDelBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&api, &headers)?;
+    let Json(b) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad request body",
+            format!("expected JSON {{\"target\", \"name\"}}: {}", e.body_text()),
+        )
+    })?;
+    alarm_del(&api, &b.target, &b.name)
 }

@@ -5,6 +5,7 @@
 //! The tree logic is deterministic: [`core::RootCore`] joins the top [`banyan_agent::tree::Node`]
 //! with the [`placement::Placement`] authority. This crate does not run actions on nodes; agents do.
 
+pub mod alarms;
 pub mod catalog;
 pub mod cli_api;
 pub mod cli_nodeset;

@@ -74,6 +74,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every alarm and whether it is raised (SINCE: when it was raised or cleared, unix s).
+    Alarms {
+        #[arg(long)]
+        json: bool,
+    },
     /// Finished jobs, optionally only those of one command.
     Profiles {
         /// Only runs of this command.
@@ -175,6 +180,15 @@ fn api_command(root: Option<&str>, command: Command) -> Result<ExitCode, CliErro
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Alarms { json } => {
+            let r = client.get("/alarms/list")?;
+            if json {
+                println!("{r:#}");
+            } else {
+                print!("{}", cli_api::render_alarms(&r));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {
             let r = client.get("/job/list")?;

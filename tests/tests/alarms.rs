@@ -1,0 +1,174 @@
+//! Alarms on a real cluster: added through the API with the admin token, raised and cleared as
+//! the agents' values cross the threshold, kept across a root restart, listed by `banyan alarms`,
+//! and refused clearly when the request is bad.
+
+use anyhow::{anyhow, Context, Result};
+use banyan_tests::cluster::{Cluster, ClusterOptions};
+use banyan_tests::support::http_request;
+use banyan_tests::testnet::Testnet;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const FORM: Duration = Duration::from_secs(45);
+const SETTLE: Duration = Duration::from_secs(30);
+const LEVEL: &str = "test_alarm_level";
+
+fn with_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
+    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
+    let result = body(&mut cluster);
+    if result.is_err() {
+        cluster.keep_logs();
+    }
+    result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
+}
+
+fn send(
+    c: &Cluster,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
+    let (status, bytes) = http_request(
+        c.http_addr(),
+        method,
+        path,
+        token,
+        body,
+        Duration::from_secs(15),
+    )?;
+    let v = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{path}: {}", String::from_utf8_lossy(&bytes)))?;
+    Ok((status, v))
+}
+
+fn alarm<'a>(list: &'a Value, target: &str, name: &str) -> Option<&'a Value> {
+    list[target].as_array()?.iter().find(|a| a["name"] == name)
+}
+
+#[test]
+fn an_alarm_is_raised_and_cleared_as_values_cross_it_and_survives_a_root_restart() -> Result<()> {
+    if !Testnet::require()? {
+        return Ok(());
+    }
+    with_cluster(2, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        for i in 0..2 {
+            c.set_metric(i, LEVEL, 1.0)?;
+        }
+        let token = c.admin_token().to_string();
+        let name = "<b>hot</b> & \"loud\"";
+        let add =
+            json!({"name": name, "target": "main", "metric": LEVEL, "operation": ">", "value": 5});
+        // Writes need the token.
+        let (status, _) = send(c, "POST", "/alarms/add", None, Some(&add))?;
+        assert_eq!(status, 401);
+        let (status, _) = send(c, "POST", "/alarms/add", Some("nope"), Some(&add))?;
+        assert_eq!(status, 403);
+        let (status, body) = send(c, "POST", "/alarms/add", Some(&token), Some(&add))?;
+        assert_eq!(status, 200, "{body}");
+        // Bad alarms are refused with the reason.
+        for bad in [
+            json!({"name": "x", "target": "main", "metric": LEVEL, "operation": ">=", "value": 5}),
+            json!({"name": "", "target": "main", "metric": LEVEL, "operation": ">", "value": 5}),
+            json!({"name": "x", "target": "Node: a", "metric": LEVEL, "operation": ">", "value": 5}),
+            json!({"name": "x", "target": "main", "metric": "9x", "operation": ">", "value": 5}),
+            json!({"name": "x", "target": "main", "metric": LEVEL, "operation": ">"}),
+        ] {
+            let (status, body) = send(c, "POST", "/alarms/add", Some(&token), Some(&bad))?;
+            assert_eq!(status, 400, "{bad}: {body}");
+            assert!(body["detail"].is_string(), "{body}");
+        }
+
+        // Below the threshold: listed, not raised.
+        let (listed, _) = c.poll("the alarm to have a value", SETTLE, |c| {
+            let l = c.http_get("/alarms/list")?;
+            Ok(alarm(&l, "main", name)
+                .filter(|a| a["current"].is_number())
+                .cloned())
+        })?;
+        assert_eq!(listed["active"], false, "{listed}");
+        assert_eq!(listed["operator"]["More"], 5.0);
+        assert_eq!(c.http_get("/alarms")?, json!({}));
+
+        // The mean over the nodes goes above 5: raised, with its time.
+        for i in 0..2 {
+            c.set_metric(i, LEVEL, 9.0)?;
+        }
+        let (raised, _) = c.poll("the alarm to be raised", SETTLE, |c| {
+            let l = c.http_get("/alarms")?;
+            Ok(alarm(&l, "main", name).cloned())
+        })?;
+        assert_eq!(raised["active"], true);
+        assert_eq!(raised["current"], 9.0);
+        assert!(raised["raised_at"].as_u64().is_some(), "{raised}");
+        let (cli, ok) = banyan(c, &["alarms"])?;
+        assert!(ok && cli.contains("RAISED") && cli.contains("hot"), "{cli}");
+
+        // Kept across a root restart, still raised.
+        c.stop_root()?;
+        c.start_root()?;
+        c.wait_healthy(&names, FORM)?;
+        let l = c.http_get("/alarms")?;
+        assert!(alarm(&l, "main", name).is_some(), "{l}");
+
+        // Back below: cleared, with both events in its history.
+        for i in 0..2 {
+            c.set_metric(i, LEVEL, 2.0)?;
+        }
+        let (cleared, _) = c.poll("the alarm to clear", SETTLE, |c| {
+            let l = c.http_get("/alarms/list")?;
+            Ok(alarm(&l, "main", name)
+                .filter(|a| a["active"] == false && a["cleared_at"].is_u64())
+                .cloned())
+        })?;
+        let history = cleared["history"]
+            .as_array()
+            .ok_or_else(|| anyhow!("no history: {cleared}"))?;
+        assert_eq!(history.len(), 2, "{cleared}");
+        assert_eq!(history[0]["raised"], true);
+        assert_eq!(history[1]["raised"], false);
+
+        // Delete: GET with the Metric Proxy's parameters, without and with the token.
+        let del = format!("/alarms/del?targetjob=main&name={}", enc(name));
+        let (status, _) = send(c, "GET", &del, None, None)?;
+        assert_eq!(status, 401);
+        let (status, body) = send(c, "GET", &del, Some(&token), None)?;
+        assert_eq!(status, 200, "{body}");
+        let (status, _) = send(c, "GET", &del, Some(&token), None)?;
+        assert_eq!(status, 404);
+        assert_eq!(c.http_get("/alarms/list")?, json!({}));
+        Ok(())
+    })
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn banyan(c: &Cluster, args: &[&str]) -> Result<(String, bool)> {
+    let bins = banyan_tests::support::binaries()?;
+    let cli = bins
+        .root
+        .parent()
+        .ok_or_else(|| anyhow!("no directory for {}", bins.root.display()))?
+        .join("banyan");
+    let out = std::process::Command::new(&cli)
+        .arg("--root")
+        .arg(format!("http://{}", c.http_addr()))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", cli.display()))?;
+    Ok((
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        out.status.success(),
+    ))
+}
