@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -56,65 +56,18 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 /// Counts the fixtures of this process, for unique directories.
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
-/// Whether CI asked for every test to run for real (`CI=true`).
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-/// `name` on the PATH or in the sbin directories (sshd lives in /usr/sbin, which a user's PATH may lack).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
-
 /// The programs a deploy test runs, besides the deploy tool itself.
-#[derive(Debug, Clone)]
-struct Tools {
-    sshd: PathBuf,
-    ssh_keygen: PathBuf,
-    unshare: PathBuf,
-}
+type Tools = banyan_tests::sshd::SshTools;
 
 /// Finds sshd, ssh and `tool` (pdsh or clush). `Ok(None)`: missing, and not in CI (the test is skipped);
 /// an error when missing under `CI=true`.
 fn require_tools(tool: &str) -> Result<Option<Tools>> {
-    let wanted = [
-        (
-            tool,
-            if tool == "clush" {
-                "clustershell"
-            } else {
-                tool
-            },
-        ),
-        ("sshd", "openssh-server"),
-        ("ssh", "openssh-client"),
-        ("ssh-keygen", "openssh-client"),
-        ("unshare", "util-linux"),
-        ("hostname", "hostname"),
-    ];
-    let missing: Vec<String> = wanted
-        .iter()
-        .filter(|(cmd, _)| find_program(cmd).is_none())
-        .map(|(cmd, pkg)| format!("{cmd} (Debian package {pkg})"))
-        .collect();
-    if !missing.is_empty() {
-        let why = format!("deploy test over {tool} needs {}", missing.join(", "));
-        if in_ci() {
-            bail!("{why}; missing under CI=true");
-        }
-        println!("SKIPPED: {why}");
-        return Ok(None);
-    }
-    let found = |cmd: &str| find_program(cmd).ok_or_else(|| anyhow!("{cmd} vanished"));
-    Ok(Some(Tools {
-        sshd: found("sshd")?,
-        ssh_keygen: found("ssh-keygen")?,
-        unshare: found("unshare")?,
-    }))
+    let package = if tool == "clush" {
+        "clustershell"
+    } else {
+        tool
+    };
+    banyan_tests::sshd::require(&format!("deploy test over {tool}"), &[(tool, package)])
 }
 
 /// Whether `pid` is a live process (a zombie is not: it has exited and waits to be reaped).
@@ -251,108 +204,11 @@ impl Fixture {
         self.net.as_mut().expect("the testnet lives until drop")
     }
 
-    /// Keys, the sshd config of each host, sshd itself under `unshare --uts`, and the client's
-    /// ssh_config; returns once every sshd accepts connections.
+    /// sshd in the first `count` hosts and the client's ssh_config (see `banyan_tests::sshd`).
     fn start_sshd(&mut self, tools: &Tools, count: usize) -> Result<()> {
-        let keygen = |file: &Path| -> Result<()> {
-            let out = Command::new(&tools.ssh_keygen)
-                .args([
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "banyan-deploy-test",
-                    "-f",
-                ])
-                .arg(file)
-                .stdin(Stdio::null())
-                .output()
-                .context("running ssh-keygen")?;
-            ensure!(
-                out.status.success(),
-                "ssh-keygen -f {} failed: {}",
-                file.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            Ok(())
-        };
-        let host_key = self.dir.join("ssh_host_ed25519_key");
-        let client_key = self.dir.join("id_ed25519");
-        keygen(&host_key)?;
-        keygen(&client_key)?;
-        let authorized = self.dir.join("authorized_keys");
-        fs::copy(client_key.with_extension("pub"), &authorized)
-            .context("writing authorized_keys")?;
-        // sshd's privilege separation directory, made by the package's service on a normal system.
-        fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
-
-        let hosts = self.net().hosts().to_vec();
-        let mut ssh_config = String::new();
-        for h in &hosts {
-            ssh_config.push_str(&format!("Host {}\n    HostName {}\n", h.name, h.addr));
-        }
-        ssh_config.push_str(&format!(
-            "Host *\n    User root\n    IdentityFile {}\n    IdentitiesOnly yes\n    \
-             StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    \
-             GlobalKnownHostsFile /dev/null\n    LogLevel ERROR\n    BatchMode yes\n    \
-             ConnectTimeout 5\n",
-            client_key.display()
-        ));
-        fs::write(self.ssh_config(), ssh_config).context("writing ssh_config")?;
-
-        for (i, h) in hosts.iter().enumerate().take(count) {
-            let config = self.dir.join(format!("sshd_{}.conf", h.name));
-            fs::write(
-                &config,
-                format!(
-                    "ListenAddress {}\nPort 22\nHostKey {}\nAuthorizedKeysFile {}\n\
-                     PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n\
-                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                     StrictModes no\nPidFile none\nLogLevel INFO\n",
-                    h.addr,
-                    host_key.display(),
-                    authorized.display()
-                ),
-            )
-            .with_context(|| format!("writing {}", config.display()))?;
-            // The shell sets the host name in the new UTS namespace and execs sshd: the PID stays sshd's.
-            let log = self.dir.join(format!("sshd_{}.log", h.name));
-            let args = [
-                "--uts",
-                "sh",
-                "-c",
-                "hostname \"$1\" && exec \"$2\" -D -e -f \"$3\"",
-                "sh",
-                h.name.as_str(),
-                path_str(&tools.sshd)?,
-                path_str(&config)?,
-            ];
-            let unshare = tools.unshare.clone();
-            let pid = self.net().spawn(i, &unshare, &args, &[], &log)?;
-            self.sshd.push(pid);
-        }
-        for (h, &pid) in hosts.iter().zip(&self.sshd) {
-            let addr = SocketAddr::from((h.addr, 22));
-            let deadline = Instant::now() + READY;
-            while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-                let log = self.dir.join(format!("sshd_{}.log", h.name));
-                ensure!(
-                    alive(pid),
-                    "sshd on {} exited; its log:\n{}",
-                    h.name,
-                    tail(&log, 10)
-                );
-                ensure!(
-                    Instant::now() < deadline,
-                    "sshd on {} does not accept connections on {addr} after {READY:?}; its log:\n{}",
-                    h.name,
-                    tail(&log, 10)
-                );
-                thread::sleep(POLL_EVERY);
-            }
-        }
+        let dir = self.dir.clone();
+        let pids = banyan_tests::sshd::start(self.net(), tools, &dir, count)?;
+        self.sshd = pids;
         Ok(())
     }
 
