@@ -353,3 +353,107 @@ fn wait_job(c: &Cluster, id: &str) -> Result<Value> {
     })?;
     Ok(p)
 }
+
+/// Ranks on two test hosts, launched over ssh (sshd in each host, as on a cluster): each rank
+/// reports to its own host's agent, the tree merges the two, and the profile is still exact.
+fn run_mpi_over_ssh(mpi: Mpi) -> Result<()> {
+    if !Testnet::require()? {
+        return Ok(());
+    }
+    let Some(mpi) = mpi.require()? else {
+        return Ok(());
+    };
+    let Some(tools) = banyan_tests::sshd::require("multi-host MPI", &[])? else {
+        return Ok(());
+    };
+    let run = banyan_run()?;
+    with_cluster(2, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        let dir = c.dir().join("ssh");
+        std::fs::create_dir_all(&dir)?;
+        let sshd = banyan_tests::sshd::start(c.testnet(), &tools, &dir, 2)?;
+        let result = (|| -> Result<()> {
+            let config = banyan_tests::sshd::ssh_config(&dir).display().to_string();
+            let exact = mpi.exact(&c.dir().join("bin"))?.display().to_string();
+            let scratch = c.dir().join("scratch");
+            std::fs::create_dir_all(&scratch)?;
+            let (launcher, _) = mpi.launcher();
+            // Hydra's -launcher-exec takes a program, not a command line: a wrapper is both.
+            let wrapper = dir.join("ssh-to-host");
+            std::fs::write(
+                &wrapper,
+                format!("#!/bin/sh\nexec ssh -F '{config}' \"$@\"\n"),
+            )?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+            }
+            let rsh = wrapper.display().to_string();
+            let hosts = format!("{}:2,{}:2", names[0], names[1]);
+            let run_s = run.display().to_string();
+            let scratch_s = scratch.display().to_string();
+            let mut remote: Vec<&str> = vec![launcher];
+            match mpi {
+                Mpi::OpenMpi => remote.extend([
+                    "--allow-run-as-root",
+                    "--oversubscribe",
+                    "--host",
+                    &hosts,
+                    "--mca",
+                    "plm_rsh_agent",
+                    &rsh,
+                    "--mca",
+                    "btl_tcp_if_include",
+                    "eth0",
+                    "--mca",
+                    "oob_tcp_if_include",
+                    "eth0",
+                    "--mca",
+                    "btl",
+                    "self,tcp",
+                ]),
+                Mpi::Mpich => {
+                    remote.extend(["-launcher", "ssh", "-launcher-exec", &rsh, "-hosts", &hosts])
+                }
+            }
+            remote.extend(["-np", "4", &run_s, "--", &exact, "3", "1000", &scratch_s]);
+            // Started from the first host, over ssh, as an operator would.
+            let quoted: Vec<String> = remote.iter().map(|a| format!("'{a}'")).collect();
+            let mut ssh = Command::new("ssh");
+            ssh.args(["-F", &config, &names[0], &quoted.join(" ")]);
+            let out = mpi::run_bounded(&mut ssh, Duration::from_secs(120))?;
+            if !out.status.success() {
+                bail!(
+                    "{launcher} over ssh failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let report = mpi::exact_report(&out.stdout)?;
+            let profile = the_profile(c)?;
+            check_mpi(&profile, &report, 4)?;
+            // Both hosts' agents took part: each took two ranks (their logs say so).
+            for n in &names {
+                let log = std::fs::read_to_string(c.dir().join(format!("{n}.log")))?;
+                let ranks = log.matches("rank started").count();
+                assert_eq!(ranks, 2, "ranks that reported to {n}'s agent");
+            }
+            Ok(())
+        })();
+        for pid in sshd {
+            let _ = c.testnet().terminate(pid);
+        }
+        result
+    })
+}
+
+#[test]
+fn mpirun_openmpi_over_ssh_on_two_hosts_counts_exactly() -> Result<()> {
+    run_mpi_over_ssh(Mpi::OpenMpi)
+}
+
+#[test]
+fn mpiexec_mpich_over_ssh_on_two_hosts_counts_exactly() -> Result<()> {
+    run_mpi_over_ssh(Mpi::Mpich)
+}
