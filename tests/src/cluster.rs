@@ -317,6 +317,42 @@ pub struct Cluster {
     keep: bool,
 }
 
+/// Runs `body` on a fresh cluster of `n` agents with the default options. On failure the cluster's
+/// directory (every log, state dir and metrics file) is kept and its path is part of the error.
+/// Runs the operator CLI `banyan ARGS` against `c`'s root: what it printed on stdout and stderr,
+/// and whether it succeeded.
+pub fn banyan_cli(c: &Cluster, args: &[&str]) -> Result<(String, bool)> {
+    let bins = binaries()?;
+    let cli = bins
+        .root
+        .parent()
+        .ok_or_else(|| anyhow!("no directory for {}", bins.root.display()))?
+        .join("banyan");
+    let out = Command::new(&cli)
+        .arg("--root")
+        .arg(format!("http://{}", c.http_addr()))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", cli.display()))?;
+    Ok((
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.success(),
+    ))
+}
+
+pub fn with_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
+    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
+    let result = body(&mut cluster);
+    if result.is_err() {
+        cluster.keep_logs();
+    }
+    result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
+}
+
 impl Cluster {
     /// Makes `n_agents` test hosts, starts the root and one agent on each host, and returns once the
     /// root answers HTTP and every agent is started (not yet attached: see [`Cluster::wait_for`]).

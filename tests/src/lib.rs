@@ -4,7 +4,7 @@ pub mod cluster;
 pub mod mpi;
 pub mod procstat;
 pub mod sim;
-pub mod sshd;
 pub mod slurm;
+pub mod sshd;
 pub mod support;
 pub mod testnet;

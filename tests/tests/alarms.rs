@@ -3,8 +3,9 @@
 //! and refused clearly when the request is bad.
 
 use anyhow::{anyhow, Context, Result};
-use banyan_tests::cluster::{Cluster, ClusterOptions};
+use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster};
 use banyan_tests::support::http_request;
+use banyan_tests::support::url_encode;
 use banyan_tests::testnet::Testnet;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -12,15 +13,6 @@ use std::time::Duration;
 const FORM: Duration = Duration::from_secs(45);
 const SETTLE: Duration = Duration::from_secs(30);
 const LEVEL: &str = "test_alarm_level";
-
-fn with_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
-    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
-    let result = body(&mut cluster);
-    if result.is_err() {
-        cluster.keep_logs();
-    }
-    result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
-}
 
 fn send(
     c: &Cluster,
@@ -103,7 +95,7 @@ fn an_alarm_is_raised_and_cleared_as_values_cross_it_and_survives_a_root_restart
         assert_eq!(raised["active"], true);
         assert_eq!(raised["current"], 9.0);
         assert!(raised["raised_at"].as_u64().is_some(), "{raised}");
-        let (cli, ok) = banyan(c, &["alarms"])?;
+        let (cli, ok) = banyan_cli(c, &["alarms"])?;
         assert!(ok && cli.contains("RAISED") && cli.contains("hot"), "{cli}");
 
         // Kept across a root restart, still raised.
@@ -131,7 +123,7 @@ fn an_alarm_is_raised_and_cleared_as_values_cross_it_and_survives_a_root_restart
         assert_eq!(history[1]["raised"], false);
 
         // Delete: GET with the Metric Proxy's parameters, without and with the token.
-        let del = format!("/alarms/del?targetjob=main&name={}", enc(name));
+        let del = format!("/alarms/del?targetjob=main&name={}", url_encode(name));
         let (status, _) = send(c, "GET", &del, None, None)?;
         assert_eq!(status, 401);
         let (status, body) = send(c, "GET", &del, Some(&token), None)?;
@@ -141,34 +133,4 @@ fn an_alarm_is_raised_and_cleared_as_values_cross_it_and_survives_a_root_restart
         assert_eq!(c.http_get("/alarms/list")?, json!({}));
         Ok(())
     })
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn banyan(c: &Cluster, args: &[&str]) -> Result<(String, bool)> {
-    let bins = banyan_tests::support::binaries()?;
-    let cli = bins
-        .root
-        .parent()
-        .ok_or_else(|| anyhow!("no directory for {}", bins.root.display()))?
-        .join("banyan");
-    let out = std::process::Command::new(&cli)
-        .arg("--root")
-        .arg(format!("http://{}", c.http_addr()))
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", cli.display()))?;
-    Ok((
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        out.status.success(),
-    ))
 }

@@ -5,24 +5,13 @@
 use anyhow::{anyhow, Context, Result};
 use banyan_tests::cluster::{Cluster, ClusterOptions};
 use banyan_tests::support::http_request;
+use banyan_tests::support::url_encode;
 use banyan_tests::testnet::Testnet;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const FORM: Duration = Duration::from_secs(45);
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Percent-encodes everything but unreserved characters, as a browser would for a query value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// Sends one request and checks that the answer is the JSON error `want` promises.
 fn expect_error(
@@ -114,7 +103,7 @@ fn every_route_answers_bad_input_with_a_json_error_and_keeps_serving() -> Result
         ];
         for id in hostile {
             for route in ["/job", "/job/", "/metrics", "/metrics/"] {
-                let path = format!("{route}?job={}", enc(id));
+                let path = format!("{route}?job={}", url_encode(id));
                 let err = expect_error(c, "GET", &path, None, None, 404)?;
                 // The name comes back only as JSON string content, never as markup or a path.
                 assert!(err["detail"].as_str().is_some(), "{err}");
@@ -151,7 +140,7 @@ fn every_route_answers_bad_input_with_a_json_error_and_keeps_serving() -> Result
             "@/etc/passwd",
             "cn[1-2",
         ] {
-            let path = format!("/nodes?nodes={}", enc(bad));
+            let path = format!("/nodes?nodes={}", url_encode(bad));
             expect_error(c, "GET", &path, None, None, 400)?;
         }
 

@@ -7,7 +7,7 @@
 //! Missing programs fail the tests under `CI=true` and skip them otherwise.
 
 use anyhow::{anyhow, bail, Context, Result};
-use banyan_tests::cluster::{Cluster, ClusterOptions};
+use banyan_tests::cluster::{with_cluster, Cluster};
 use banyan_tests::support::{free_port, http_request, require_program};
 use banyan_tests::testnet::Testnet;
 use serde_json::Value;
@@ -25,15 +25,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// The counter the exporters serve from their textfile collector, and its value on each.
 const CONSTANT: &str = "banyan_test_constant_total";
 const CONSTANT_VALUE: f64 = 42.0;
-
-fn with_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
-    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
-    let result = body(&mut cluster);
-    if result.is_err() {
-        cluster.keep_logs();
-    }
-    result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
-}
 
 /// Starts node_exporter on host `i`, listening on the host's address at `port`, with a textfile
 /// directory holding [`CONSTANT`].

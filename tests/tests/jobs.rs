@@ -9,7 +9,8 @@
 //! ranks.
 
 use anyhow::{anyhow, bail, Context, Result};
-use banyan_tests::cluster::{Cluster, ClusterOptions, Topology};
+use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster, Topology};
+use banyan_tests::support::url_encode;
 use banyan_tests::testnet::Testnet;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -22,26 +23,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// A dead node becomes stale (8 s) and its ranks count as lost.
 const STALE: Duration = Duration::from_secs(60);
 const CALLS: &str = "banyan_mpi_calls_total{function=\"MPI_Send\"}";
-
-fn with_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
-    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
-    let result = body(&mut cluster);
-    if result.is_err() {
-        cluster.keep_logs();
-    }
-    result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// Starts a rank in host `i` that runs on in the background; returns its PID.
 fn spawn_rank(c: &mut Cluster, i: usize, tag: &str, args: &[&str]) -> Result<u32> {
@@ -101,35 +82,11 @@ fn counter(job: &Value, name: &str) -> Option<f64> {
 
 /// Waits for the profile of `id` and returns it.
 fn wait_profile(c: &Cluster, id: &str, timeout: Duration) -> Result<Value> {
-    let path = format!("/profiles/get?jobid={}", enc(id));
+    let path = format!("/profiles/get?jobid={}", url_encode(id));
     let (p, _) = c.poll(&format!("the profile of {id:?}"), timeout, |c| {
         Ok(c.http_get(&path).ok())
     })?;
     Ok(p)
-}
-
-/// Runs the operator CLI against the cluster's root: what it printed, and whether it succeeded.
-fn banyan(c: &Cluster, args: &[&str]) -> Result<(String, bool)> {
-    let bins = banyan_tests::support::binaries()?;
-    let cli = bins
-        .root
-        .parent()
-        .ok_or_else(|| anyhow!("no directory for {}", bins.root.display()))?
-        .join("banyan");
-    let out = std::process::Command::new(&cli)
-        .arg("--root")
-        .arg(format!("http://{}", c.http_addr()))
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", cli.display()))?;
-    Ok((
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        out.status.success(),
-    ))
 }
 
 fn profile_files(c: &Cluster) -> Result<Vec<String>> {
@@ -185,7 +142,7 @@ fn a_job_across_nodes_is_live_then_one_exact_profile() -> Result<()> {
             Ok(counter(&job, CALLS).filter(|v| *v > 0.0).map(|_| job))
         })?;
         assert_eq!(live["desc"]["command"], "./ring");
-        let (jobs, ok) = banyan(c, &["jobs"])?;
+        let (jobs, ok) = banyan_cli(c, &["jobs"])?;
         assert!(
             ok && jobs.contains("J1") && jobs.contains("./ring"),
             "{jobs}"
@@ -221,7 +178,7 @@ fn a_job_across_nodes_is_live_then_one_exact_profile() -> Result<()> {
         let old = c.http_get("/job?job=J1")?;
         assert_eq!(counter(&old, CALLS), Some(120.0));
         assert_eq!(profile_files(c)?, vec!["J1.json".to_string()]);
-        let (shown, ok) = banyan(c, &["profile", "J1"])?;
+        let (shown, ok) = banyan_cli(c, &["profile", "J1"])?;
         assert!(ok, "{shown}");
         assert!(
             shown.contains("ranks: 4 started, 4 ended, 0 crashed, 0 lost"),
@@ -231,7 +188,7 @@ fn a_job_across_nodes_is_live_then_one_exact_profile() -> Result<()> {
             shown.contains("banyan_mpi_calls_total{function=\"MPI_Send\"} 120"),
             "{shown}"
         );
-        let (listed, _) = banyan(c, &["profiles", "--cmd", "./ring"])?;
+        let (listed, _) = banyan_cli(c, &["profiles", "--cmd", "./ring"])?;
         assert!(listed.contains("J1"), "{listed}");
         // The job's series left the cluster's sum and the tree.
         let totals = c.http_get("/totals")?;

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
-use banyan_tests::cluster::{Cluster, ClusterOptions, Topology};
+use banyan_tests::cluster::{with_cluster, Cluster, Topology};
 use banyan_tests::testnet::Testnet;
 use serde_json::Value;
 
@@ -32,17 +32,6 @@ const PERIOD: Duration = Duration::from_secs(1);
 
 /// Name of the counter the tests write into the agents' metrics files.
 const WORK: &str = "test_work_total";
-
-/// Runs `body` on a fresh cluster of `n` agents. On failure the cluster's directory (every log, state
-/// dir and metrics file) is kept and its path is part of the error.
-fn with_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
-    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
-    let result = body(&mut cluster);
-    if result.is_err() {
-        cluster.keep_logs();
-    }
-    result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
-}
 
 /// The deepest a tree of `n` agents under the root may be: ceil(log2(n + 1)) + 2 (the root is one of
 /// the n + 1 nodes, and healing may leave a level or two of slack).

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use banyan_protocol::exposition;
 use banyan_protocol::metric::{Gauge, MetricSet, Value as Metric};
-use banyan_tests::cluster::{Cluster, ClusterOptions, Topology};
+use banyan_tests::cluster::{with_cluster, Cluster, Topology};
 use banyan_tests::support::http_request;
 use banyan_tests::testnet::Testnet;
 use serde_json::Value;
@@ -42,17 +42,6 @@ const FRESH: Duration = Duration::from_secs(20);
 
 /// The interface every test host has on the bridge (scripts/testnet).
 const IFACE: &str = "eth0";
-
-/// Runs `body` on a fresh cluster of `n` agents. On failure the cluster's directory (every log, state
-/// dir and metrics file) is kept and its path is part of the error.
-fn with_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
-    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
-    let result = body(&mut cluster);
-    if result.is_err() {
-        cluster.keep_logs();
-    }
-    result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
-}
 
 /// Starts a cluster of `n` agents and waits until they are all attached.
 fn with_formed_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {

@@ -3,8 +3,8 @@
 //! plain program. The MPI program (`tests/mpi/exact.c`) prints what it did; the profile the root
 //! writes must say the same, function by function, byte for byte.
 
-use anyhow::{anyhow, bail, Context, Result};
-use banyan_tests::cluster::{Cluster, ClusterOptions};
+use anyhow::{anyhow, bail, Result};
+use banyan_tests::cluster::{with_cluster, Cluster};
 use banyan_tests::mpi::{self, Mpi};
 use banyan_tests::slurm::Slurm;
 use banyan_tests::support::{binaries, free_port, require_program};
@@ -24,15 +24,6 @@ const COUNTED: [&str; 5] = [
     "MPI_Allreduce",
     "MPI_Barrier",
 ];
-
-fn with_cluster(n: usize, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
-    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
-    let result = body(&mut cluster);
-    if result.is_err() {
-        cluster.keep_logs();
-    }
-    result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
-}
 
 /// `banyan-run`, built with the daemons.
 fn banyan_run() -> Result<PathBuf> {

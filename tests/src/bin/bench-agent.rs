@@ -16,6 +16,7 @@
 use anyhow::{bail, Context, Result};
 use banyan_tests::cluster::{Cluster, ClusterOptions};
 use banyan_tests::procstat::{self, CpuUse, CpuWindow, Memory};
+use banyan_tests::support::bench_arg;
 use banyan_tests::support::binaries;
 use banyan_tests::testnet::Testnet;
 use std::net::SocketAddr;
@@ -31,15 +32,6 @@ const EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 const WARM_UP: Duration = Duration::from_secs(5);
 
 const SCRAPE_EVERY: Duration = Duration::from_secs(1);
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Scrapes `/metrics` every second on one keep-alive connection, as Prometheus does, until
 /// dropped; counts the scrapes that succeeded.
@@ -185,9 +177,9 @@ fn main() -> Result<()> {
     if !Path::new(EXPORTER).is_file() {
         bail!("{EXPORTER} is missing: install the Debian package prometheus-node-exporter");
     }
-    let duration = Duration::from_secs(arg("--duration", 60).max(1));
-    let agents = arg("--agents", 1).max(1) as usize;
-    let port = u16::try_from(arg("--port", 9100)).context("--port out of range")?;
+    let duration = Duration::from_secs(bench_arg("--duration", 60).max(1));
+    let agents = bench_arg("--agents", 1).max(1) as usize;
+    let port = u16::try_from(bench_arg("--port", 9100)).context("--port out of range")?;
     let bins = binaries()?;
 
     let mut cluster = Cluster::start(agents, ClusterOptions::default())?;

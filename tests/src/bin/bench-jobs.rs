@@ -12,19 +12,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use banyan_tests::cluster::{Cluster, ClusterOptions};
+use banyan_tests::support::bench_arg;
 use banyan_tests::support::http_request;
 use banyan_tests::testnet::Testnet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -53,10 +45,10 @@ fn main() -> Result<()> {
     if !Testnet::require()? {
         bail!("bench-jobs needs root and network namespaces");
     }
-    let hosts = arg("--hosts", 8) as usize;
-    let ranks = arg("--ranks", 4096);
-    let updates = arg("--updates", 3);
-    let rounds = arg("--rounds", 3);
+    let hosts = bench_arg("--hosts", 8) as usize;
+    let ranks = bench_arg("--ranks", 4096);
+    let updates = bench_arg("--updates", 3);
+    let rounds = bench_arg("--rounds", 3);
     let per_host = ranks / hosts as u64;
     let ranks = per_host * hosts as u64;
     let rank_bin = fake_rank()?;

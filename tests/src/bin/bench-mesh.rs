@@ -10,19 +10,11 @@
 use anyhow::{bail, Context, Result};
 use banyan_tests::cluster::{Cluster, ClusterOptions};
 use banyan_tests::procstat::{self, CpuWindow};
+use banyan_tests::support::bench_arg;
 use banyan_tests::support::binaries;
 use banyan_tests::testnet::Testnet;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -90,10 +82,10 @@ fn main() -> Result<()> {
     if !Testnet::require()? {
         bail!("bench-mesh needs root and network namespaces");
     }
-    let agents = arg("--agents", 63);
-    let samples = arg("--samples", 40);
-    let kills = arg("--kills", 5);
-    let window = arg("--window", 30);
+    let agents = bench_arg("--agents", 63);
+    let samples = bench_arg("--samples", 40);
+    let kills = bench_arg("--kills", 5);
+    let window = bench_arg("--window", 30);
     let mut cluster = Cluster::start(agents, ClusterOptions::default())?;
     let names = cluster.names();
     let formed = cluster.wait_healthy(&names, Duration::from_secs(120))?;
