@@ -314,50 +314,17 @@ async fn ping(
 
 // ----- The Metric Proxy's read routes -------------------------------------------------------------
 
-/// A job's description in the Metric Proxy's shape. `main` is the sum over all nodes; `Node: NAME`
-/// is one node.
-#[derive(Serialize, Clone)]
-pub struct JobDesc {
-    pub jobid: String,
-    pub command: String,
-    pub size: u64,
-    pub nodelist: String,
-    pub partition: String,
-    pub cluster: String,
-    pub run_dir: String,
-    pub start_time: u64,
-    pub end_time: u64,
-}
+/// Job descriptions are the Metric Proxy's shape (`banyan_protocol::job::JobDesc`); `main` is the
+/// sum over all nodes, `Node: NAME` one node.
+pub use banyan_protocol::job::JobDesc;
 
 const NODE_PREFIX: &str = "Node: ";
-
-impl From<&banyan_protocol::job::JobDesc> for JobDesc {
-    fn from(d: &banyan_protocol::job::JobDesc) -> JobDesc {
-        JobDesc {
-            jobid: d.jobid.clone(),
-            command: d.command.clone(),
-            size: d.size,
-            nodelist: d.nodelist.clone(),
-            partition: d.partition.clone(),
-            cluster: d.cluster.clone(),
-            run_dir: d.run_dir.clone(),
-            start_time: d.start_time,
-            end_time: d.end_time,
-        }
-    }
-}
 
 fn main_desc() -> JobDesc {
     JobDesc {
         jobid: "main".into(),
         command: "Sum of all Jobs".into(),
-        size: 0,
-        nodelist: String::new(),
-        partition: String::new(),
-        cluster: String::new(),
-        run_dir: String::new(),
-        start_time: 0,
-        end_time: 0,
+        ..JobDesc::default()
     }
 }
 
@@ -378,7 +345,7 @@ async fn job_list(State(api): State<Api>) -> Result<Json<Vec<JobDesc>>, ApiError
     let snap = snapshot(&api).await?;
     let mut out = vec![main_desc()];
     out.extend(agents(&snap).map(|n| node_desc(&n.name)));
-    out.extend(snap.jobs.iter().map(JobDesc::from));
+    out.extend(snap.jobs.iter().cloned());
     Ok(Json(out))
 }
 
@@ -457,10 +424,10 @@ async fn job_metrics(
         }
     }
     if let Some(desc) = snap.jobs.iter().find(|d| d.jobid == id) {
-        return Ok((JobDesc::from(desc), job_view(&snap.totals, id)));
+        return Ok((desc.clone(), job_view(&snap.totals, id)));
     }
     if let Some(p) = crate::jobs::read_profile(&api.state_dir, id) {
-        return Ok((JobDesc::from(&p.desc), p.metrics));
+        return Ok((p.desc.clone(), p.metrics));
     }
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
@@ -671,40 +638,44 @@ fn scrape_json(node: &str, s: &banyan_protocol::wire::ScrapeStatus) -> Value {
     })
 }
 
+type JoinQueryResult =
+    Result<axum::extract::Query<JoinQuery>, axum::extract::rejection::QueryRejection>;
+
+/// What `/join` and `/join/del` share: the admin check, the target, the node, the command.
+async fn join_change(
+    api: &Api,
+    headers: &HeaderMap,
+    q: JoinQueryResult,
+    change: fn(String) -> banyan_protocol::wire::ScrapeChange,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(api, headers)?;
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
+    let target = parse_join(&q)?;
+    let snap = snapshot(api).await?;
+    let node = scraping_node(&snap, &target, q.node.as_deref())?;
+    change_scrape(api, &node, change(target.url())).await
+}
+
 /// `GET /join?to=HOST:PORT[&node=NAME]` (admin): a node starts scraping an exporter.
 async fn join(
     State(api): State<Api>,
     headers: HeaderMap,
-    q: Result<axum::extract::Query<JoinQuery>, axum::extract::rejection::QueryRejection>,
+    q: JoinQueryResult,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin(&api, &headers)?;
-    let axum::extract::Query(q) = q.map_err(bad_query)?;
-    let target = parse_join(&q)?;
-    let snap = snapshot(&api).await?;
-    let node = scraping_node(&snap, &target, q.node.as_deref())?;
-    change_scrape(
-        &api,
-        &node,
-        banyan_protocol::wire::ScrapeChange::Add(target.url()),
-    )
-    .await
+    join_change(&api, &headers, q, banyan_protocol::wire::ScrapeChange::Add).await
 }
 
 /// `/join/del?to=HOST:PORT[&node=NAME]` (admin): the node stops scraping it.
 async fn join_del(
     State(api): State<Api>,
     headers: HeaderMap,
-    q: Result<axum::extract::Query<JoinQuery>, axum::extract::rejection::QueryRejection>,
+    q: JoinQueryResult,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin(&api, &headers)?;
-    let axum::extract::Query(q) = q.map_err(bad_query)?;
-    let target = parse_join(&q)?;
-    let snap = snapshot(&api).await?;
-    let node = scraping_node(&snap, &target, q.node.as_deref())?;
-    change_scrape(
+    join_change(
         &api,
-        &node,
-        banyan_protocol::wire::ScrapeChange::Remove(target.url()),
+        &headers,
+        q,
+        banyan_protocol::wire::ScrapeChange::Remove,
     )
     .await
 }
@@ -750,7 +721,7 @@ async fn profiles(State(api): State<Api>) -> Json<Vec<JobDesc>> {
     let list = tokio::task::spawn_blocking(move || crate::jobs::list_profiles(&dir))
         .await
         .unwrap_or_default();
-    Json(list.iter().map(|p| JobDesc::from(&p.desc)).collect())
+    Json(list.iter().map(|p| p.desc.clone()).collect())
 }
 
 /// `GET /profiles/percmd` (also `/percmd`): finished jobs grouped by command.
@@ -763,7 +734,7 @@ async fn profiles_percmd(State(api): State<Api>) -> Json<Value> {
     for p in &list {
         by.entry(p.desc.command.clone())
             .or_default()
-            .push(JobDesc::from(&p.desc));
+            .push(p.desc.clone());
     }
     Json(json!(by))
 }
@@ -801,7 +772,7 @@ async fn profile_get(
         )
     })?;
     Ok(Json(json!({
-        "desc": JobDesc::from(&p.desc),
+        "desc": p.desc.clone(),
         "counters": counters_json(&p.metrics),
         "ranks": p.ranks,
     })))
