@@ -22,6 +22,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+/// Jobs are settled at every wave and, while jobs run, after late reports, at most this often.
+const SETTLE_EVERY_MS: u64 = 50;
+
 /// What the HTTP API can ask of the core.
 pub enum ApiRequest {
     Snapshot(oneshot::Sender<Snapshot>),
@@ -146,6 +149,7 @@ pub fn start(
         alarms: alarms.clone(),
         jobs,
         last_settle: 0,
+        settle_due: false,
         core,
         state,
         epoch,
@@ -189,8 +193,9 @@ struct Shell {
     mesh_rx: Arc<AtomicU64>,
     jobs: JobBook,
     alarms: Arc<std::sync::Mutex<AlarmBook>>,
-    /// When jobs were last settled (ms).
+    /// When jobs were last settled (ms), and whether a late report asks for it again.
     last_settle: u64,
+    settle_due: bool,
 }
 
 impl Shell {
@@ -246,7 +251,10 @@ impl Shell {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) -> Option<oneshot::Sender<()>> {
         loop {
             let now = self.now();
-            let wait = self.core.next_timeout().saturating_sub(now).min(1000);
+            let mut wait = self.core.next_timeout().saturating_sub(now).min(1000);
+            if self.settle_due {
+                wait = wait.min((self.last_settle + SETTLE_EVERY_MS).saturating_sub(now));
+            }
             tokio::select! {
                 ev = rx.recv() => {
                     match ev {
@@ -259,6 +267,10 @@ impl Shell {
                     let now = self.now();
                     self.core.on_timeout(now);
                 }
+            }
+            if self.settle_due && self.now() >= self.last_settle + SETTLE_EVERY_MS {
+                self.settle_due = false;
+                self.settle_jobs();
             }
             self.drain();
         }
@@ -301,13 +313,11 @@ impl Shell {
                     Some(m) => {
                         let report = matches!(m, Msg::Report(_));
                         self.core.handle_child_msg(now, &name, m);
-                        // A late report may carry a job's last ranks: settle it now, not at
-                        // the next wave (at most every 50 ms, and only while jobs run).
-                        if report
-                            && self.jobs.running().next().is_some()
-                            && now >= self.last_settle + 50
-                        {
-                            self.settle_jobs();
+                        // A late report may carry a job's last ranks: settle jobs now rather
+                        // than at the next wave (only while jobs run; at most every 50 ms, the
+                        // rest deferred to the end of those 50 ms, never dropped).
+                        if report && self.jobs.running().next().is_some() {
+                            self.settle_due = true;
                         }
                     }
                     None => {
