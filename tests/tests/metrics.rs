@@ -932,7 +932,9 @@ fn check_nodes_add_up(
                 counter_of(&main, COUNTER),
                 gauge_of(&main, GAUGE).map(|g| stable(&g)),
             );
-            if after != before {
+            // A main without the gauge is a tree re-forming (every child of the root re-attached
+            // within the wave, e.g. after a stall of the root on a loaded machine): not still.
+            if after != before || after.1.is_none() {
                 moved.push((before, after));
                 return Ok(None);
             }
