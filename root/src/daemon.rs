@@ -144,6 +144,8 @@ pub fn start(
         now,
     );
     let jobs = JobBook::open(Some(&state.dir), now);
+    let (save_tx, save_rx) = tokio::sync::watch::channel(MetricSet::new());
+    let writer = tokio::spawn(totals_writer(state.clone(), save_rx));
     let alarms = Arc::new(std::sync::Mutex::new(AlarmBook::open(Some(&state.dir))));
     let mut shell = Shell {
         alarms: alarms.clone(),
@@ -160,11 +162,12 @@ pub fn start(
         last_wave: None,
         last_now: now,
         saved: MetricSet::new(),
+        save_tx: Some(save_tx),
         mesh_rx,
     };
     let task = tokio::spawn(async move {
         let done = shell.run(rx).await;
-        shell.save_totals();
+        shell.flush_totals(writer).await;
         ep.close(close::DONE.into(), b"root stopping");
         // Let the close reach the agents before the endpoint is dropped.
         tokio::time::timeout(Duration::from_secs(1), ep.wait_idle())
@@ -189,6 +192,8 @@ struct Shell {
     last_now: u64,
     /// The cumulative totals last written to the state dir.
     saved: MetricSet,
+    /// To the task that writes the totals (the latest value wins; `None` once shutting down).
+    save_tx: Option<tokio::sync::watch::Sender<MetricSet>>,
     /// Bytes received on child links, added to by the link tasks.
     mesh_rx: Arc<AtomicU64>,
     jobs: JobBook,
@@ -199,17 +204,29 @@ struct Shell {
 }
 
 impl Shell {
-    /// Writes the cumulative totals when they changed. After a restart they are what the root
-    /// keeps of everything its children had sent, so they are written as soon as anything new
-    /// arrived, not once per wave: a late report counts too.
+    /// Hands the cumulative totals to the writer when they changed. After a restart they are
+    /// what the root keeps of everything its children had sent, so they go out as soon as
+    /// anything new arrived, not once per wave: a late report counts too. The writing itself is
+    /// off this task: a disk that stalls (writeback throttling on a busy node) must not stall the
+    /// tree's heartbeats.
     fn save_totals(&mut self) {
         let now = self.core.totals().cumulative();
         if now == self.saved {
             return;
         }
-        match self.state.save_totals(&now) {
-            Ok(()) => self.saved = now,
-            Err(e) => warn!(error = %e, "cannot keep the totals; a restart would lose counts"),
+        self.saved = now.clone();
+        if let Some(tx) = &self.save_tx {
+            let _ = tx.send(now);
+        }
+    }
+
+    /// At shutdown: lets the writer finish, then writes the final totals here, last.
+    async fn flush_totals(&mut self, writer: tokio::task::JoinHandle<()>) {
+        self.save_tx = None;
+        let _ = writer.await;
+        let last = self.core.totals().cumulative();
+        if let Err(e) = self.state.save_totals(&last) {
+            warn!(error = %e, "cannot keep the totals; a restart would lose counts");
         }
     }
 
@@ -395,6 +412,20 @@ impl Shell {
                 .evaluate(&totals, now);
         }
         self.save_totals();
+    }
+}
+
+/// Writes the totals it is handed, the latest first: values that changed while a write was in
+/// progress are written once, after it.
+async fn totals_writer(state: Arc<RootState>, mut rx: tokio::sync::watch::Receiver<MetricSet>) {
+    while rx.changed().await.is_ok() {
+        let totals = rx.borrow_and_update().clone();
+        let st = state.clone();
+        match tokio::task::spawn_blocking(move || st.save_totals(&totals)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot keep the totals; a restart would lose counts"),
+            Err(e) => warn!(error = %e, "the totals writer failed"),
+        }
     }
 }
 
