@@ -143,30 +143,15 @@ async fn serve_rank(
         Ok(Some(RankMsg::Hello { job, rank })) => (job, rank),
         Ok(Some(other)) => {
             let reason = format!("expected a hello first, got {}", kind(&other));
-            let _ = send(
-                &mut stream,
-                &AgentReply::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            warn!(uid, pid, reason = %reason, "rank refused");
-            return Err(reason);
+            return Err(refuse(&mut stream, uid, pid, reason).await);
         }
         Ok(None) => return Err("closed before its hello".into()),
-        Err(reason) => {
-            if !reason.starts_with("no greeting") {
-                let _ = send(
-                    &mut stream,
-                    &AgentReply::Refused {
-                        reason: reason.clone(),
-                    },
-                )
-                .await;
-            }
+        Err(reason) if reason.starts_with("no greeting") => {
+            // Not one of ours: there is nobody to tell why.
             warn!(uid, pid, reason = %reason, "rank refused");
             return Err(reason);
         }
+        Err(reason) => return Err(refuse(&mut stream, uid, pid, reason).await),
     };
     let jobid = job.jobid.clone();
     let (tx, rx) = oneshot::channel();
@@ -187,17 +172,7 @@ async fn serve_rank(
                 return Err(e);
             }
         }
-        Ok(Err(reason)) => {
-            let _ = send(
-                &mut stream,
-                &AgentReply::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            warn!(uid, pid, job = %jobid, reason = %reason, "rank refused");
-            return Err(reason);
-        }
+        Ok(Err(reason)) => return Err(refuse(&mut stream, uid, pid, reason).await),
         Err(_) => return Err("the agent is stopping".into()),
     }
     info!(uid, pid, rank, job = %jobid, "rank started");
@@ -224,6 +199,19 @@ async fn serve_rank(
     }
     let _ = events.send(RankEvent::Exit { conn, how });
     Ok(())
+}
+
+/// Tells the rank why it is refused (best effort: it may be gone), logs it, and returns the reason.
+async fn refuse(stream: &mut UnixStream, uid: u32, pid: i32, reason: String) -> String {
+    let _ = send(
+        stream,
+        &AgentReply::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    warn!(uid, pid, reason = %reason, "rank refused");
+    reason
 }
 
 fn kind(m: &RankMsg) -> &'static str {
