@@ -163,6 +163,7 @@ pub fn start(
         last_now: now,
         saved: MetricSet::new(),
         save_tx: Some(save_tx),
+        totals_dirty: false,
         mesh_rx,
     };
     let task = tokio::spawn(async move {
@@ -194,6 +195,8 @@ struct Shell {
     saved: MetricSet,
     /// To the task that writes the totals (the latest value wins; `None` once shutting down).
     save_tx: Option<tokio::sync::watch::Sender<MetricSet>>,
+    /// Whether something that can change the totals happened since they were last handed over.
+    totals_dirty: bool,
     /// Bytes received on child links, added to by the link tasks.
     mesh_rx: Arc<AtomicU64>,
     jobs: JobBook,
@@ -210,6 +213,11 @@ impl Shell {
     /// off this task: a disk that stalls (writeback throttling on a busy node) must not stall the
     /// tree's heartbeats.
     fn save_totals(&mut self) {
+        // Only reports, departures and forgotten jobs change the totals: the many heartbeats
+        // and commands in between cost no copy of them.
+        if !std::mem::take(&mut self.totals_dirty) {
+            return;
+        }
         let now = self.core.totals().cumulative();
         if now == self.saved {
             return;
@@ -232,13 +240,12 @@ impl Shell {
 
     /// After each wave: learn new jobs, and write the profile of each job that ended. A finished
     /// job's series are then dropped everywhere in the tree.
-    fn settle_jobs(&mut self) {
+    fn settle_jobs(&mut self, totals: &MetricSet) {
         let now = self.now();
         self.last_settle = now;
-        let totals = self.core.totals();
         let digests = self.core.node.latest_digests();
-        self.jobs.learn(digests, &totals, now);
-        let ended = self.jobs.ended(&totals, now);
+        self.jobs.learn(digests, totals, now);
+        let ended = self.jobs.ended(totals, now);
         for profile in ended {
             let id = profile.desc.jobid.clone();
             if let Err(e) = self.jobs.finish(&profile) {
@@ -246,6 +253,7 @@ impl Shell {
                 continue;
             }
             self.core.node.forget_job(&id);
+            self.totals_dirty = true;
             let everyone: Vec<String> = self
                 .core
                 .placement
@@ -283,11 +291,14 @@ impl Shell {
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => {
                     let now = self.now();
                     self.core.on_timeout(now);
+                    // A child found silent leaves its counts in the totals' frozen part.
+                    self.totals_dirty = true;
                 }
             }
             if self.settle_due && self.now() >= self.last_settle + SETTLE_EVERY_MS {
                 self.settle_due = false;
-                self.settle_jobs();
+                let totals = self.core.totals();
+                self.settle_jobs(&totals);
             }
             self.drain();
         }
@@ -310,6 +321,8 @@ impl Shell {
                 out,
             } => {
                 let name = attach.name.clone();
+                // A child that re-attaches has its old link's counts frozen.
+                self.totals_dirty = true;
                 let answer = self.core.handle_attach(now, attach);
                 if matches!(answer, Msg::Accepted { .. }) {
                     info!(child = %name, "child of the root attached");
@@ -329,6 +342,7 @@ impl Shell {
                 match msg {
                     Some(m) => {
                         let report = matches!(m, Msg::Report(_));
+                        self.totals_dirty |= report || matches!(m, Msg::Detach { .. });
                         self.core.handle_child_msg(now, &name, m);
                         // A late report may carry a job's last ranks: settle jobs now rather
                         // than at the next wave (only while jobs run; at most every 50 ms, the
@@ -339,6 +353,7 @@ impl Shell {
                     }
                     None => {
                         info!(child = %name, reason = %why, "child link of the root ended");
+                        self.totals_dirty = true;
                         self.children.remove(&name);
                         self.core.handle_child_gone(now, &name, &why);
                     }
@@ -402,9 +417,10 @@ impl Shell {
         }
         if let Some(w) = newest {
             self.last_wave = Some(w);
-            self.settle_jobs();
-            let now = self.now();
+            // One copy of the totals for the wave's jobs and alarms.
             let totals = self.core.totals();
+            self.settle_jobs(&totals);
+            let now = self.now();
             // A panic while the lock was held leaves plain data: keep using it.
             self.alarms
                 .lock()
