@@ -238,11 +238,21 @@ impl Core {
         let now = self.now();
         match ev {
             Event::JoinReply(Ok(msg)) => {
+                let before = self.node.handovers();
                 if let Err(reason) = self.node.handle_join_reply(now, Ok(msg)) {
                     return Err(AgentError::Refused(format!(
                         "root {} refused this agent: {reason}",
                         self.cfg.root
                     )));
+                }
+                let after = self.node.handovers();
+                if after.exact > before.exact {
+                    info!(
+                        rewound = after.rewound - before.rewound,
+                        "owes exactly the report its lost parent's side kept"
+                    );
+                } else if after.by_last_sent > before.by_last_sent {
+                    warn!("no word of what its lost parent's side kept; owes its last report (counts in flight may be lost)");
                 }
             }
             Event::JoinReply(Err(e)) => {

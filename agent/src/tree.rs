@@ -16,15 +16,25 @@
 //! - **Exactness.** Reports are cumulative and *net*: a node reports
 //!   `own + frozen + sum(children's latest net) - debt`. When a child leaves (dead, unreachable or
 //!   moved on purpose) its parent keeps that child's last net counters forever (`frozen`); the child,
-//!   if alive, adds the last net it sent to its `debt` before it attaches elsewhere. Nothing is
+//!   if alive, adds to its `debt` what was kept of it before it attaches elsewhere. Nothing is
 //!   counted twice and a dead node's counts stay in the totals.
+//! - **Handover.** What was kept of an orphan is exact even when its parent died with reports in
+//!   flight: every report has a number (`seq`) and names the reports of the children it folds in
+//!   ([`Hold`]). The node that keeps a lost child's last report tells the root which report that
+//!   was and what it held; the root passes it to each orphan in its placement, and the orphan owes
+//!   the net it sent in exactly that report (it keeps its last [`SENT_HISTORY`] reports). A parent
+//!   that was only cut off, not dead, comes back keeping a lost child's later report than the one
+//!   its own parent kept of it: once it learns which of its reports was kept, it rewinds what it
+//!   keeps of that child to match (it keeps its children's last [`SENT_HISTORY`] reports for that).
+//!   Without that word an orphan owes its last report, which can lose increments that were in
+//!   flight, never count them twice.
 //! - **Membership.** Each node knows the members of each child's subtree (for routing commands)
 //!   and forwards changes of the union upward immediately, so the root always has the topology.
 
 use banyan_protocol::metric::MetricSet;
 use banyan_protocol::wire::{
-    Answer, Attach, Command, CommandBody, Digest, Join, JoinReason, Member, MembershipDelta, Msg,
-    Outcome, Peer, Placement, Query, Report,
+    Answer, Attach, Command, CommandBody, Digest, Hold, Join, JoinReason, Lost, Member,
+    MembershipDelta, Msg, Outcome, Peer, Placement, Query, Report,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -68,6 +78,51 @@ impl TreeConfig {
         self.period_ms = period_ms.max(1);
         self
     }
+}
+
+/// How many of its last reports a node keeps to settle what it owes when its parent is lost: a
+/// few waves' worth, as a report goes up every wave and again when something late arrives.
+pub const SENT_HISTORY: usize = 16;
+
+/// How long a lost child told to the parent is told again in a join: long enough to cover that
+/// parent's own death being noticed (a few seconds).
+const RETELL_LOST_MS: u64 = 10_000;
+
+/// How orphans settled what they owed: exactly (the root said which report was kept) or by the
+/// last report sent (the root did not know; increments in flight may be lost, never doubled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandoverStats {
+    pub exact: u64,
+    pub by_last_sent: u64,
+    /// Lost children whose kept report was rewound to the one the parent's own parent kept.
+    pub rewound: u64,
+    /// ... and those that could not be (the report was no longer at hand).
+    pub not_rewound: u64,
+}
+
+/// A report sent up: its number, its net values, and which children's reports it held.
+#[derive(Debug, Clone)]
+struct Sent {
+    seq: u64,
+    net: MetricSet,
+    holds: Vec<Hold>,
+}
+
+/// A parent left behind whose keeping of us is not settled yet: what we sent it, by number.
+#[derive(Debug, Clone)]
+struct Unsettled {
+    parent: String,
+    sent: VecDeque<Sent>,
+}
+
+/// A child declared lost: which of its reports is kept in `frozen`, and its last reports, in case
+/// that must be rewound to an earlier one (see the module documentation).
+#[derive(Debug, Clone)]
+struct LostChild {
+    name: String,
+    seq: Option<u64>,
+    kept: MetricSet,
+    reports: VecDeque<(u64, MetricSet)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +181,8 @@ struct ChildLink {
     /// The child itself and every node below it, as it announced them.
     members: HashMap<String, Member>,
     report: Option<Report>,
+    /// The child's last reports' net values by number (at most [`SENT_HISTORY`]).
+    reports: VecDeque<(u64, MetricSet)>,
     /// The wave during which the child attached. Its report for that wave is kept but not counted:
     /// a child that moved here is still inside its old parent's report of that wave, and its
     /// gauges (which carry no debt) would be counted twice until the old path caught up.
@@ -182,7 +239,12 @@ pub struct Node {
     /// Changes to `announced` not yet sent up: the last state of each name (`None`: removed), so a
     /// removal and a re-appearance in one batch cannot be replayed in the wrong order.
     pending_members: BTreeMap<String, Option<Member>>,
-    pending_lost: Vec<(String, String)>,
+    pending_lost: Vec<Lost>,
+    /// How many of `pending_lost` (the first ones) went with the join in flight.
+    lost_in_join: usize,
+    /// Lost children told to the parent lately, and when: told again in a join that follows soon
+    /// (the parent that was told may be the one that died).
+    recent_lost: VecDeque<(u64, Lost)>,
     own: MetricSet,
     /// Digests sampled here or received from children since the last report sent up.
     digests: Vec<Digest>,
@@ -190,8 +252,16 @@ pub struct Node {
     latest_digests: HashMap<String, Digest>,
     frozen: MetricSet,
     debt: MetricSet,
-    /// Net values last sent to the current parent (becomes debt when it is left).
-    last_sent_net: MetricSet,
+    /// The reports sent to the current parent since attaching, by number, newest last (at most
+    /// [`SENT_HISTORY`]): one of them becomes debt when the parent is lost.
+    sent: VecDeque<Sent>,
+    /// Children lost lately, newest last (at most [`SENT_HISTORY`]).
+    lost_children: VecDeque<LostChild>,
+    /// The number of the last report sent (rises over the node's life).
+    seq: u64,
+    /// A lost parent whose keeping of us is settled when the root places us again.
+    unsettled: Option<Unsettled>,
+    handovers: HandoverStats,
     /// The wave being assembled, and whether it has been sent.
     wave: u64,
     wave_sent: bool,
@@ -203,7 +273,7 @@ pub struct Node {
     commands: BTreeMap<u64, PendingCommand>,
     finished_commands: VecDeque<CommandReport>,
     waves_done: VecDeque<WaveDone>,
-    lost_events: VecDeque<(String, String)>,
+    lost_events: VecDeque<Lost>,
     membership_events: VecDeque<MembershipDelta>,
 }
 
@@ -250,12 +320,18 @@ impl Node {
             announced: HashMap::new(),
             pending_members: BTreeMap::new(),
             pending_lost: Vec::new(),
+            lost_in_join: 0,
+            recent_lost: VecDeque::new(),
             own: MetricSet::new(),
             digests: Vec::new(),
             latest_digests: HashMap::new(),
             frozen: MetricSet::new(),
             debt: MetricSet::new(),
-            last_sent_net: MetricSet::new(),
+            sent: VecDeque::new(),
+            lost_children: VecDeque::new(),
+            seq: 0,
+            unsettled: None,
+            handovers: HandoverStats::default(),
             wave: now / period,
             wave_sent: true,
             wave_deadline: u64::MAX,
@@ -341,6 +417,38 @@ impl Node {
     /// Counters kept from departed children (and from before a root restart).
     pub fn frozen(&self) -> &MetricSet {
         &self.frozen
+    }
+
+    /// Which report of each child [`Node::gross`] folds in.
+    pub fn holds(&self) -> Vec<Hold> {
+        let mut holds = Vec::with_capacity(self.children.len());
+        for (name, link) in &self.children {
+            let counted = link.report.as_ref().filter(|r| r.wave != link.quiet_wave);
+            holds.push(Hold {
+                node: name.clone(),
+                under: self.name.clone(),
+                seq: counted.map(|r| r.seq),
+            });
+        }
+        holds
+    }
+
+    /// [`Node::holds`], and for each child the reports of its own children that its report held:
+    /// what a restarted root must know for the grandchildren it finds orphaned by a death during
+    /// its absence.
+    pub fn holds_two_levels(&self) -> Vec<Hold> {
+        let mut holds = self.holds();
+        for (name, link) in &self.children {
+            if let Some(r) = link.report.as_ref().filter(|r| r.wave != link.quiet_wave) {
+                holds.extend(r.holds.iter().filter(|h| &h.under == name).take(2).cloned());
+            }
+        }
+        holds
+    }
+
+    /// How this node settled what it owed each time it lost a parent.
+    pub fn handovers(&self) -> HandoverStats {
+        self.handovers
     }
 
     pub fn root_epoch(&self) -> u64 {
@@ -449,8 +557,8 @@ impl Node {
         self.waves_done.pop_front()
     }
 
-    /// Root only: `(parent, child)` pairs where a parent declared a child lost.
-    pub fn poll_lost(&mut self) -> Option<(String, String)> {
+    /// Root only: children that a parent declared lost, with what it kept of them.
+    pub fn poll_lost(&mut self) -> Option<Lost> {
         self.lost_events.pop_front()
     }
 
@@ -512,16 +620,26 @@ impl Node {
         }
     }
 
-    /// Sends the current wave's report up and remembers its net values: they are what the parent
-    /// keeps of us, so they become debt if we leave it.
+    /// Sends the current wave's report up and remembers its net values by number: one of them is
+    /// what the parent keeps of us, which becomes debt if we lose it.
     fn send_report(&mut self, now: u64) {
+        self.seq += 1;
         let report = Report {
             wave: self.wave,
+            seq: self.seq,
             height: self.height(),
             net: self.net(),
+            holds: self.holds(),
             digests: std::mem::take(&mut self.digests),
         };
-        self.last_sent_net = report.net.clone();
+        if self.sent.len() >= SENT_HISTORY {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(Sent {
+            seq: self.seq,
+            net: report.net.clone(),
+            holds: report.holds.clone(),
+        });
         self.send_parent(now, Msg::Report(report));
     }
 
@@ -571,7 +689,9 @@ impl Node {
                         reason,
                         height: self.height(),
                         subtree: self.announced.values().cloned().collect(),
+                        lost: self.lost_to_tell(now),
                     };
+                    self.lost_in_join = self.pending_lost.len();
                     self.actions.push_back(Action::SendJoin(join));
                 }
             }
@@ -626,6 +746,7 @@ impl Node {
                 parent,
                 gen,
                 root_epoch,
+                kept,
             })) => {
                 if self.is_self_or_below(&parent.name) {
                     // The root's view is stale: that parent is inside our own subtree.
@@ -639,6 +760,12 @@ impl Node {
                     return Ok(());
                 }
                 self.root_epoch = root_epoch;
+                // The root has our join, and with it the children we had lost when we sent it
+                // (more may have been lost since: they go up once we are attached).
+                let told = self.lost_in_join.min(self.pending_lost.len());
+                self.pending_lost.drain(..told);
+                self.lost_in_join = 0;
+                self.settle(kept);
                 self.attach_to(now, parent, gen);
                 Ok(())
             }
@@ -733,13 +860,87 @@ impl Node {
         }
     }
 
-    /// Leaves the current parent: what was last sent there stays counted there, so it becomes debt.
+    /// Leaves a parent found lost. One of the reports sent there stays counted in the tree and
+    /// becomes debt; which one is settled when the root places us ([`Node::settle`]).
     fn leave_parent(&mut self, _now: u64, reason: &str) {
-        let sent = std::mem::take(&mut self.last_sent_net);
-        self.debt.merge(&sent.cumulative());
+        if let Phase::Attached { parent, .. } = &self.phase {
+            let parent = parent.name.clone();
+            // Never two at once: an unsettled parent is settled before attaching to the next.
+            self.settle(None);
+            self.unsettled = Some(Unsettled {
+                parent,
+                sent: std::mem::take(&mut self.sent),
+            });
+        }
         self.actions.push_back(Action::CloseParent {
             reason: reason.to_string(),
         });
+    }
+
+    /// Takes on as debt what the lost parent's side of the tree kept of us: the report `kept`
+    /// names when the root knew it, else the last report sent.
+    fn settle(&mut self, kept: Option<Hold>) {
+        let Some(lost) = self.unsettled.take() else {
+            return;
+        };
+        let named = kept
+            .filter(|h| h.node == self.name && h.under == lost.parent)
+            .and_then(|h| match h.seq {
+                None => Some(None),
+                Some(seq) => lost.sent.iter().find(|s| s.seq == seq).map(Some),
+            });
+        let owed = match named {
+            Some(kept) => {
+                self.handovers.exact += 1;
+                if let Some(kept) = kept {
+                    let holds = kept.holds.clone();
+                    self.rewind_lost_children(&holds);
+                }
+                kept.map(|k| k.net.clone()).unwrap_or_default()
+            }
+            None => {
+                self.handovers.by_last_sent += 1;
+                lost.sent.back().map(|s| s.net.clone()).unwrap_or_default()
+            }
+        };
+        self.debt.merge(&owed.cumulative());
+    }
+
+    /// Our parent kept a report of ours that held `holds`. A child we lost after sending it was
+    /// told (by the root) to owe the report of it listed there, not the later one we froze: keep
+    /// that one instead, or its increments in between would be counted twice.
+    fn rewind_lost_children(&mut self, holds: &[Hold]) {
+        for h in holds.iter().filter(|h| h.under == self.name) {
+            let Some(lc) = self
+                .lost_children
+                .iter_mut()
+                .rev()
+                .find(|c| c.name == h.node)
+            else {
+                continue;
+            };
+            if lc.seq == h.seq {
+                continue;
+            }
+            let want = match h.seq {
+                None => Some(MetricSet::new()),
+                Some(seq) => lc
+                    .reports
+                    .iter()
+                    .find(|(s, _)| *s == seq)
+                    .map(|(_, net)| net.cumulative()),
+            };
+            match want {
+                Some(want) => {
+                    self.frozen.saturating_sub_cumulative(&lc.kept);
+                    self.frozen.merge(&want);
+                    lc.kept = want;
+                    lc.seq = h.seq;
+                    self.handovers.rewound += 1;
+                }
+                None => self.handovers.not_rewound += 1,
+            }
+        }
     }
 
     fn rejoin(&mut self, now: u64, reason: JoinReason) {
@@ -809,6 +1010,7 @@ impl Node {
                 last_sent: now,
                 members,
                 report: None,
+                reports: VecDeque::new(),
                 quiet_wave: self.wave,
             },
         );
@@ -840,6 +1042,10 @@ impl Node {
                 // (first-hand, or itself a late update from further down).
                 let late = report.wave == self.wave;
                 if newer {
+                    if link.reports.len() >= SENT_HISTORY {
+                        link.reports.pop_front();
+                    }
+                    link.reports.push_back((report.seq, report.net.clone()));
                     link.report = Some(report);
                 }
                 for d in digests {
@@ -875,14 +1081,31 @@ impl Node {
             return;
         };
         // The child's last net values stay counted here; if it lives, it now owes them.
-        let kept = match handed_over {
-            Some(last) => last,
-            None => link.report.map(|r| r.net).unwrap_or_default(),
+        let (kept, seq, holds) = match (handed_over, link.report) {
+            (Some(last), _) => (last, None, Vec::new()),
+            (None, Some(r)) => (r.net, Some(r.seq), r.holds),
+            (None, None) => (MetricSet::new(), None, Vec::new()),
         };
-        self.frozen.merge(&kept.cumulative());
+        let kept = kept.cumulative();
+        self.frozen.merge(&kept);
+        if why != "moved" {
+            if self.lost_children.len() >= SENT_HISTORY {
+                self.lost_children.pop_front();
+            }
+            self.lost_children.push_back(LostChild {
+                name: child.to_string(),
+                seq,
+                kept,
+                reports: link.reports,
+            });
+        }
         if why != "moved" && why != "re-attached" {
-            self.pending_lost
-                .push((self.name.clone(), child.to_string()));
+            self.pending_lost.push(Lost {
+                parent: self.name.clone(),
+                child: child.to_string(),
+                seq,
+                holds,
+            });
         }
         // A child that re-attached is on a new link, which the shell keeps under the same name:
         // closing "the child's link" now would close the new one. The old link ends by itself.
@@ -953,9 +1176,25 @@ impl Node {
         self.flush_delta(now);
     }
 
+    /// The lost children a join tells the root of: those not told anyone yet, and those told a
+    /// parent lately.
+    fn lost_to_tell(&mut self, now: u64) -> Vec<Lost> {
+        while self
+            .recent_lost
+            .front()
+            .is_some_and(|(at, _)| now > at + RETELL_LOST_MS)
+        {
+            self.recent_lost.pop_front();
+        }
+        let mut lost = self.pending_lost.clone();
+        lost.extend(self.recent_lost.iter().map(|(_, l)| l.clone()));
+        lost
+    }
+
+    /// Drops membership changes not sent up: the next attach carries the whole subtree. Lost
+    /// children are kept: they go to the root with the next join, or up once attached.
     fn clear_pending(&mut self) {
         self.pending_members.clear();
-        self.pending_lost.clear();
     }
 
     fn take_pending(&mut self) -> MembershipDelta {
@@ -985,12 +1224,15 @@ impl Node {
             Role::Agent => match self.phase {
                 Phase::Attached { .. } => {
                     let delta = self.take_pending();
+                    // The parent may die before passing these on: they go with our next join too
+                    // if we are orphaned soon after.
+                    self.recent_lost
+                        .extend(delta.lost.iter().map(|l| (now, l.clone())));
                     self.send_parent(now, Msg::Membership(delta));
                 }
                 // Sent once the parent accepts us: the attach already went out without them.
                 Phase::Attaching { .. } => {}
-                // The next attach carries the whole subtree; the root learns of losses from the
-                // orphans themselves.
+                // The next attach carries the whole subtree; lost children go with the next join.
                 _ => self.clear_pending(),
             },
         }
@@ -1121,10 +1363,26 @@ impl Node {
         remove_job(&mut self.own, job);
         remove_job(&mut self.frozen, job);
         remove_job(&mut self.debt, job);
-        remove_job(&mut self.last_sent_net, job);
+        for s in self.sent.iter_mut() {
+            remove_job(&mut s.net, job);
+        }
+        if let Some(u) = self.unsettled.as_mut() {
+            for s in u.sent.iter_mut() {
+                remove_job(&mut s.net, job);
+            }
+        }
+        for c in self.lost_children.iter_mut() {
+            remove_job(&mut c.kept, job);
+            for (_, net) in c.reports.iter_mut() {
+                remove_job(net, job);
+            }
+        }
         for link in self.children.values_mut() {
             if let Some(r) = link.report.as_mut() {
                 remove_job(&mut r.net, job);
+            }
+            for (_, net) in link.reports.iter_mut() {
+                remove_job(net, job);
             }
         }
     }
@@ -1167,7 +1425,7 @@ impl Node {
         let last = self.net();
         self.send_parent(now, Msg::Detach { last: last.clone() });
         self.debt.merge(&last.cumulative());
-        self.last_sent_net = MetricSet::new();
+        self.sent.clear();
         self.actions.push_back(Action::CloseParent {
             reason: "moved by the root".into(),
         });
@@ -1302,5 +1560,142 @@ mod tests {
             "closing the child's link by name would close the new link: {actions:?}"
         );
         assert_eq!(node.children().collect::<Vec<_>>(), vec!["c"]);
+    }
+    fn counter(v: f64) -> MetricSet {
+        let mut m = MetricSet::new();
+        m.set_counter("work_total", v);
+        m
+    }
+
+    fn placed(parent: &str, kept: Option<Hold>) -> Result<Msg, String> {
+        Ok(Msg::Placed(Placement {
+            parent: Peer {
+                name: parent.into(),
+                addr: format!("{parent}:1337"),
+            },
+            gen: 1,
+            root_epoch: 7,
+            kept,
+        }))
+    }
+
+    /// A node placed under `parent` and accepted there at `now`.
+    fn attached(name: &str, parent: &str, now: u64) -> Node {
+        let mut node = Node::new_agent(name, &format!("{name}:1337"), TreeConfig::default(), now);
+        node.on_timeout(now);
+        node.handle_join_reply(now, placed(parent, None))
+            .expect("placed");
+        node.handle_parent_msg(
+            now,
+            Msg::Accepted {
+                depth: 1,
+                root_epoch: 7,
+            },
+        );
+        while node.poll_action().is_some() {}
+        node
+    }
+
+    fn report(wave: u64, seq: u64, v: f64) -> Msg {
+        Msg::Report(Report {
+            wave,
+            seq,
+            height: 0,
+            net: counter(v),
+            holds: Vec::new(),
+            digests: Vec::new(),
+        })
+    }
+
+    /// Numbers of the reports the node sent up, with their counter, in order.
+    fn sent_reports(node: &mut Node) -> Vec<(u64, f64, Vec<Hold>)> {
+        let mut out = Vec::new();
+        while let Some(a) = node.poll_action() {
+            if let Action::ToParent(Msg::Report(r)) = a {
+                out.push((r.seq, r.net.counter("work_total"), r.holds));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_orphan_owes_exactly_the_report_its_parent_kept() {
+        let mut x = attached("x", "p", 0);
+        for (i, v) in [10.0, 25.0, 40.0].into_iter().enumerate() {
+            x.set_own(counter(v));
+            x.on_timeout(1000 * (i as u64 + 1));
+        }
+        let sent = sent_reports(&mut x);
+        let seqs: Vec<u64> = sent.iter().map(|(s, _, _)| *s).collect();
+        assert_eq!(seqs, vec![2, 3, 4], "{sent:?}");
+        x.handle_parent_failed(3500, "link closed");
+        // The parent kept report 3 (25); 4 (40) died with it. The orphan owes 25, so its new
+        // path carries the 15 that would otherwise be lost.
+        let kept = Hold {
+            node: "x".into(),
+            under: "p".into(),
+            seq: Some(3),
+        };
+        x.handle_join_reply(3600, placed("q", Some(kept)))
+            .expect("placed");
+        assert_eq!(x.net().counter("work_total"), 15.0);
+        assert_eq!(x.handovers().exact, 1);
+    }
+
+    #[test]
+    fn an_orphan_without_word_owes_its_last_report() {
+        let mut x = attached("x", "p", 0);
+        x.set_own(counter(10.0));
+        x.on_timeout(1000);
+        x.set_own(counter(25.0));
+        x.on_timeout(2000);
+        x.handle_parent_failed(2500, "link closed");
+        // A word about another parent, or about a report it never sent there, is not taken.
+        let wrong = Hold {
+            node: "x".into(),
+            under: "someone-else".into(),
+            seq: Some(2),
+        };
+        x.handle_join_reply(2600, placed("q", Some(wrong)))
+            .expect("placed");
+        assert_eq!(x.net().counter("work_total"), 0.0);
+        assert_eq!(x.handovers().by_last_sent, 1);
+    }
+
+    #[test]
+    fn a_parent_cut_off_rewinds_a_lost_child_to_what_its_own_parent_kept() {
+        let mut p = attached("p", "g", 0);
+        assert!(matches!(
+            p.handle_attach(10, attach("x")),
+            Msg::Accepted { .. }
+        ));
+        p.on_timeout(1000);
+        p.handle_child_msg(1010, "x", report(1, 1, 10.0));
+        // A late report of the same wave goes up at once.
+        p.handle_child_msg(1020, "x", report(1, 2, 15.0));
+        let sent = sent_reports(&mut p);
+        let holding = |seq: u64| {
+            sent.iter()
+                .find(|(_, _, h)| h.iter().any(|h| h.node == "x" && h.seq == Some(seq)))
+                .map(|(s, v, _)| (*s, *v))
+        };
+        let (first, first_value) = holding(1).expect("a report holding x's first");
+        assert_eq!(first_value, 10.0);
+        assert!(holding(2).is_some(), "{sent:?}");
+        // Cut off: the child and the parent are lost together; the grandparent kept only the
+        // report that held x's first report, and the root told x to owe that one.
+        p.handle_child_gone(1500, "x", "silent for too long");
+        assert_eq!(p.frozen().counter("work_total"), 15.0);
+        p.handle_parent_failed(1500, "silent for too long");
+        let kept = Hold {
+            node: "p".into(),
+            under: "g".into(),
+            seq: Some(first),
+        };
+        p.handle_join_reply(4000, placed("q", Some(kept)))
+            .expect("placed");
+        assert_eq!(p.frozen().counter("work_total"), 10.0);
+        assert_eq!(p.net().counter("work_total"), 0.0);
+        assert_eq!(p.handovers().rewound, 1);
     }
 }

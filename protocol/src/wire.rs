@@ -18,7 +18,7 @@ use crate::metric::MetricSet;
 use serde::{Deserialize, Serialize};
 
 /// Version of the messages below. A peer with another version is refused at its greeting.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The root's name in the tree and in its certificate.
 pub const ROOT_NAME: &str = "banyan-root";
@@ -51,8 +51,29 @@ pub struct MembershipDelta {
     pub upsert: Vec<Member>,
     /// Nodes no longer below.
     pub remove: Vec<String>,
-    /// Children that their parent declared lost (dead or unreachable): `(parent, child)`.
-    pub lost: Vec<(String, String)>,
+    /// Children that their parent declared lost (dead or unreachable), with what it kept of them.
+    pub lost: Vec<Lost>,
+}
+
+/// Which report of a node below a report has folded in: the `seq` of `node`'s report as its
+/// parent `under` held it (`None`: nothing of it yet). When `under` or a node above it dies, the
+/// root passes this to `node` so that it owes exactly what was counted of it, no more, no less.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub node: String,
+    pub under: String,
+    pub seq: Option<u64>,
+}
+
+/// A parent declared a child lost and keeps the child's last report (`seq`, `None`: none came).
+/// `holds` is what that report had folded in of the child's own children and grandchildren, so an
+/// orphan whose parent died with the child learns what was kept of it too.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub parent: String,
+    pub child: String,
+    pub seq: Option<u64>,
+    pub holds: Vec<Hold>,
 }
 
 impl MembershipDelta {
@@ -84,6 +105,8 @@ pub struct Join {
     pub height: u32,
     /// Every node of the subtree it brings, itself excluded.
     pub subtree: Vec<Member>,
+    /// Children it lost while it had no parent to tell (the root passes on what it kept of them).
+    pub lost: Vec<Lost>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -93,6 +116,9 @@ pub struct Placement {
     pub gen: u64,
     /// Random per start of the root.
     pub root_epoch: u64,
+    /// For an orphan: which of its reports the side of the tree that survived kept (see [`Hold`]).
+    /// `None` when the root does not know; the orphan then owes the last report it sent.
+    pub kept: Option<Hold>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -110,10 +136,14 @@ pub struct Attach {
 pub struct Report {
     /// Wave number: `floor(unix_ms / period_ms)` at the sender.
     pub wave: u64,
+    /// The sender's report number, rising over its whole life (across parents).
+    pub seq: u64,
     /// Height of the sender's subtree.
     pub height: u32,
     /// The subtree's cumulative values, net of what it already handed over through earlier parents.
     pub net: MetricSet,
+    /// Which reports of its children (and of their children) `net` folds in.
+    pub holds: Vec<Hold>,
     /// Digests of the nodes below (and of the sender) sampled since the sender's last report: each
     /// digest travels up once, so the root has every node's latest small view every wave.
     pub digests: Vec<Digest>,

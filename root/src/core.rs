@@ -3,12 +3,57 @@
 //!
 //! The shell feeds it joins, attaches, child messages and time, and drains [`RootAction`]s. Leaf
 //! moves decided by the placement authority become `Move` commands routed down the tree.
+//!
+//! It also carries the handover of orphans: when a parent declares a child lost, it names the
+//! report it kept of the child and what that report held of the nodes below ([`Hold`]). The core
+//! remembers that for a while and puts it into the placement of each orphan, which then owes
+//! exactly what was kept of it. An orphan's placement waits up to [`HANDOVER_WAIT_MS`] for that
+//! word when it is not there yet (the orphan and its grandparent notice the death about together).
 
 use crate::placement::{Placement, PlacementConfig};
 use banyan_agent::tree::{Action, CommandReport, Node, TreeConfig, WaveDone};
 use banyan_protocol::metric::MetricSet;
-use banyan_protocol::wire::{Attach, CommandBody, Join, Msg};
-use std::collections::{BTreeMap, VecDeque};
+use banyan_protocol::wire::{Attach, CommandBody, Hold, Join, JoinReason, Lost, Msg};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// How long an orphan's placement waits for the word of what was kept of it.
+pub const HANDOVER_WAIT_MS: u64 = 1_000;
+/// How long that word is good for. An orphan asks within moments of the loss being seen, or once
+/// a cut host is back; an older word is about an earlier loss.
+pub const HANDOVER_TTL_MS: u64 = 30_000;
+
+/// A join tells of the children its sender lost lately: a handful at most, however many it lists.
+const MAX_LOST_PER_JOIN: usize = 16;
+
+/// How long an orphan's join speaks for its being alive: its parent's word of its loss comes
+/// within moments of it (both sides notice the silence within a heartbeat of each other).
+const REJOINED_MS: u64 = 10_000;
+
+/// What was kept of a node when it or a node above it was lost, and until when it may be used
+/// (`None`: kept from before a restart of the root, good for the node's first placement).
+#[derive(Debug, Clone)]
+struct Handover {
+    hold: Hold,
+    until: Option<u64>,
+}
+
+/// A placement answer held back until the orphan's handover is known or the wait is over.
+#[derive(Debug)]
+struct Waiting {
+    ticket: u64,
+    msg: Msg,
+    name: String,
+    lost_parent: String,
+    until: u64,
+}
+
+/// What the root keeps across a restart: its totals, which report of each child they fold in, and
+/// which reports of the grandchildren those held (for orphans of a death during the restart).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    pub totals: MetricSet,
+    pub holds: Vec<Hold>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RootAction {
@@ -26,6 +71,14 @@ pub struct RootCore {
     reports: VecDeque<CommandReport>,
     waves: VecDeque<WaveDone>,
     pub moves_sent: u64,
+    /// Orphans' joins by ticket: (name, the parent it lost).
+    joins: HashMap<u64, (String, Option<String>)>,
+    handovers: HashMap<String, Handover>,
+    /// Orphans that asked for a place lately: when, and which parent they had lost. They are
+    /// alive with their subtrees.
+    rejoined: HashMap<String, (u64, String)>,
+    waiting: Vec<Waiting>,
+    answers: VecDeque<(u64, Msg)>,
 }
 
 impl RootCore {
@@ -34,21 +87,53 @@ impl RootCore {
         advertised_addr: &str,
         tree: TreeConfig,
         placement: PlacementConfig,
-        frozen: MetricSet,
+        kept: Kept,
         epoch: u64,
         now: u64,
     ) -> RootCore {
+        let handovers = kept
+            .holds
+            .into_iter()
+            .map(|hold| (hold.node.clone(), Handover { hold, until: None }))
+            .collect();
         RootCore {
-            node: Node::new_root(name, tree, frozen, epoch, now),
+            node: Node::new_root(name, tree, kept.totals, epoch, now),
             placement: Placement::new(name, advertised_addr, epoch, placement),
             move_commands: BTreeMap::new(),
             reports: VecDeque::new(),
             waves: VecDeque::new(),
             moves_sent: 0,
+            joins: HashMap::new(),
+            handovers,
+            rejoined: HashMap::new(),
+            waiting: Vec::new(),
+            answers: VecDeque::new(),
         }
     }
 
     pub fn handle_join(&mut self, now: u64, ticket: u64, join: Join) {
+        let lost_parent = match &join.reason {
+            JoinReason::ParentLost { parent } => Some(parent.clone()),
+            _ => None,
+        };
+        if let Some(parent) = &lost_parent {
+            self.rejoined
+                .insert(join.name.clone(), (now, parent.clone()));
+        }
+        // Children it lost while it had no parent: a node speaks only of its own children.
+        for lost in join
+            .lost
+            .iter()
+            .filter(|l| l.parent == join.name)
+            .take(MAX_LOST_PER_JOIN)
+        {
+            self.learn_lost(now, lost.clone());
+        }
+        // The nodes it brings are still below it: no word about them is theirs to use.
+        for m in &join.subtree {
+            self.handovers.remove(&m.name);
+        }
+        self.joins.insert(ticket, (join.name.clone(), lost_parent));
         self.placement.handle_join(now, ticket, join);
         self.pump(now);
     }
@@ -81,7 +166,16 @@ impl RootCore {
     }
 
     pub fn next_timeout(&self) -> u64 {
-        self.node.next_timeout().min(self.placement.next_timeout())
+        let waiting = self
+            .waiting
+            .iter()
+            .map(|w| w.until)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.node
+            .next_timeout()
+            .min(self.placement.next_timeout())
+            .min(waiting)
     }
 
     /// Sends an operator command; its report comes out of [`RootCore::poll_command_report`].
@@ -101,7 +195,7 @@ impl RootCore {
 
     /// The next thing for the shell to do.
     pub fn poll_action(&mut self) -> Option<RootAction> {
-        if let Some((ticket, msg)) = self.placement.poll_decision() {
+        if let Some((ticket, msg)) = self.answers.pop_front() {
             return Some(RootAction::ReplyJoin { ticket, msg });
         }
         self.node.poll_action().map(RootAction::Node)
@@ -112,6 +206,95 @@ impl RootCore {
         self.node.gross()
     }
 
+    /// What a restarted root needs: the totals and which report of each child they fold in, taken
+    /// together so that they agree.
+    pub fn kept(&self) -> Kept {
+        Kept {
+            totals: self.node.gross().cumulative(),
+            holds: self.node.holds_two_levels(),
+        }
+    }
+
+    /// Remembers what a parent kept of a lost child and, through the child's last report, of the
+    /// child's own children: they are orphans too if the child died. If the child already asked
+    /// for a place, it lives and keeps them, so that part is not theirs.
+    fn learn_lost(&mut self, now: u64, lost: Lost) {
+        let until = Some(now + HANDOVER_TTL_MS);
+        let alive = self
+            .rejoined
+            .get(&lost.child)
+            .is_some_and(|(t, parent)| parent == &lost.parent && now <= t + REJOINED_MS);
+        // A node has at most two children: more holds than that are not believed.
+        let below = lost
+            .holds
+            .into_iter()
+            .filter(|h| !alive && h.under == lost.child)
+            .take(2);
+        let child = Hold {
+            node: lost.child.clone(),
+            under: lost.parent,
+            seq: lost.seq,
+        };
+        for hold in std::iter::once(child).chain(below) {
+            self.handovers
+                .insert(hold.node.clone(), Handover { hold, until });
+        }
+    }
+
+    /// Answers a placement decision: an orphan's gets the word of what was kept of it, or waits
+    /// for it a little.
+    fn answer(&mut self, now: u64, ticket: u64, mut msg: Msg) {
+        let Some((name, lost_parent)) = self.joins.remove(&ticket) else {
+            self.answers.push_back((ticket, msg));
+            return;
+        };
+        let Msg::Placed(placed) = &mut msg else {
+            self.answers.push_back((ticket, msg));
+            return;
+        };
+        placed.kept = self.take_handover(now, &name, lost_parent.as_deref());
+        match lost_parent {
+            Some(lost_parent) if placed.kept.is_none() => self.waiting.push(Waiting {
+                ticket,
+                msg,
+                name,
+                lost_parent,
+                until: now + HANDOVER_WAIT_MS,
+            }),
+            _ => self.answers.push_back((ticket, msg)),
+        }
+    }
+
+    /// The word for `name` if it is about the parent it lost and still good.
+    fn take_handover(&mut self, now: u64, name: &str, lost_parent: Option<&str>) -> Option<Hold> {
+        let lost_parent = lost_parent?;
+        let h = self.handovers.get(name)?;
+        if h.hold.under != lost_parent || h.until.is_some_and(|u| now > u) {
+            return None;
+        }
+        self.handovers.remove(name).map(|h| h.hold)
+    }
+
+    /// Sends held answers whose word came or whose wait is over, and forgets old words.
+    fn release_waiting(&mut self, now: u64) {
+        let mut still = Vec::new();
+        for mut w in std::mem::take(&mut self.waiting) {
+            let kept = self.take_handover(now, &w.name, Some(&w.lost_parent));
+            if kept.is_some() || now >= w.until {
+                if let Msg::Placed(p) = &mut w.msg {
+                    p.kept = kept;
+                }
+                self.answers.push_back((w.ticket, w.msg));
+            } else {
+                still.push(w);
+            }
+        }
+        self.waiting = still;
+        self.handovers
+            .retain(|_, h| h.until.is_none_or(|u| now <= u));
+        self.rejoined.retain(|_, (t, _)| now <= *t + REJOINED_MS);
+    }
+
     /// Moves state between the two machines until nothing is left to move.
     fn pump(&mut self, now: u64) {
         loop {
@@ -120,7 +303,12 @@ impl RootCore {
                 self.placement.handle_membership(now, &delta);
                 progressed = true;
             }
-            while self.node.poll_lost().is_some() {
+            while let Some(lost) = self.node.poll_lost() {
+                self.learn_lost(now, lost);
+                progressed = true;
+            }
+            while let Some((ticket, msg)) = self.placement.poll_decision() {
+                self.answer(now, ticket, msg);
                 progressed = true;
             }
             while let Some((leaf, parent, gen)) = self.placement.poll_move() {
@@ -154,6 +342,9 @@ impl RootCore {
             if !progressed {
                 break;
             }
+        }
+        if !self.waiting.is_empty() || !self.handovers.is_empty() || !self.rejoined.is_empty() {
+            self.release_waiting(now);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! One task owns the [`RootCore`]; connection tasks and HTTP handlers talk to it with messages.
 
 use crate::alarms::AlarmBook;
-use crate::core::{RootAction, RootCore};
+use crate::core::{Kept, RootAction, RootCore};
 use crate::jobs::JobBook;
 use crate::placement::{NodeView, PlacementConfig};
 use crate::state::RootState;
@@ -139,12 +139,12 @@ pub fn start(
         "",
         cfg.tree,
         PlacementConfig::default(),
-        state.load_totals(),
+        state.load_kept(),
         epoch,
         now,
     );
     let jobs = JobBook::open(Some(&state.dir), now);
-    let (save_tx, save_rx) = tokio::sync::watch::channel(MetricSet::new());
+    let (save_tx, save_rx) = tokio::sync::watch::channel(Kept::default());
     let writer = tokio::spawn(totals_writer(state.clone(), save_rx));
     let alarms = Arc::new(std::sync::Mutex::new(AlarmBook::open(Some(&state.dir))));
     let mut shell = Shell {
@@ -194,7 +194,7 @@ struct Shell {
     /// The cumulative totals last written to the state dir.
     saved: MetricSet,
     /// To the task that writes the totals (the latest value wins; `None` once shutting down).
-    save_tx: Option<tokio::sync::watch::Sender<MetricSet>>,
+    save_tx: Option<tokio::sync::watch::Sender<Kept>>,
     /// Whether something that can change the totals happened since they were last handed over.
     totals_dirty: bool,
     /// Bytes received on child links, added to by the link tasks.
@@ -218,13 +218,14 @@ impl Shell {
         if !std::mem::take(&mut self.totals_dirty) {
             return;
         }
-        let now = self.core.totals().cumulative();
-        if now == self.saved {
+        let kept = self.core.kept();
+        // Equal totals mean equal reports of every child: the numbers they carry need no write.
+        if kept.totals == self.saved {
             return;
         }
-        self.saved = now.clone();
+        self.saved = kept.totals.clone();
         if let Some(tx) = &self.save_tx {
-            let _ = tx.send(now);
+            let _ = tx.send(kept);
         }
     }
 
@@ -232,8 +233,8 @@ impl Shell {
     async fn flush_totals(&mut self, writer: tokio::task::JoinHandle<()>) {
         self.save_tx = None;
         let _ = writer.await;
-        let last = self.core.totals().cumulative();
-        if let Err(e) = self.state.save_totals(&last) {
+        let last = self.core.kept();
+        if let Err(e) = self.state.save_kept(&last) {
             warn!(error = %e, "cannot keep the totals; a restart would lose counts");
         }
     }
@@ -433,11 +434,11 @@ impl Shell {
 
 /// Writes the totals it is handed, the latest first: values that changed while a write was in
 /// progress are written once, after it.
-async fn totals_writer(state: Arc<RootState>, mut rx: tokio::sync::watch::Receiver<MetricSet>) {
+async fn totals_writer(state: Arc<RootState>, mut rx: tokio::sync::watch::Receiver<Kept>) {
     while rx.changed().await.is_ok() {
-        let totals = rx.borrow_and_update().clone();
+        let kept = rx.borrow_and_update().clone();
         let st = state.clone();
-        match tokio::task::spawn_blocking(move || st.save_totals(&totals)).await {
+        match tokio::task::spawn_blocking(move || st.save_kept(&kept)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "cannot keep the totals; a restart would lose counts"),
             Err(e) => warn!(error = %e, "the totals writer failed"),

@@ -633,6 +633,7 @@ impl Placement {
                 parent,
                 gen,
                 root_epoch: self.epoch,
+                kept: None,
             }),
         ));
     }
@@ -678,6 +679,7 @@ impl Placement {
                 parent: self.peer(&slot),
                 gen,
                 root_epoch: self.epoch,
+                kept: None,
             });
             placed.insert(h.join.name.clone(), answer.clone());
             self.decisions.push_back((h.ticket, answer));
@@ -752,6 +754,7 @@ mod tests {
             reason,
             height: 0,
             subtree: vec![],
+            lost: vec![],
         }
     }
 

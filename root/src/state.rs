@@ -4,10 +4,14 @@
 //! First start creates everything (secrets readable by the owner only) and says so; later starts
 //! load it. The join token is `<state>/join-token`, the admin token `<state>/admin-token`.
 
+use crate::core::Kept;
 use banyan_agent::enrol::write_private;
 use banyan_protocol::identity::{ClusterCa, Identity, JoinToken};
 use banyan_protocol::metric::MetricSet;
 use banyan_protocol::wire::ROOT_NAME;
+
+/// Where the totals and the children's report numbers are kept across restarts.
+const KEPT_FILE: &str = "kept.bin";
 use std::path::{Path, PathBuf};
 
 pub struct RootState {
@@ -90,26 +94,45 @@ impl RootState {
         })
     }
 
-    /// Counters kept from before a restart (empty on first start).
-    pub fn load_totals(&self) -> MetricSet {
-        let p = self.dir.join("totals.bin");
+    /// What was kept from before a restart: the totals and which report of each child they fold
+    /// in (empty on first start). `totals.bin` from before the reports were numbered is read as
+    /// totals without numbers: the children then owe their last reports, as they did then.
+    pub fn load_kept(&self) -> Kept {
+        let p = self.dir.join(KEPT_FILE);
         match std::fs::read(&p) {
-            Ok(bytes) => match postcard::from_bytes::<MetricSet>(&bytes) {
-                Ok(m) => m,
+            Ok(bytes) => match postcard::from_bytes::<Kept>(&bytes) {
+                Ok(k) => return k,
                 Err(e) => {
                     tracing::warn!(file = %p.display(), error = %e, "kept totals unreadable; starting from zero");
-                    MetricSet::new()
+                    return Kept::default();
                 }
             },
-            Err(_) => MetricSet::new(),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %p.display(), error = %e, "kept totals unreadable; starting from zero");
+                return Kept::default();
+            }
+            Err(_) => {}
+        }
+        let old = self.dir.join("totals.bin");
+        match std::fs::read(&old).map(|b| postcard::from_bytes::<MetricSet>(&b)) {
+            Ok(Ok(totals)) => Kept {
+                totals,
+                holds: Vec::new(),
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(file = %old.display(), error = %e, "kept totals unreadable; starting from zero");
+                Kept::default()
+            }
+            Err(_) => Kept::default(),
         }
     }
 
-    /// Keeps the cumulative totals (atomically: a crash leaves the old or the new file).
-    pub fn save_totals(&self, totals: &MetricSet) -> Result<(), String> {
-        let bytes = postcard::to_stdvec(&totals.cumulative()).map_err(|e| e.to_string())?;
-        let p = self.dir.join("totals.bin");
-        let tmp = self.dir.join("totals.bin.tmp");
+    /// Keeps the totals and the children's report numbers (atomically: a crash leaves the old or
+    /// the new file).
+    pub fn save_kept(&self, kept: &Kept) -> Result<(), String> {
+        let bytes = postcard::to_stdvec(kept).map_err(|e| e.to_string())?;
+        let p = self.dir.join(KEPT_FILE);
+        let tmp = self.dir.join(format!("{KEPT_FILE}.tmp"));
         std::fs::write(&tmp, bytes)
             .and_then(|_| std::fs::rename(&tmp, &p))
             .map_err(|e| format!("cannot write {}: {e}", p.display()))

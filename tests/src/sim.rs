@@ -7,10 +7,10 @@
 //! link they were sent on, and a message to a dead or cut-off host is silently lost (as UDP is when
 //! a link goes down). Everything is seeded: the same seed replays the same run.
 
-use banyan_agent::tree::{Action, Node, Phase, TreeConfig};
+use banyan_agent::tree::{Action, HandoverStats, Node, Phase, TreeConfig};
 use banyan_protocol::metric::MetricSet;
 use banyan_protocol::wire::{Msg, ROOT_NAME};
-use banyan_root::core::{RootAction, RootCore};
+use banyan_root::core::{Kept, RootAction, RootCore};
 use banyan_root::placement::{PlacementConfig, Status};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -144,7 +144,7 @@ impl Sim {
             "root:1337",
             cfg.tree.clone(),
             cfg.placement.clone(),
-            MetricSet::new(),
+            Kept::default(),
             1,
             0,
         );
@@ -247,6 +247,29 @@ impl Sim {
         }
     }
 
+    /// Adds `by` to one live agent's counter, now (in the middle of whatever the tree is doing).
+    pub fn bump(&mut self, i: usize, by: f64) {
+        if self.agents[i].alive {
+            self.agents[i].value += by;
+            let mut own = MetricSet::new();
+            own.set_counter(COUNTER, self.agents[i].value);
+            self.agents[i].node.set_own(own);
+        }
+    }
+
+    /// How the agents settled what they owed when they lost a parent, summed.
+    pub fn handovers(&self) -> HandoverStats {
+        let mut t = HandoverStats::default();
+        for a in &self.agents {
+            let h = a.node.handovers();
+            t.exact += h.exact;
+            t.by_last_sent += h.by_last_sent;
+            t.rewound += h.rewound;
+            t.not_rewound += h.not_rewound;
+        }
+        t
+    }
+
     /// The true sum: live agents' current values plus dead agents' values at death.
     pub fn true_total(&self) -> f64 {
         self.agents.iter().map(|a| a.value).sum()
@@ -274,7 +297,17 @@ impl Sim {
     /// Restarts the root: its state is gone except the counters it persisted (its totals at the
     /// moment it stopped), every link to it breaks silently.
     pub fn restart_root(&mut self) {
-        let persisted = self.root.totals().cumulative();
+        let kept = self.root.kept();
+        self.restart_root_from(kept);
+    }
+
+    /// What the root would write to its state dir now.
+    pub fn root_kept(&self) -> Kept {
+        self.root.kept()
+    }
+
+    /// Restarts the root from what it wrote some time before it stopped (its writer lags).
+    pub fn restart_root_from(&mut self, persisted: Kept) {
         self.epoch += 1;
         self.root = RootCore::new(
             ROOT_NAME,

@@ -856,6 +856,7 @@ fn join_msg(name: &str) -> Msg {
         reason: JoinReason::Fresh,
         height: 0,
         subtree: Vec::new(),
+        lost: Vec::new(),
     })
 }
 
@@ -1243,6 +1244,7 @@ fn absurd_generation_in_a_join_does_not_crash_the_root() {
                 addr: "127.0.0.1:9".into(),
                 gen: u64::MAX,
             }],
+            lost: Vec::new(),
         })));
         let (_send, mut recv) = send_raw(&conn, &bytes, false).await;
         let reply = tokio::time::timeout(CLOSE_WAIT, read_reply(&mut recv)).await;
