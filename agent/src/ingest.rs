@@ -167,9 +167,10 @@ async fn serve_rank(
         .map_err(|_| "the agent is stopping".to_string())?;
     match rx.await {
         Ok(Ok(period_ms)) => {
+            // A rank that crashed at once is gone before our welcome: what it sent before dying
+            // (its last counts and how it ended) is still queued on the socket, so read on.
             if let Err(e) = send(&mut stream, &AgentReply::Welcome { period_ms }).await {
-                let _ = events.send(RankEvent::Exit { conn, how: None });
-                return Err(e);
+                debug!(uid, pid, error = %e, "rank gone before its welcome; reading what it sent");
             }
         }
         Ok(Err(reason)) => return Err(refuse(&mut stream, uid, pid, reason).await),

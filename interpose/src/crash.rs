@@ -2,12 +2,20 @@
 //!
 //! Handlers for `SIGSEGV`, `SIGBUS`, `SIGFPE`, `SIGILL` and `SIGABRT` are installed by the
 //! constructor where the disposition is still the default. A handler does only async-signal-safe
-//! work ([`crate::report::crash_exit`]: a pre-encoded `Exit { Signaled(sig) }` frame, or
-//! `Aborted("abort()")` for a `SIGABRT` the process raised itself, written with `send(2)`), then
-//! puts back the previous disposition and lets the signal happen again: a fault re-executes the
-//! faulting instruction, a sent signal is raised again (it is blocked until the handler returns).
-//! Counts since the last periodic update are lost in a crash: encoding them is not
-//! async-signal-safe.
+//! work, then puts back the previous disposition and lets the signal happen again: a fault
+//! re-executes the faulting instruction, a sent signal is raised again (it is blocked until the
+//! handler returns). The work, bounded by [`report::CRASH_WAIT`] in all:
+//!
+//! 1. The counts since the last periodic update: encoding them is not async-signal-safe, so the
+//!    handler wakes the reporter thread (a futex wake) and waits for it to send them as an
+//!    ordinary update ([`report::last_update_before_crash`]). It does not wait when it runs on
+//!    the reporter thread itself or there is none, and stops waiting at the bound (the reporter
+//!    may be stuck on a lock the crashed thread held, `malloc`'s for one): those counts are then
+//!    lost, and so is the exit if the reporter holds the stream at that moment (the agent then
+//!    sees the stream end without one, which it records as a crash too).
+//! 2. The exit ([`report::crash_exit`]): a pre-encoded `Exit { Signaled(sig) }` frame, or
+//!    `Aborted("abort()")` for a `SIGABRT` the process raised itself, written with `send(2)`.
+//!    Only the handler sends it, and only once: it takes the stream for good.
 //!
 //! A program or runtime that installs its own handler later (Open MPI does, in `MPI_Init`, to
 //! print a backtrace) replaces ours. After `MPI_Init` the handlers are installed again, in front
@@ -165,7 +173,9 @@ extern "C" fn handler(sig: c_int, info: *mut siginfo_t, _ctx: *mut c_void) {
         } else {
             &frames.signaled[i]
         };
-        report::crash_exit(frame);
+        let deadline = report::deadline_in(report::CRASH_WAIT);
+        report::last_update_before_crash(deadline);
+        report::crash_exit(frame, deadline);
     }
     // SAFETY: restoring the disposition we replaced (async-signal-safe), and re-raising a
     // signal that was sent rather than caused by the faulting instruction, which would

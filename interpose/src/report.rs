@@ -20,7 +20,10 @@
 //!
 //! Writers of the stream (the reporter thread, the exit path, `execve`, a crash handler) take
 //! [`LINK_BUSY`]; the first three also hold the reporter's mutex, the crash handler cannot
-//! (see [`crate::crash`]). Nothing here may disturb the program: every wait is bounded, sockets
+//! (see [`crate::crash`]). A crash handler instead asks the reporter thread for the last update
+//! ([`last_update_before_crash`]): it wakes the thread through a futex on [`WAKE`], which is
+//! what the thread sleeps on between updates, and waits a bounded time for its answer.
+//! Nothing here may disturb the program: every wait is bounded, sockets
 //! are written with `MSG_NOSIGNAL` (no `SIGPIPE`) and a 2 s send timeout, a failure stops the
 //! reporting for good with at most one line on stderr (printed only by `banyan-run`'s direct
 //! child, so a script does not print one per process).
@@ -50,6 +53,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// The agent's period is clamped to this range.
 const MIN_PERIOD_MS: u64 = 100;
 const MAX_PERIOD_MS: u64 = 60_000;
+/// How long a crash handler waits, in all, for the reporter's last update and then for the link.
+pub const CRASH_WAIT: Duration = Duration::from_millis(250);
+/// How long the reporter, connecting for a crash handler, waits for the agent's answer.
+const CRASH_ANSWER_WAIT: Duration = Duration::from_millis(100);
 /// The socket is moved to a descriptor at least this high, out of the way of programs (shells)
 /// that use small fixed descriptor numbers.
 const HIGH_FD: c_int = 400;
@@ -93,6 +100,21 @@ static RAW_ADDR: OnceLock<RawAddr> = OnceLock::new();
 static REPORTER: AtomicPtr<Mutex<Reporter>> = AtomicPtr::new(std::ptr::null_mut());
 /// Whether a notice was printed (one per process).
 static NOTICED: AtomicBool = AtomicBool::new(false);
+
+/// The reporter thread sleeps on this futex word between updates; a crash handler bumps it and
+/// wakes the thread.
+static WAKE: AtomicU32 = AtomicU32::new(0);
+/// The crash handshake: [`CRASH_NONE`], [`CRASH_ASKED`] (a handler waits for the last update),
+/// [`CRASH_DONE`] (the reporter sent it, or gave up, and sends nothing more).
+static CRASH: AtomicU8 = AtomicU8::new(CRASH_NONE);
+const CRASH_NONE: u8 = 0;
+const CRASH_ASKED: u8 = 1;
+const CRASH_DONE: u8 = 2;
+/// The reporter thread's kernel id while its loop runs, [`REPORTER_STARTING`] from its spawning
+/// until it runs, else 0: a handler does not wait for a thread that is not there, nor for itself.
+static REPORTER_TID: AtomicI32 = AtomicI32::new(0);
+/// Spawned, not yet running (a process may crash that early; the thread will answer).
+const REPORTER_STARTING: i32 = -1;
 
 struct RawAddr {
     addr: libc::sockaddr_un,
@@ -159,6 +181,12 @@ fn install_reporter(r: Reporter) {
 fn getpid() -> i32 {
     // SAFETY: getpid has no preconditions.
     unsafe { libc::getpid() }
+}
+
+/// This thread's kernel id (async-signal-safe).
+fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,12 +310,20 @@ fn spawn_reporter() {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let _ = std::thread::Builder::new()
+        REPORTER_TID.store(REPORTER_STARTING, SeqCst);
+        let spawned = std::thread::Builder::new()
             .name("banyan-report".into())
             .stack_size(256 * 1024)
             .spawn(|| {
+                REPORTER_TID.store(gettid(), SeqCst);
                 let _ = std::panic::catch_unwind(reporter_loop);
+                REPORTER_TID.store(0, SeqCst);
+                // A handler that asked just before the store above would wait in vain.
+                let _ = CRASH.compare_exchange(CRASH_ASKED, CRASH_DONE, SeqCst, SeqCst);
             });
+        if spawned.is_err() {
+            REPORTER_TID.store(0, SeqCst);
+        }
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
 }
@@ -538,23 +574,47 @@ fn move_high(stream: UnixStream) -> UnixStream {
     unsafe { UnixStream::from_raw_fd(high) }
 }
 
-/// Connects, says hello, and reads the agent's answer: the stream and the period.
-fn connect(socket: &str, id: &str) -> Result<(UnixStream, u64), Failure> {
+/// Who connects: what job id it may use and whether it waits for the agent's answer.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum When {
+    /// The reporter, on its own: only under the job's id, and waits for the period.
+    Running,
+    /// At exit: under the fallback id if need be, and waits for the answer.
+    Exit,
+    /// For a crash handler that gives it [`CRASH_WAIT`]: as at exit, but waits for the answer
+    /// [`CRASH_ANSWER_WAIT`] only, then goes on without it (a refusal that comes later only
+    /// closes the stream). Waiting at all is for the agent: it may stop reading a stream whose
+    /// process is gone by the time it answers.
+    Crash,
+}
+
+/// Connects, says hello, and reads the agent's answer: the stream and the period (`None` when a
+/// crash did not wait for the answer).
+fn connect(socket: &str, id: &str, when: When) -> Result<(UnixStream, Option<u64>), Failure> {
     let stream = open_stream(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Failure::NoAgent,
         _ => Failure::Broken(e.to_string()),
     })?;
     let stream = move_high(stream);
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let crash = when == When::Crash;
+    let _ = stream.set_read_timeout(Some(if crash { CRASH_ANSWER_WAIT } else { IO_TIMEOUT }));
     let bytes = hello_bytes(id).ok_or_else(|| Failure::Broken("no hello to send".into()))?;
     if !send_all(stream.as_raw_fd(), &bytes) {
         return Err(Failure::Broken(std::io::Error::last_os_error().to_string()));
     }
     let mut prefix = [0u8; 4];
     let mut s = &stream;
-    s.read_exact(&mut prefix)
-        .map_err(|e| Failure::Broken(format!("no answer to the hello: {e}")))?;
+    if let Err(e) = s.read_exact(&mut prefix) {
+        let late = matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        if crash && late {
+            return Ok((stream, None));
+        }
+        return Err(Failure::Broken(format!("no answer to the hello: {e}")));
+    }
     let len = frame::body_len(prefix).map_err(|e| Failure::Broken(e.to_string()))?;
     if len > 64 * 1024 {
         return Err(Failure::Broken(format!("an answer of {len} bytes")));
@@ -564,7 +624,7 @@ fn connect(socket: &str, id: &str) -> Result<(UnixStream, u64), Failure> {
         .map_err(|e| Failure::Broken(format!("truncated answer: {e}")))?;
     match frame::decode_body::<AgentReply>(&body) {
         Ok(AgentReply::Welcome { period_ms }) => {
-            Ok((stream, period_ms.clamp(MIN_PERIOD_MS, MAX_PERIOD_MS)))
+            Ok((stream, Some(period_ms.clamp(MIN_PERIOD_MS, MAX_PERIOD_MS))))
         }
         Ok(AgentReply::Refused { reason }) => Err(Failure::Refused(reason)),
         Err(e) => Err(Failure::Broken(e.to_string())),
@@ -573,7 +633,7 @@ fn connect(socket: &str, id: &str) -> Result<(UnixStream, u64), Failure> {
 
 /// Under the reporter's lock and the link: connects if needed. `false` (and reporting stopped)
 /// when that failed.
-fn ensure_connected(r: &mut Reporter, id_or_fallback: bool) -> bool {
+fn ensure_connected(r: &mut Reporter, when: When) -> bool {
     if r.stream.is_some() {
         return true;
     }
@@ -582,13 +642,15 @@ fn ensure_connected(r: &mut Reporter, id_or_fallback: bool) -> bool {
     };
     let id = match job_id() {
         Some(id) => id,
-        None if id_or_fallback && !cfg.fallback_id.is_empty() => cfg.fallback_id.clone(),
+        None if when != When::Running && !cfg.fallback_id.is_empty() => cfg.fallback_id.clone(),
         None => return false,
     };
-    match connect(&cfg.socket, &id) {
+    match connect(&cfg.socket, &id, when) {
         Ok((stream, period_ms)) => {
             publish_link(&stream);
-            r.period_ms = period_ms;
+            if let Some(p) = period_ms {
+                r.period_ms = p;
+            }
             r.stream = Some(stream);
             true
         }
@@ -737,11 +799,16 @@ fn reporter_loop() {
         if STOP.load(Relaxed) != 0 {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if nap(Duration::from_millis(50)) {
+            return crash_update();
+        }
     }
     loop {
         if STOP.load(Relaxed) != 0 {
             return;
+        }
+        if CRASH.load(SeqCst) == CRASH_ASKED {
+            return crash_update();
         }
         let Some(m) = reporter() else { return };
         let Some(mut g) = lock_for(m, Duration::from_secs(10)) else {
@@ -753,13 +820,15 @@ fn reporter_loop() {
         if g.stream.is_none() && job_id().is_none() {
             // Waiting for MPI_Init to agree on the id.
             drop(g);
-            std::thread::sleep(Duration::from_millis(100));
+            if nap(Duration::from_millis(100)) {
+                return crash_update();
+            }
             continue;
         }
         if !take_link(Duration::from_secs(10)) {
             return;
         }
-        if ensure_connected(&mut g, false) {
+        if ensure_connected(&mut g, When::Running) {
             let fd = LINK_FD.load(Relaxed);
             if !send_update(&mut g, fd) {
                 STOP.store(STOP_FAILED, SeqCst);
@@ -768,8 +837,61 @@ fn reporter_loop() {
         release_link();
         let period = Duration::from_millis(g.period_ms);
         drop(g);
-        std::thread::sleep(period);
+        if nap(period) {
+            return crash_update();
+        }
     }
+}
+
+/// The reporter's sleep: `d`, or less if a crash handler asks for the last update (`true`).
+fn nap(d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    loop {
+        // Read the word before the request: a handler that asks after this read also bumps the
+        // word after it, so the futex wait below returns at once instead of missing the wake.
+        let seen = WAKE.load(SeqCst);
+        if CRASH.load(SeqCst) == CRASH_ASKED {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: a futex word of this process and a valid relative timeout. Early returns
+        // (a wake, the word changed, a spurious one) are sorted out by the loop.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                WAKE.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seen,
+                &ts as *const libc::timespec,
+            )
+        };
+    }
+}
+
+/// On the reporter thread, asked by a crash handler: sends what was counted since the last
+/// update (connecting first if this process never did), then answers and reports no more. The
+/// handler sends the exit. Whatever blocks here (a lock the crashed thread held) only makes the
+/// handler stop waiting.
+fn crash_update() {
+    if let Some(mut g) = reporter().and_then(|m| lock_for(m, CRASH_WAIT)) {
+        if STOP.load(SeqCst) == 0 && take_link(CRASH_WAIT) {
+            if ensure_connected(&mut g, When::Crash) {
+                let fd = LINK_FD.load(Relaxed);
+                if !send_update(&mut g, fd) {
+                    STOP.store(STOP_FAILED, SeqCst);
+                }
+            }
+            release_link();
+        }
+    }
+    CRASH.store(CRASH_DONE, SeqCst);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,7 +913,7 @@ pub fn finish(how: RankExit) {
         if STOP.load(SeqCst) != 0 || !take_link(IO_TIMEOUT) {
             return;
         }
-        if ensure_connected(&mut g, true) {
+        if ensure_connected(&mut g, When::Exit) {
             let fd = LINK_FD.load(Relaxed);
             if send_update(&mut g, fd) {
                 if let Ok(bytes) = frame::encode(&RankMsg::Exit { how }) {
@@ -819,7 +941,7 @@ pub fn exiting_now(status: c_int) {
     if signals_blocked() {
         let mut buf = [0u8; 16];
         let frame = exited_frame(status, &mut buf);
-        crash_exit(frame);
+        crash_exit(frame, deadline_in(Duration::from_millis(200)));
     } else {
         let _ = std::panic::catch_unwind(|| finish(RankExit::Exited(status)));
     }
@@ -866,21 +988,88 @@ pub fn aborted(what: String) {
     let _ = std::panic::catch_unwind(move || finish(RankExit::Aborted(what)));
 }
 
+/// The monotonic clock in nanoseconds (async-signal-safe: `clock_gettime`).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime is async-signal-safe; a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A deadline `d` from now, for [`last_update_before_crash`] and [`crash_exit`].
+pub fn deadline_in(d: Duration) -> u64 {
+    mono_ns() + d.as_nanos() as u64
+}
+
+/// Sleeps 1 ms (async-signal-safe).
+fn short_sleep() {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 1_000_000,
+    };
+    // SAFETY: nanosleep is async-signal-safe; a valid timespec.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}
+
+/// From a crash signal handler, before [`crash_exit`]: asks the reporter thread for the last
+/// update and waits for it until `deadline` ([`deadline_in`]). `true` if it answered (sent it,
+/// had nothing to send, or found the stream gone). Does not wait when this thread is the
+/// reporter or there is none. Async-signal-safe: atomics, `gettid`, a futex wake, `nanosleep`,
+/// `clock_gettime`; no allocation, no lock.
+pub fn last_update_before_crash(deadline: u64) -> bool {
+    if CONFIG.get().is_none() || STOP.load(SeqCst) != 0 || getpid() != OWNER_PID.load(Relaxed) {
+        return false;
+    }
+    let tid = REPORTER_TID.load(SeqCst);
+    if tid == 0 || tid == gettid() {
+        return false;
+    }
+    // A second thread crashing at the same time waits for the same answer.
+    if CRASH
+        .compare_exchange(CRASH_NONE, CRASH_ASKED, SeqCst, SeqCst)
+        .is_ok()
+    {
+        // Orders this thread's counts before the reporter's reading of them, too.
+        WAKE.fetch_add(1, SeqCst);
+        // SAFETY: a futex wake on a word of this process (async-signal-safe: one system call).
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                WAKE.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+            )
+        };
+    }
+    loop {
+        if CRASH.load(SeqCst) == CRASH_DONE {
+            return true;
+        }
+        if mono_ns() >= deadline {
+            return false;
+        }
+        short_sleep();
+    }
+}
+
 /// From a crash signal handler: sends the pre-encoded `exit` frame, connecting (with the
-/// pre-encoded hello) if needed. Async-signal-safe: atomics, `fstat`, `socket`, `connect`,
-/// `send`, `nanosleep` only; no allocation, no lock. Takes the link for good.
-pub fn crash_exit(exit_frame: &[u8]) {
+/// pre-encoded hello) if needed. Waits for the link until `deadline` ([`deadline_in`]) at most.
+/// Async-signal-safe: atomics, `fstat`, `socket`, `connect`, `send`, `nanosleep`,
+/// `clock_gettime` only; no allocation, no lock. Takes the link for good.
+pub fn crash_exit(exit_frame: &[u8], deadline: u64) {
     if CONFIG.get().is_none() || STOP.load(SeqCst) != 0 {
         return;
     }
-    // SAFETY: getpid is async-signal-safe.
-    if unsafe { libc::getpid() } != OWNER_PID.load(Relaxed) {
+    if getpid() != OWNER_PID.load(Relaxed) {
         return;
     }
     // Another thread may be halfway through a frame: give it a moment (it is not stopped by
     // this signal), but never wait long in a dying process.
     let mut got = false;
-    for _ in 0..100 {
+    loop {
         if LINK_BUSY
             .compare_exchange(false, true, Acquire, Relaxed)
             .is_ok()
@@ -888,12 +1077,10 @@ pub fn crash_exit(exit_frame: &[u8]) {
             got = true;
             break;
         }
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 2_000_000,
-        };
-        // SAFETY: nanosleep is async-signal-safe; a valid timespec.
-        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        if mono_ns() >= deadline {
+            break;
+        }
+        short_sleep();
     }
     if !got || STOP.swap(STOP_EXITED, SeqCst) != 0 {
         return;
@@ -943,6 +1130,9 @@ extern "C" fn after_fork_child() {
             }
             LINK_BUSY.store(false, SeqCst);
             let _ = STOP.compare_exchange(STOP_EXITED, 0, SeqCst, SeqCst);
+            // The parent's reporter thread does not exist here; the child's starts below.
+            REPORTER_TID.store(0, SeqCst);
+            CRASH.store(CRASH_NONE, SeqCst);
             // The child's own resource use starts at zero.
             install_reporter(Reporter::new(counters::totals(), Usage::default()));
             capi::after_fork_child();

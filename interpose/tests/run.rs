@@ -1,8 +1,9 @@
 //! `banyan-run` and the preloaded library against a fake agent speaking the ingest protocol.
 //!
 //! The fake agent listens on an abstract socket name unique to the test, answers every hello
-//! with a welcome, and keeps what each stream (each process) said. Nothing external is built:
-//! the wrapped commands are `/bin/sh`, `head` and `cat`.
+//! with a welcome, and keeps what each stream (each process) said. The wrapped commands are
+//! `/bin/sh`, `head` and `cat`, and one small C program built with `cc` (the C compiler the Rust
+//! toolchain links with) for a crash at a chosen moment.
 
 use banyan_protocol::frame::{self, Greeting};
 use banyan_protocol::ingest::{AgentReply, RankExit, RankMsg, INGEST_VERSION};
@@ -34,6 +35,12 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 impl FakeAgent {
     fn start() -> FakeAgent {
+        FakeAgent::with(200, Duration::ZERO)
+    }
+
+    /// An agent that asks for an update every `period_ms` and answers a hello `welcome_after`
+    /// it came (reading nothing more from that stream meanwhile).
+    fn with(period_ms: u64, welcome_after: Duration) -> FakeAgent {
         let name = format!(
             "banyan-interpose-test-{}-{}",
             std::process::id(),
@@ -55,7 +62,9 @@ impl FakeAgent {
                             all.push(Stream::default());
                             all.len() - 1
                         };
-                        std::thread::spawn(move || serve(conn, &s, index));
+                        std::thread::spawn(move || {
+                            serve(conn, &s, index, period_ms, welcome_after)
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -104,7 +113,13 @@ fn read_msg(conn: &mut UnixStream) -> Option<RankMsg> {
     Some(frame::decode_body(&body).expect("a frame that decodes"))
 }
 
-fn serve(mut conn: UnixStream, streams: &Mutex<Vec<Stream>>, index: usize) {
+fn serve(
+    mut conn: UnixStream,
+    streams: &Mutex<Vec<Stream>>,
+    index: usize,
+    period_ms: u64,
+    welcome_after: Duration,
+) {
     conn.set_nonblocking(false).unwrap();
     let mut greeting = [0u8; 8];
     if conn.read_exact(&mut greeting).is_ok() {
@@ -116,7 +131,9 @@ fn serve(mut conn: UnixStream, streams: &Mutex<Vec<Stream>>, index: usize) {
                 RankMsg::Hello { job, rank } => {
                     assert!(s.hello.is_none(), "a second hello");
                     s.hello = Some((job, rank));
-                    let reply = frame::encode(&AgentReply::Welcome { period_ms: 200 }).unwrap();
+                    drop(all);
+                    std::thread::sleep(welcome_after);
+                    let reply = frame::encode(&AgentReply::Welcome { period_ms }).unwrap();
                     // The process may already be gone (it sent everything at exit).
                     let _ = conn.write_all(&reply);
                 }
@@ -232,5 +249,169 @@ fn without_an_agent_the_command_runs_and_one_line_says_so() {
     assert_eq!(
         err,
         format!("banyan: no agent at {name}; this rank is not measured\n")
+    );
+}
+
+/// Writes to `/dev/null` `before` times, sleeps `pause_ms`, writes `after` times more, then dies
+/// of a real fault (`segv`) or `abort()`. Nothing else it does is counted as a write.
+const CRASHER_C: &str = r#"
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void writes(int fd, int n) {
+    char buf[100] = {0};
+    for (int i = 0; i < n; i++)
+        if (write(fd, buf, sizeof buf) != sizeof buf)
+            exit(2);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5)
+        return 3;
+    int fd = open("/dev/null", O_WRONLY);
+    if (fd < 0)
+        return 4;
+    writes(fd, atoi(argv[1]));
+    long ms = atol(argv[2]);
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    writes(fd, atoi(argv[3]));
+    if (strcmp(argv[4], "abort") == 0)
+        abort();
+    volatile int *volatile p = NULL;
+    *p = 1;
+    return 5;
+}
+"#;
+
+/// Builds [`CRASHER_C`] into a fresh directory (removed by [`Crasher`]'s drop).
+struct Crasher {
+    dir: std::path::PathBuf,
+}
+
+impl Crasher {
+    fn build() -> Crasher {
+        let dir = std::env::temp_dir().join(format!(
+            "banyan-interpose-crasher-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let crasher = Crasher { dir };
+        let src = crasher.dir.join("crasher.c");
+        std::fs::write(&src, CRASHER_C).unwrap();
+        let out = std::process::Command::new("cc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(crasher.bin())
+            .arg(&src)
+            .output()
+            .expect("running cc, the C compiler Rust links with");
+        assert!(
+            out.status.success(),
+            "cc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crasher
+    }
+
+    fn bin(&self) -> std::path::PathBuf {
+        self.dir.join("crasher")
+    }
+}
+
+impl Drop for Crasher {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the crasher under `banyan-run` against `agent`; its exit status and how long it took.
+fn run_crasher(
+    agent: &FakeAgent,
+    crasher: &Crasher,
+    args: [&str; 4],
+) -> (std::process::ExitStatus, Duration) {
+    let bin = crasher.bin();
+    let started = Instant::now();
+    let status = banyan_run()
+        .args(["-u", &agent.socket(), "-j", "crash-1", "--"])
+        .arg(&bin)
+        .args(args)
+        .status()
+        .unwrap();
+    (status, started.elapsed())
+}
+
+#[test]
+fn a_rank_crashing_before_its_first_update_reports_its_counts_and_its_signal() {
+    let crasher = Crasher::build();
+    // The process dies within milliseconds, long before the reporter would connect on its own
+    // (0.5 s) and send its first update.
+    let agent = FakeAgent::with(60_000, Duration::ZERO);
+    let (status, took) = run_crasher(&agent, &crasher, ["25", "0", "0", "segv"]);
+    assert_eq!(status.code(), Some(128 + libc::SIGSEGV));
+    let streams = agent.ended_streams(1);
+    assert_eq!(streams.len(), 1, "{streams:#?}");
+    let s = &streams[0];
+    assert_eq!(s.exit, Some(RankExit::Signaled(libc::SIGSEGV)), "{s:#?}");
+    assert_eq!(
+        counter_sum(&streams, "banyan_io_calls_total{function=\"write\"}"),
+        25.0,
+        "{s:#?}"
+    );
+    assert_eq!(
+        counter_sum(&streams, "banyan_io_bytes_total{function=\"write\"}"),
+        2500.0,
+        "{s:#?}"
+    );
+    assert!(took < Duration::from_secs(3), "the crash took {took:?}");
+}
+
+#[test]
+fn a_rank_crashing_mid_period_reports_the_counts_since_its_last_update() {
+    let crasher = Crasher::build();
+    // The reporter connects at 0.5 s and sends the first 10 writes; the next update would be a
+    // minute later, but the process aborts after 15 more writes at about 1.5 s.
+    let agent = FakeAgent::with(60_000, Duration::ZERO);
+    let (status, took) = run_crasher(&agent, &crasher, ["10", "1500", "15", "abort"]);
+    assert_eq!(status.code(), Some(128 + libc::SIGABRT));
+    let streams = agent.ended_streams(1);
+    assert_eq!(streams.len(), 1, "{streams:#?}");
+    let s = &streams[0];
+    assert_eq!(s.exit, Some(RankExit::Aborted("abort()".into())), "{s:#?}");
+    let writes = |u: &MetricSet| u.counter("banyan_io_calls_total{function=\"write\"}");
+    assert_eq!(
+        s.updates.iter().map(writes).collect::<Vec<_>>(),
+        [10.0, 15.0],
+        "one periodic update, then the last one: {s:#?}"
+    );
+    assert!(took < Duration::from_secs(5), "the crash took {took:?}");
+}
+
+#[test]
+fn a_rank_crashing_before_the_agent_answers_its_hello_still_reports_counts_and_signal() {
+    let crasher = Crasher::build();
+    // The agent answers hellos 2 s late: the crash waits for that answer a moment only, then
+    // sends the update and the exit without it. (This agent reads on after failing to answer a
+    // process that is gone; the real one stops reading there.)
+    let agent = FakeAgent::with(60_000, Duration::from_secs(2));
+    let (status, took) = run_crasher(&agent, &crasher, ["25", "0", "0", "segv"]);
+    assert_eq!(status.code(), Some(128 + libc::SIGSEGV));
+    assert!(
+        took < Duration::from_millis(1500),
+        "the crash took {took:?}"
+    );
+    let streams = agent.ended_streams(1);
+    assert_eq!(streams.len(), 1, "{streams:#?}");
+    let s = &streams[0];
+    assert_eq!(s.exit, Some(RankExit::Signaled(libc::SIGSEGV)), "{s:#?}");
+    assert_eq!(
+        counter_sum(&streams, "banyan_io_calls_total{function=\"write\"}"),
+        25.0,
+        "{s:#?}"
     );
 }
