@@ -78,10 +78,15 @@ pub fn router(api: Api) -> Router {
         .route("/join/", get(join))
         .route("/join/del", get(join_del).post(join_del).delete(join_del))
         .route("/join/list", get(join_list))
+        .route("/job/history", get(job_history))
+        .route("/job/nodes", get(job_nodes))
+        .route("/", get(ui_index))
+        .route("/ui/{*path}", get(ui_asset))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn(refuse_large_bodies))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(gzip))
         .with_state(api)
 }
 
@@ -901,4 +906,280 @@ async fn alarms_del_post(
         )
     })?;
     alarm_del(&api, &b.target, &b.name)
+}
+
+// ----- Job history and per-node distribution (for the web UI) -----------------------------------
+
+/// The job id of `?job=ID`, checked.
+fn job_param(q: Option<String>) -> Result<String, ApiError> {
+    let id = q.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing job",
+            "give the job as ?job=ID; GET /job/list lists them",
+        )
+    })?;
+    banyan_protocol::job::check_job_id(&id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid job id", e.to_string()))?;
+    Ok(id)
+}
+
+/// `GET /job/history?job=ID`: the job's series over its life, one point per wave (thinned when
+/// long), for a running job from the job book and for a finished one from its profile.
+async fn job_history(
+    State(api): State<Api>,
+    q: Result<axum::extract::Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
+    let id = job_param(q.job)?;
+    let live = crate::jobs::shared_histories(&api.state_dir)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&id)
+        .cloned();
+    if let Some(h) = live {
+        return Ok(Json(json!({"job": id, "running": true, "history": h})));
+    }
+    let dir = api.state_dir.clone();
+    let lookup = id.clone();
+    let profile = tokio::task::spawn_blocking(move || crate::jobs::read_profile(&dir, &lookup))
+        .await
+        .ok()
+        .flatten();
+    if let Some(p) = profile {
+        let h = p.history.unwrap_or_default();
+        return Ok(Json(json!({"job": id, "running": false, "history": h})));
+    }
+    // Learnt this very wave: running, no point yet.
+    let snap = snapshot(&api).await?;
+    if snap.jobs.iter().any(|d| d.jobid == id) {
+        let h = crate::jobs::JobHistory::default();
+        return Ok(Json(json!({"job": id, "running": true, "history": h})));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown job",
+        format!("no running or finished job {id:?}; GET /job/list and /profiles list them"),
+    ))
+}
+
+/// Most nodes asked at once by `/job/nodes`.
+const JOB_NODES_MAX: usize = 4096;
+
+/// `GET /job/nodes?job=ID`: a running job's values on each node it runs on (its series merged by
+/// family), asked of those nodes through the tree, to spot a slow node. The nodes are the ones
+/// whose digests say they run ranks of the job. A finished job answers an empty list: its
+/// per-node values left the tree with it.
+async fn job_nodes(
+    State(api): State<Api>,
+    q: Result<axum::extract::Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    use banyan_protocol::wire::{Answer, Query};
+    let axum::extract::Query(q) = q.map_err(bad_query)?;
+    let id = job_param(q.job)?;
+    let snap = snapshot(&api).await?;
+    let mut on: Vec<(String, u32)> = snap
+        .digests
+        .values()
+        .filter_map(|d| {
+            d.jobs
+                .iter()
+                .find(|j| j.jobid == id && j.running > 0)
+                .map(|j| (d.name.clone(), j.running))
+        })
+        .collect();
+    on.sort();
+    on.truncate(JOB_NODES_MAX);
+    let running = snap.jobs.iter().any(|d| d.jobid == id);
+    if !running {
+        let dir = api.state_dir.clone();
+        let lookup = id.clone();
+        let finished =
+            tokio::task::spawn_blocking(move || crate::jobs::read_profile(&dir, &lookup).is_some())
+                .await
+                .unwrap_or(false);
+        if !finished {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown job",
+                format!("no running or finished job {id:?}; GET /job/list lists them"),
+            ));
+        }
+        return Ok(Json(
+            json!({"job": id, "running": false, "nodes": [], "unreachable": []}),
+        ));
+    }
+    let targets: Vec<String> = on.iter().map(|(n, _)| n.clone()).collect();
+    let report = if targets.is_empty() {
+        None
+    } else {
+        Some(
+            api.root
+                .command(targets, CommandBody::Query(Query::NodeMetrics))
+                .await
+                .ok_or_else(core_stopped)?,
+        )
+    };
+    let mut nodes = Vec::new();
+    let mut unreachable = Vec::new();
+    for (name, ranks) in &on {
+        let answer = report.as_ref().and_then(|r| r.answers.get(name));
+        match answer {
+            Some((Ok(Answer::Metrics(set)), _)) => {
+                let view = banyan_protocol::job::job_view(set, &id);
+                let values: serde_json::Map<String, Value> = crate::jobs::family_values(&view)
+                    .into_iter()
+                    .map(|(f, _, v)| (f, json!(v)))
+                    .collect();
+                nodes.push(json!({"name": name, "ranks": ranks, "values": values}));
+            }
+            _ => unreachable.push(name.clone()),
+        }
+    }
+    Ok(Json(
+        json!({"job": id, "running": true, "nodes": nodes, "unreachable": unreachable}),
+    ))
+}
+
+// ----- The web UI (static files from `banyan-webui`) ----------------------------------------------
+
+/// Whether `If-None-Match` names `etag` (or `*`); weak comparison, as RFC 9110 asks for it. The
+/// tag of the gzip form (see [`gzip`]) names the same file.
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == etag || t.replace(GZIP_TAG, "") == etag)
+}
+
+/// Marks a gzip representation's ETag (`"abc"` -> `"abc-gz"`): a strong tag names exact bytes.
+const GZIP_TAG: &str = "-gz";
+/// Bodies smaller than this go as they are: compressing them saves less than it costs.
+const GZIP_MIN: usize = 1024;
+/// Bodies larger than this go as they are rather than be held in memory twice.
+const GZIP_MAX: usize = 64 << 20;
+
+/// Compresses JSON and the UI's files for clients that accept gzip (browsers do; the CLI and the
+/// tests' client do not ask). `/nodes` of 1,000 nodes shrinks about tenfold, which matters through
+/// an ssh tunnel polled every 1.5 s. The Prometheus text is left as it is.
+async fn gzip(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::{header, HeaderValue};
+    let accepts = req
+        .headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut parts = e.split(';').map(str::trim);
+            parts.next() == Some("gzip") && !parts.any(|q| q == "q=0" || q == "q=0.0")
+        });
+    let resp = next.run(req).await;
+    let compressible = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            [
+                "application/json",
+                "text/html",
+                "text/css",
+                "text/javascript",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p))
+        });
+    if !accepts
+        || !compressible
+        || resp.status() != StatusCode::OK
+        || resp.headers().contains_key(header::CONTENT_ENCODING)
+    {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, GZIP_MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot send the answer",
+                e.to_string(),
+            )
+            .into_response()
+        }
+    };
+    parts
+        .headers
+        .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if bytes.len() < GZIP_MIN {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::fast(),
+    );
+    let packed = std::io::Write::write_all(&mut enc, &bytes).and_then(|_| enc.finish());
+    let Ok(packed) = packed else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    let tagged = parts
+        .headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(|tag| format!("{}{GZIP_TAG}\"", tag.trim_end_matches('"')))
+        .and_then(|t| HeaderValue::from_str(&t).ok());
+    if let Some(v) = tagged {
+        parts.headers.insert(header::ETAG, v);
+    }
+    Response::from_parts(parts, axum::body::Body::from(packed))
+}
+
+fn serve_asset(headers: &HeaderMap, a: &'static banyan_webui::Asset) -> Response {
+    use axum::http::header;
+    // Revalidated on each load (the names carry no hash); a 304 costs a round trip, no bytes.
+    let common = [
+        (header::ETAG, a.etag),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        // Defence in depth behind the page's own escaping: no inline script, nothing from
+        // anywhere but this root.
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    if etag_matches(headers, a.etag) {
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
+    (common, [(header::CONTENT_TYPE, a.content_type)], a.bytes).into_response()
+}
+
+/// `GET /`: the web UI's page.
+async fn ui_index(headers: HeaderMap) -> Response {
+    serve_asset(&headers, banyan_webui::index())
+}
+
+/// `GET /ui/FILE`: the UI's script and stylesheet.
+async fn ui_asset(
+    headers: HeaderMap,
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Path(path) =
+        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad path", e.body_text()))?;
+    let a = banyan_webui::asset(&path).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not found",
+            format!("the web UI has no file {path:?}"),
+        )
+    })?;
+    Ok(serve_asset(&headers, a))
 }

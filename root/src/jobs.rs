@@ -13,6 +13,10 @@
 //! profiles directory is the record of which jobs are finished, so a profile is never written
 //! twice, whatever restarts.
 //!
+//! Each running job also has a bounded history ([`JobHistory`]): one point of its merged series
+//! per wave, thinned when long, kept in memory while it runs (the HTTP API reads it through
+//! [`shared_histories`]) and written into its profile when it ends.
+//!
 //! Pure apart from those files: the daemon feeds it each wave.
 
 use banyan_protocol::job::{self, JobDesc};
@@ -21,6 +25,7 @@ use banyan_protocol::wire::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use tracing::{info, warn};
 
 /// How a job's ranks ended, as its profile records it.
@@ -40,6 +45,138 @@ pub struct Profile {
     pub ranks: RankTally,
     /// The job's merged metrics.
     pub metrics: MetricSet,
+    /// Its series over its life (absent in profiles written before histories existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<JobHistory>,
+}
+
+/// At most this many points per job: when the history reaches it, every other point is dropped
+/// and points are taken half as often, so a long job keeps its whole life at a coarser step.
+pub const HISTORY_POINTS: usize = 600;
+/// Points are at least this far apart: jobs are settled at every wave and also after late
+/// reports, and a chart wants one point per wave, not several.
+pub const HISTORY_GAP_MS: u64 = 500;
+/// At most this many series per job (families beyond are not charted).
+pub const HISTORY_SERIES: usize = 64;
+
+/// One charted series: a metric family of the job, its labelled series merged (counters and
+/// histogram counts summed, gauges as the mean of every sample).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct HistorySeries {
+    pub name: String,
+    /// `counter` (cumulative: chart its rate), `gauge` or `histogram` (its count, cumulative).
+    pub kind: String,
+}
+
+/// The values of every series at one moment; `None` (JSON `null`) where a series had no value yet.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct HistoryPoint {
+    pub t_ms: u64,
+    pub values: Vec<Option<f64>>,
+}
+
+/// A job's series over its life, bounded by [`HISTORY_POINTS`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct JobHistory {
+    pub series: Vec<HistorySeries>,
+    pub points: Vec<HistoryPoint>,
+    /// The least distance between points now, in ms (doubles at each thinning).
+    pub gap_ms: u64,
+}
+
+impl JobHistory {
+    /// Adds a point from the job's merged view at `now_ms`, unless the last one is too recent.
+    pub fn record(&mut self, view: &MetricSet, now_ms: u64) {
+        if self.gap_ms == 0 {
+            self.gap_ms = HISTORY_GAP_MS;
+        }
+        if let Some(last) = self.points.last() {
+            if now_ms < last.t_ms.saturating_add(self.gap_ms) {
+                return;
+            }
+        }
+        self.push(view, now_ms);
+    }
+
+    /// Adds a point whatever the gap (the job's final values), then thins if too long.
+    pub fn push(&mut self, view: &MetricSet, now_ms: u64) {
+        if self.gap_ms == 0 {
+            self.gap_ms = HISTORY_GAP_MS;
+        }
+        let mut values = vec![None; self.series.len()];
+        for (family, kind, v) in family_values(view) {
+            let at = match self.series.iter().position(|s| s.name == family) {
+                Some(i) => i,
+                None if self.series.len() < HISTORY_SERIES => {
+                    self.series.push(HistorySeries {
+                        name: family,
+                        kind: kind.to_string(),
+                    });
+                    values.push(None);
+                    self.series.len() - 1
+                }
+                None => continue,
+            };
+            values[at] = Some(v);
+        }
+        self.points.push(HistoryPoint {
+            t_ms: now_ms,
+            values,
+        });
+        if self.points.len() >= HISTORY_POINTS {
+            let last = self.points.len() - 1;
+            let mut i = 0;
+            self.points.retain(|_| {
+                let keep = i % 2 == 0 || i == last;
+                i += 1;
+                keep
+            });
+            self.gap_ms = self.gap_ms.saturating_mul(2);
+        }
+    }
+}
+
+/// A set's values by metric family (the name before `{`): counters and histogram counts summed
+/// over the family's labelled series, gauges as the mean of all their samples (families whose
+/// gauges have no sample are left out). Returns `(family, kind, value)`.
+pub fn family_values(view: &MetricSet) -> Vec<(String, &'static str, f64)> {
+    use banyan_protocol::metric::Value;
+    // family -> (kind, sum, gauge samples)
+    let mut families: BTreeMap<&str, (&'static str, f64, f64)> = BTreeMap::new();
+    for (name, value) in &view.values {
+        let family = name.split('{').next().unwrap_or(name);
+        let (kind, add, hits) = match value {
+            Value::Counter(c) => ("counter", c.value, 0.0),
+            Value::Gauge(g) => ("gauge", g.total, g.hits as f64),
+            Value::Histogram(h) => ("histogram", h.count as f64, 0.0),
+        };
+        let e = families.entry(family).or_insert((kind, 0.0, 0.0));
+        e.1 += add;
+        e.2 += hits;
+    }
+    families
+        .into_iter()
+        .filter_map(|(family, (kind, sum, hits))| match kind {
+            "gauge" if hits > 0.0 => Some((family.to_string(), kind, sum / hits)),
+            "gauge" => None,
+            _ => Some((family.to_string(), kind, sum)),
+        })
+        .collect()
+}
+
+/// The running jobs' histories, by job id.
+pub type Histories = Arc<Mutex<BTreeMap<String, JobHistory>>>;
+
+/// The histories of the job book kept in `state_dir`, shared with the HTTP API of the same
+/// process. The daemon owns the book and hands the API only snapshots, so the two meet here, by
+/// state dir (one root per state dir).
+pub fn shared_histories(state_dir: &Path) -> Histories {
+    static ALL: OnceLock<Mutex<HashMap<PathBuf, Histories>>> = OnceLock::new();
+    let mut all = ALL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    all.entry(state_dir.to_path_buf()).or_default().clone()
 }
 
 /// A node whose digests stopped this long ago is gone, and so are the ranks it still ran: longer
@@ -65,6 +202,8 @@ pub struct JobBook {
     opened_ms: u64,
     /// Jobs whose profile is written.
     finished: BTreeSet<String>,
+    /// The running jobs' series over time.
+    histories: Histories,
 }
 
 impl JobBook {
@@ -77,6 +216,10 @@ impl JobBook {
             heard: HashMap::new(),
             opened_ms: now_ms,
             finished: BTreeSet::new(),
+            histories: match state_dir {
+                Some(dir) => shared_histories(dir),
+                None => Histories::default(),
+            },
         };
         if let Some(dir) = &book.dir {
             if let Ok(text) = std::fs::read_to_string(dir.join("jobs.json")) {
@@ -214,6 +357,32 @@ impl JobBook {
         if changed {
             self.save();
         }
+        self.record_histories(totals, now_ms);
+    }
+
+    /// One point per running job (at most one per [`HISTORY_GAP_MS`]).
+    fn record_histories(&self, totals: &MetricSet, now_ms: u64) {
+        let mut all = self
+            .histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|id, _| self.running.contains_key(id));
+        for id in self.running.keys() {
+            let h = all.entry(id.clone()).or_default();
+            if h.points.last().is_some_and(|p| now_ms < p.t_ms + h.gap_ms) {
+                continue;
+            }
+            h.record(&job::job_view(totals, id), now_ms);
+        }
+    }
+
+    /// The history of a running job, as far as it goes.
+    pub fn history(&self, id: &str) -> Option<JobHistory> {
+        self.histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
     }
 
     /// The jobs that ended by this wave, as profiles (not yet written).
@@ -241,6 +410,21 @@ impl JobBook {
             if tally.started > 0 && all_started && tally.ended + tally.lost >= tally.started {
                 let mut desc = desc.clone();
                 desc.end_time = now_s.max(desc.start_time);
+                // The history ends with the job's final values.
+                let mut history = self.history(id).unwrap_or_default();
+                // A point just before takes the final values instead: a sliver of time between
+                // two points would chart as a spike of rate.
+                if history
+                    .points
+                    .last()
+                    .is_some_and(|p| now_ms.saturating_sub(p.t_ms) < history.gap_ms / 2)
+                    && history.points.len() > 1
+                {
+                    history.points.pop();
+                }
+                if history.points.last().is_none_or(|p| p.t_ms < now_ms) {
+                    history.push(&view, now_ms);
+                }
                 let mut metrics = view;
                 for k in [job::RANKS_STARTED, job::RANKS_ENDED, job::RANKS_CRASHED] {
                     metrics.values.remove(k);
@@ -249,6 +433,7 @@ impl JobBook {
                     desc,
                     ranks: tally,
                     metrics,
+                    history: Some(history),
                 });
             }
         }
@@ -279,6 +464,10 @@ impl JobBook {
         info!(job = %id, started = profile.ranks.started, crashed = profile.ranks.crashed, lost = profile.ranks.lost, "job ended; profile written");
         self.running.remove(&id);
         self.running_on.remove(&id);
+        self.histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
         self.finished.insert(id);
         self.save();
         Ok(())
@@ -439,6 +628,50 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].ranks.lost, 2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_history_keeps_one_point_per_gap_and_thins_to_stay_bounded() {
+        let mut h = JobHistory::default();
+        let mut view = MetricSet::new();
+        view.set_counter("banyan_mpi_calls_total{function=\"MPI_Send\"}", 1.0);
+        view.set_counter("banyan_mpi_calls_total{function=\"MPI_Recv\"}", 2.0);
+        view.set_gauge("banyan_test_level", 4.0, 0);
+        h.record(&view, 1_000);
+        h.record(&view, 1_100);
+        assert_eq!(h.points.len(), 1, "too close to the last point");
+        assert_eq!(h.series.len(), 2);
+        let calls = h
+            .series
+            .iter()
+            .position(|s| s.name == "banyan_mpi_calls_total");
+        assert_eq!(calls.map(|i| h.points[0].values[i]), Some(Some(3.0)));
+        let mut t = 1_000;
+        for _ in 0..10 * HISTORY_POINTS {
+            t += 1_000;
+            h.record(&view, t);
+        }
+        assert!(h.points.len() < HISTORY_POINTS);
+        assert!(h.points.len() > HISTORY_POINTS / 4);
+        assert_eq!(h.points.first().map(|p| p.t_ms), Some(1_000));
+        assert!(h.points.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
+        assert!(h.gap_ms > HISTORY_GAP_MS);
+    }
+
+    #[test]
+    fn a_finished_profile_carries_the_history_of_its_job() {
+        let mut book = JobBook::open(None, 100_000);
+        let digests: HashMap<String, Digest> =
+            [("cn1".to_string(), digest("cn1", "h1", 1, 1))].into();
+        book.learn(&digests, &totals("h1", 1.0, 0.0, 0.0), 100_000);
+        book.learn(&digests, &totals("h1", 1.0, 0.0, 0.0), 101_000);
+        assert_eq!(book.history("h1").map(|h| h.points.len()), Some(2));
+        let done = book.ended(&totals("h1", 1.0, 1.0, 0.0), 102_000);
+        assert_eq!(done.len(), 1);
+        let history = done[0].history.clone().unwrap_or_default();
+        assert_eq!(history.points.len(), 3);
+        book.finish(&done[0]).expect("finished");
+        assert!(book.history("h1").is_none());
     }
 
     #[test]

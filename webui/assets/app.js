@@ -1,0 +1,1092 @@
+// banyan web UI. Reads the root's JSON API and draws everything itself (tables, SVG charts, the
+// tree). Every name from outside (nodes, jobs, metrics, alarms) goes into the page as text:
+// textContent, createTextNode or setAttribute, never as markup.
+'use strict';
+(() => {
+  const SVGNS = 'http://www.w3.org/2000/svg';
+  const view = document.getElementById('view');
+  const conn = document.getElementById('conn');
+  const TOKEN_KEY = 'banyan.adminToken';
+  const POLL_MS = 1500;
+  // Counters are charted as their rate over this window.
+  const RATE_WINDOW_MS = 3000;
+  // Bumped at each page change: the pollers of the page left behind stop.
+  let gen = 0;
+  // Node names sort as operators read them: cn2 before cn10.
+  const natural = new Intl.Collator(undefined, { numeric: true });
+
+  // ----- DOM helpers (text only) -------------------------------------------------------------
+
+  function setAttrs(e, attrs) {
+    if (!attrs) return;
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, String(v));
+    }
+  }
+  function add(e, kids) {
+    for (const k of kids.flat(Infinity)) {
+      if (k === null || k === undefined || k === false) continue;
+      e.appendChild(typeof k === 'object' ? k : document.createTextNode(String(k)));
+    }
+    return e;
+  }
+  function h(tag, attrs, ...kids) {
+    const e = document.createElement(tag);
+    setAttrs(e, attrs);
+    return add(e, kids);
+  }
+  function s(tag, attrs, ...kids) {
+    const e = document.createElementNS(SVGNS, tag);
+    setAttrs(e, attrs);
+    return add(e, kids);
+  }
+  function setText(e, t) {
+    t = String(t);
+    if (e.textContent !== t) e.textContent = t;
+  }
+  function clear(e) {
+    while (e.firstChild) e.removeChild(e.firstChild);
+  }
+  function replace(e, ...kids) {
+    clear(e);
+    add(e, kids);
+  }
+  const enc = encodeURIComponent;
+
+  // ----- Formatting ----------------------------------------------------------------------------
+
+  function num(v, digits = 3) {
+    if (v === null || v === undefined || Number.isNaN(v)) return '–';
+    const a = Math.abs(v);
+    if (a !== 0 && (a >= 1e15 || a < 1e-3)) return v.toExponential(2);
+    const units = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e4, 'k']];
+    for (const [u, n] of units) if (a >= u) return (v / u).toPrecision(digits) + n;
+    if (Number.isInteger(v)) return String(v);
+    return v.toPrecision(digits).replace(/\.?0+$/, '');
+  }
+  function bytes(v) {
+    if (v === null || v === undefined || Number.isNaN(v)) return '–';
+    const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (Math.abs(v) >= 1024 && i < u.length - 1) { v /= 1024; i++; }
+    return (i === 0 ? v.toFixed(0) : v.toFixed(1)) + ' ' + u[i];
+  }
+  const pct = (v) => (v === null || v === undefined ? '–' : (v * 100).toFixed(1) + '%');
+  function dur(ms) {
+    if (ms === null || ms === undefined) return '–';
+    if (ms < 1000) return Math.round(ms) + ' ms';
+    const sec = ms / 1000;
+    if (sec < 60) return sec.toFixed(1) + ' s';
+    if (sec < 3600) return Math.floor(sec / 60) + 'm ' + Math.floor(sec % 60) + 's';
+    return Math.floor(sec / 3600) + 'h ' + Math.floor((sec % 3600) / 60) + 'm';
+  }
+  function when(unixSec) {
+    if (!unixSec) return '–';
+    const d = new Date(unixSec * 1000);
+    const p = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }
+  const nowSec = () => Date.now() / 1000;
+
+  // ----- The API -------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, error, detail) {
+      super(`${status} ${error}${detail ? ': ' + detail : ''}`);
+      this.status = status;
+      this.error = error;
+      this.detail = detail;
+    }
+  }
+  async function api(path, opts) {
+    const r = await fetch(path, Object.assign({ cache: 'no-store' }, opts || {}));
+    const text = await r.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
+    if (!r.ok) {
+      throw new ApiError(r.status, (body && body.error) || r.statusText, (body && body.detail) || text);
+    }
+    return body;
+  }
+  function connOk() {
+    conn.classList.remove('bad');
+    setText(conn, 'live · ' + new Date().toLocaleTimeString());
+  }
+  function connBad(e) {
+    conn.classList.add('bad');
+    setText(conn, e instanceof ApiError ? 'root answered ' + e.status : 'root unreachable');
+  }
+
+  // Runs `fn` now and every `ms` after it finished, until the page changes.
+  let rendered = 0;
+  function every(ms, fn) {
+    const mine = gen;
+    const tick = async () => {
+      if (mine !== gen) return;
+      try {
+        await fn();
+        if (mine === gen) connOk();
+        // The page's first data on screen, for scripts/bench-webui.
+        if (mine === gen && rendered !== gen) {
+          rendered = gen;
+          performance.mark('banyan-first-render');
+        }
+      } catch (e) {
+        if (mine === gen) connBad(e);
+      }
+      if (mine === gen) setTimeout(tick, ms);
+    };
+    tick();
+  }
+
+  // ----- Tables that update in place ----------------------------------------------------------
+
+  // cols: [{label, num, sort: row => value, text: row => string, href: row => string,
+  //         pill: row => class, bar: row => 0..1}]; rows are keyed by key(row).
+  class Table {
+    constructor(cols, key, opts = {}) {
+      this.cols = cols;
+      this.key = key;
+      this.sortCol = opts.sortCol === undefined ? -1 : opts.sortCol;
+      this.sortDesc = !!opts.sortDesc;
+      this.limit = opts.limit || Infinity;
+      this.empty = opts.empty || 'none';
+      this.rows = [];
+      this.byKey = new Map();
+      this.el = h('table', { id: opts.id, class: opts.wrap ? 'wrap' : null });
+      const tr = h('tr');
+      cols.forEach((c, i) => {
+        const th = h('th', { class: (c.num ? 'num ' : '') + (c.sort ? 'sort' : '') }, c.label);
+        if (c.sort) {
+          th.addEventListener('click', () => {
+            if (this.sortCol === i) this.sortDesc = !this.sortDesc;
+            else { this.sortCol = i; this.sortDesc = !!c.num; }
+            this.update(this.rows);
+          });
+        }
+        tr.appendChild(th);
+      });
+      this.head = tr;
+      this.body = h('tbody');
+      this.emptyRow = h('tr', { class: 'empty' }, h('td', { colspan: cols.length, class: 'muted' }, this.empty));
+      add(this.el, [h('thead', null, tr), this.body]);
+    }
+    update(rows) {
+      this.rows = rows;
+      let list = rows.slice();
+      const c = this.cols[this.sortCol];
+      if (c && c.sort) {
+        const dir = this.sortDesc ? -1 : 1;
+        list.sort((a, b) => {
+          const x = c.sort(a), y = c.sort(b);
+          if (x === y) return 0;
+          if (x === null || x === undefined) return 1;
+          if (y === null || y === undefined) return -1;
+          if (typeof x === 'string' && typeof y === 'string') return natural.compare(x, y) * dir;
+          return (x < y ? -1 : 1) * dir;
+        });
+      }
+      Array.from(this.head.children).forEach((th, i) => {
+        th.classList.toggle('asc', i === this.sortCol && !this.sortDesc);
+        th.classList.toggle('desc', i === this.sortCol && this.sortDesc);
+      });
+      list = list.slice(0, this.limit);
+      const seen = new Set();
+      const order = [];
+      for (const row of list) {
+        const k = this.key(row);
+        seen.add(k);
+        let r = this.byKey.get(k);
+        if (!r) {
+          r = { tr: h('tr'), cells: [] };
+          r.tr.setAttribute('data-key', k);
+          for (const col of this.cols) {
+            const td = h('td', { class: (col.num ? 'num' : '') + (col.name ? ' name' : '') + (col.bar ? ' barcell' : '') });
+            r.tr.appendChild(td);
+            r.cells.push(td);
+          }
+          this.byKey.set(k, r);
+        }
+        this.cols.forEach((col, i) => fillCell(r.cells[i], col, row));
+        order.push(r.tr);
+      }
+      for (const [k, r] of this.byKey) {
+        if (!seen.has(k)) { r.tr.remove(); this.byKey.delete(k); }
+      }
+      // Move rows only where the order changed.
+      const kids = this.body.children;
+      if (order.length === 0) {
+        if (kids.length !== 1 || kids[0] !== this.emptyRow) replace(this.body, this.emptyRow);
+        return;
+      }
+      if (this.emptyRow.parentNode) this.emptyRow.remove();
+      order.forEach((tr, i) => {
+        if (kids[i] !== tr) this.body.insertBefore(tr, kids[i] || null);
+      });
+    }
+  }
+  function fillCell(td, col, row) {
+    const t = col.text ? col.text(row) : '';
+    if (col.href) {
+      let a = td.firstChild;
+      if (!a || a.nodeName !== 'A') { clear(td); a = td.appendChild(h('a')); }
+      const href = col.href(row);
+      if (a.getAttribute('href') !== href) a.setAttribute('href', href);
+      setText(a, t);
+    } else if (col.pill) {
+      let p = td.firstChild;
+      if (!p || p.nodeName !== 'SPAN') { clear(td); p = td.appendChild(h('span')); }
+      const cls = 'pill ' + col.pill(row);
+      if (p.getAttribute('class') !== cls) p.setAttribute('class', cls);
+      setText(p, t);
+    } else if (col.bar) {
+      let b = td.firstChild;
+      if (!b || b.nodeName !== 'SPAN') { clear(td); b = td.appendChild(h('span', { class: 'bar' })); td.appendChild(document.createTextNode('')); }
+      const w = Math.max(0, Math.min(1, col.bar(row) || 0));
+      b.style.width = (w * 100).toFixed(1) + '%';
+      if (td.lastChild.nodeType === 3 && td.lastChild.data !== ' ' + t) td.lastChild.data = ' ' + t;
+    } else if (col.cell) {
+      col.cell(td, row);
+    } else {
+      setText(td, t);
+    }
+  }
+
+  // ----- Charts (SVG, own code) ---------------------------------------------------------------
+
+  // A line chart of [t_ms, value] points. Keeps its elements and rewrites the path on update.
+  class Chart {
+    constructor(title, fmt, attrs = {}) {
+      this.fmt = fmt || num;
+      this.w = 320; this.h = 90;
+      this.cur = h('span', { class: 'cur' });
+      this.sub = h('span', { class: 'muted' });
+      this.path = s('path', { class: 'line' });
+      this.area = s('path', { class: 'area' });
+      this.maxT = s('text', { x: 2, y: 10 });
+      this.minT = s('text', { x: 2, y: this.h - 3 });
+      this.spanT = s('text', { x: this.w - 2, y: this.h - 3, 'text-anchor': 'end' });
+      this.axis = s('line', { class: 'axis', x1: 0, y1: this.h - 0.5, x2: this.w, y2: this.h - 0.5 });
+      this.svg = s('svg', { viewBox: `0 0 ${this.w} ${this.h}` },
+        this.axis,
+        this.area, this.path, this.maxT, this.minT, this.spanT);
+      this.el = h('div', Object.assign({ class: 'chart' }, attrs),
+        h('div', { class: 't' }, h('span', null, title), h('span', null, this.sub, ' ', this.cur)), this.svg);
+    }
+    update(points, subtitle) {
+      // Drawn in the element's own pixels, so that text is never stretched.
+      const w = Math.round(this.svg.clientWidth) || 320;
+      if (w !== this.w) {
+        this.w = w;
+        this.svg.setAttribute('viewBox', `0 0 ${w} ${this.h}`);
+        this.axis.setAttribute('x2', String(w));
+        this.spanT.setAttribute('x', String(w - 2));
+      }
+      setText(this.sub, subtitle || '');
+      const pts = points.filter((p) => p[1] !== null && p[1] !== undefined && Number.isFinite(p[1]));
+      this.path.setAttribute('data-points', String(pts.length));
+      if (pts.length === 0) {
+        this.path.setAttribute('d', '');
+        this.area.setAttribute('d', '');
+        setText(this.cur, '–');
+        return;
+      }
+      let lo = Infinity, hi = -Infinity;
+      for (const p of pts) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); }
+      lo = Math.min(lo, 0);
+      if (hi === lo) hi = lo + 1;
+      const t0 = pts[0][0], t1 = Math.max(pts[pts.length - 1][0], t0 + 1);
+      const pad = 12;
+      const x = (t) => ((t - t0) / (t1 - t0)) * this.w;
+      const y = (v) => this.h - 1 - ((v - lo) / (hi - lo)) * (this.h - pad - 2);
+      let d = '';
+      pts.forEach((p, i) => { d += (i ? 'L' : 'M') + x(p[0]).toFixed(1) + ',' + y(p[1]).toFixed(1); });
+      this.path.setAttribute('d', d);
+      this.area.setAttribute('d', d + `L${x(pts[pts.length - 1][0]).toFixed(1)},${this.h}L${x(t0).toFixed(1)},${this.h}Z`);
+      setText(this.cur, this.fmt(pts[pts.length - 1][1]));
+      setText(this.maxT, this.fmt(hi));
+      setText(this.minT, this.fmt(lo));
+      setText(this.spanT, dur(t1 - t0));
+    }
+  }
+
+  // Green (idle) to red (busy) for 0..1.
+  function heatColor(v) {
+    if (v === null || v === undefined || Number.isNaN(v)) return '#2a3440';
+    const stops = [[0, [29, 59, 42]], [0.35, [76, 195, 138]], [0.7, [224, 179, 65]], [1, [229, 83, 75]]];
+    v = Math.max(0, Math.min(1, v));
+    for (let i = 1; i < stops.length; i++) {
+      if (v <= stops[i][0]) {
+        const [a, ca] = stops[i - 1], [b, cb] = stops[i];
+        const f = (v - a) / (b - a);
+        const c = ca.map((x, j) => Math.round(x + (cb[j] - x) * f));
+        return `rgb(${c[0]},${c[1]},${c[2]})`;
+      }
+    }
+    return 'rgb(229,83,75)';
+  }
+
+  // ----- Shared bits ---------------------------------------------------------------------------
+
+  const isJob = (d) => d.jobid !== 'main' && !d.jobid.startsWith('Node: ');
+  const nodeHref = (name) => '#/node/' + enc(name);
+  const jobHref = (id) => '#/job/' + enc(id);
+  const profileHref = (id) => '#/profile/' + enc(id);
+  const statusPill = (st) => ({ up: 'up', joining: 'joining', lost: 'lost', stale: 'stale' }[st] || 'bad');
+
+  function card(label, id) {
+    const v = h('div', { class: 'v', id });
+    const el = h('div', { class: 'card' }, h('div', { class: 'k' }, label), v);
+    return { el, set(text, tone) { setText(v, text); el.className = 'card' + (tone ? ' ' + tone : ''); } };
+  }
+  function panel(title, ...kids) {
+    return h('section', { class: 'panel' }, h('h2', null, title), kids);
+  }
+  function errorBox(id) {
+    const e = h('div', { class: 'error', id, role: 'alert' });
+    return { el: e, show(err) { setText(e, err ? (err instanceof ApiError ? err.message : String(err)) : ''); } };
+  }
+  function alarmRows(byTarget) {
+    const rows = [];
+    for (const [target, list] of Object.entries(byTarget || {})) {
+      for (const a of list) rows.push(Object.assign({ target }, a));
+    }
+    return rows;
+  }
+  function opText(op) {
+    if (!op) return '';
+    if ('More' in op) return '> ' + op.More;
+    if ('Less' in op) return '< ' + op.Less;
+    if ('Equal' in op) return '= ' + op.Equal;
+    return '';
+  }
+  const msWhen = (ms) => (ms ? when(ms / 1000) : '–');
+
+  // Parses `family{a="x",b="y"}` into [family, {a: 'x', b: 'y'}].
+  function parseSeries(name) {
+    const i = name.indexOf('{');
+    if (i < 0) return [name, {}];
+    const labels = {};
+    const re = /([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+    let m;
+    while ((m = re.exec(name.slice(i))) !== null) labels[m[1]] = m[2].replace(/\\(.)/g, '$1');
+    return [name.slice(0, i), labels];
+  }
+  function reading(ctype) {
+    if (!ctype) return null;
+    if (ctype.Counter) return ctype.Counter.value;
+    if (ctype.Gauge) return ctype.Gauge.hits ? ctype.Gauge.total / ctype.Gauge.hits : null;
+    if (ctype.Histogram) return ctype.Histogram.count ? ctype.Histogram.sum / ctype.Histogram.count : 0;
+    return null;
+  }
+  function kindOf(ctype) {
+    return ctype ? Object.keys(ctype)[0].toLowerCase() : '';
+  }
+  function detailOf(ctype) {
+    if (!ctype) return '';
+    if (ctype.Gauge) { const g = ctype.Gauge; return `last ${num(g.last)} · min ${num(g.min)} · max ${num(g.max)} · n ${g.hits}`; }
+    if (ctype.Histogram) { const x = ctype.Histogram; return `count ${num(x.count)} · sum ${num(x.sum)}`; }
+    return '';
+  }
+  const fmtFor = (name) => (/bytes/.test(name) ? bytes : num);
+
+  // ----- Overview ------------------------------------------------------------------------------
+
+  function pageOverview() {
+    const c = {
+      up: card('Nodes up', 'ov-up'), joining: card('Joining'), lost: card('Lost'), stale: card('Stale', 'ov-stale'),
+      depth: card('Tree depth', 'ov-depth'), wave: card('Last wave, age', 'ov-wave'), latency: card('Wave latency'),
+      jobs: card('Jobs running', 'ov-njobs'), alarms: card('Alarms raised', 'ov-nalarms'),
+    };
+    const busy = new Table([
+      { label: 'Node', name: true, text: (n) => n.name, href: (n) => nodeHref(n.name) },
+      { label: 'CPU', num: false, bar: (n) => n.digest && n.digest.cpu, text: (n) => pct(n.digest && n.digest.cpu) },
+      { label: 'Memory', num: true, text: (n) => pct(n.digest && n.digest.memory) },
+      { label: 'Load', num: true, text: (n) => num(n.digest && n.digest.load1) },
+      { label: 'Net rx/s', num: true, text: (n) => bytes(n.digest && n.digest.net_rx_bps) },
+    ], (n) => n.name, { id: 'ov-busiest', empty: 'no node has reported yet' });
+    const jobs = new Table([
+      { label: 'Job', name: true, text: (j) => j.jobid, href: (j) => jobHref(j.jobid) },
+      { label: 'Command', name: true, text: (j) => j.command },
+      { label: 'Size', num: true, text: (j) => j.size },
+      { label: 'Running for', num: true, text: (j) => (j.start_time ? dur((nowSec() - j.start_time) * 1000) : '–') },
+    ], (j) => j.jobid, { id: 'ov-jobs', empty: 'no job running' });
+    const alarms = new Table([
+      { label: 'Target', name: true, text: (a) => a.target },
+      { label: 'Alarm', name: true, text: (a) => a.name },
+      { label: 'Condition', name: true, text: (a) => a.metric + ' ' + opText(a.operator) },
+      { label: 'Value', num: true, text: (a) => num(a.current) },
+      { label: 'Since', text: (a) => msWhen(a.raised_at) },
+    ], (a) => a.target + '\u0000' + a.name, { id: 'ov-alarms', empty: 'no alarm raised' });
+    replace(view,
+      h('h1', null, 'Overview', h('span', { class: 'sub', id: 'ov-root' })),
+      h('div', { class: 'cards' }, Object.values(c).map((x) => x.el)),
+      h('div', { class: 'grid' },
+        panel('Busiest nodes (CPU)', busy.el),
+        panel('Running jobs', jobs.el)),
+      h('div', { class: 'grid' }, panel('Raised alarms', alarms.el)));
+    const rootName = document.getElementById('ov-root');
+    every(POLL_MS, async () => {
+      const [st, nodes, list, raised] = await Promise.all([api('/status'), api('/nodes'), api('/job/list'), api('/alarms')]);
+      setText(rootName, 'root ' + st.root);
+      c.up.set(st.nodes_up, 'ok');
+      c.joining.set(st.nodes_joining, st.nodes_joining ? 'warn' : '');
+      c.lost.set(st.nodes_lost, st.nodes_lost ? 'warn' : '');
+      c.stale.set(st.nodes_stale, st.nodes_stale ? 'bad' : '');
+      c.depth.set(st.depth);
+      const w = st.last_wave;
+      c.wave.set(w ? dur(w.age_ms) : 'none', w && w.age_ms > 5000 ? 'bad' : '');
+      c.latency.set(w ? dur(w.latency_ms) : '–');
+      const withCpu = nodes.filter((n) => n.digest);
+      withCpu.sort((a, b) => b.digest.cpu - a.digest.cpu);
+      busy.update(withCpu.slice(0, 10));
+      const running = list.filter(isJob);
+      c.jobs.set(running.length);
+      jobs.update(running);
+      const ar = alarmRows(raised);
+      c.alarms.set(ar.length, ar.length ? 'bad' : 'ok');
+      alarms.update(ar);
+    });
+  }
+
+  // ----- Nodes ---------------------------------------------------------------------------------
+
+  function nodeColumns() {
+    const d = (n, k) => (n.digest ? n.digest[k] : null);
+    return [
+      { label: 'Node', name: true, sort: (n) => n.name, text: (n) => n.name, href: (n) => nodeHref(n.name) },
+      { label: 'Status', sort: (n) => n.status, text: (n) => n.status, pill: (n) => statusPill(n.status) },
+      { label: 'CPU', num: true, sort: (n) => d(n, 'cpu'), text: (n) => pct(d(n, 'cpu')) },
+      { label: 'Memory', num: true, sort: (n) => d(n, 'memory'), text: (n) => pct(d(n, 'memory')) },
+      { label: 'Load 1m', num: true, sort: (n) => d(n, 'load1'), text: (n) => num(d(n, 'load1')) },
+      { label: 'Net rx/s', num: true, sort: (n) => d(n, 'net_rx_bps'), text: (n) => bytes(d(n, 'net_rx_bps')) },
+      { label: 'Net tx/s', num: true, sort: (n) => d(n, 'net_tx_bps'), text: (n) => bytes(d(n, 'net_tx_bps')) },
+      { label: 'Depth', num: true, sort: (n) => n.depth, text: (n) => n.depth },
+      { label: 'Parent', name: true, sort: (n) => n.parent, text: (n) => n.parent || '–' },
+      { label: 'Sample age', num: true, sort: (n) => n.age_ms, text: (n) => dur(n.age_ms) },
+      { label: 'Scrape errors', num: true, sort: (n) => (n.digest ? n.digest.scrape_errors.length : 0), text: (n) => (n.digest ? n.digest.scrape_errors.length : '–') },
+    ];
+  }
+
+  // A heat map of nodes: one square each, colour by `metric`, click opens the node.
+  class HeatMap {
+    constructor() {
+      this.svg = s('svg', { class: 'heat', id: 'heatmap', role: 'img' });
+      this.cells = new Map();
+      this.layoutKey = '';
+    }
+    update(nodes, metric) {
+      nodes = nodes.slice().sort((a, b) => natural.compare(a.name, b.name));
+      const n = nodes.length;
+      const W = 1200;
+      const cols = Math.max(1, Math.min(n, Math.ceil(Math.sqrt(n * 6))));
+      const size = Math.max(6, Math.min(28, Math.floor(W / cols)));
+      const rows = Math.ceil(n / cols);
+      const key = nodes.map((x) => x.name).join('\u0000') + '|' + size;
+      if (key !== this.layoutKey) {
+        this.layoutKey = key;
+        clear(this.svg);
+        this.cells.clear();
+        this.svg.setAttribute('viewBox', `0 0 ${cols * size} ${Math.max(rows * size, size)}`);
+        this.svg.setAttribute('height', String(Math.max(rows * size, size)));
+        this.svg.setAttribute('width', String(cols * size));
+        nodes.forEach((node, i) => {
+          const title = s('title');
+          const a = s('a', { href: nodeHref(node.name) },
+            s('rect', { x: (i % cols) * size, y: Math.floor(i / cols) * size, width: size - 1, height: size - 1, rx: 1 }, title));
+          a.setAttribute('data-node', node.name);
+          this.svg.appendChild(a);
+          this.cells.set(node.name, { rect: a.firstChild, title });
+        });
+      }
+      for (const node of nodes) {
+        const c = this.cells.get(node.name);
+        if (!c) continue;
+        const v = node.digest && node.status === 'up' ? node.digest[metric] : null;
+        const fill = node.status === 'up' ? heatColor(v) : node.status === 'stale' ? '#5a1f1c' : '#3b2a4d';
+        if (c.rect.getAttribute('fill') !== fill) c.rect.setAttribute('fill', fill);
+        setText(c.title, `${node.name} · ${node.status} · ${metric} ${pct(v)}`);
+      }
+    }
+  }
+
+  function pageNodes() {
+    const filter = h('input', { class: 'mono', id: 'node-filter', size: 28, placeholder: 'node set, e.g. cn[1-32]', spellcheck: 'false' });
+    const metric = h('select', { id: 'heat-metric' }, h('option', { value: 'cpu' }, 'CPU'), h('option', { value: 'memory' }, 'Memory'));
+    const count = h('span', { class: 'muted', id: 'node-count' });
+    const err = errorBox('node-filter-error');
+    const table = new Table(nodeColumns(), (n) => n.name, { id: 'nodes-table', sortCol: 0, empty: 'no node matches' });
+    const heat = new HeatMap();
+    const saved = sessionStorage.getItem('banyan.nodeFilter') || '';
+    filter.value = saved;
+    let expr = saved.trim();
+    let last = [];
+    replace(view,
+      h('h1', null, 'Nodes'),
+      h('div', { class: 'toolbar' }, filter, count, err.el),
+      panel('Heat map', h('div', { class: 'toolbar' }, 'Colour by', metric,
+        h('span', { class: 'legend' }, '0%', h('span', { class: 'ramp' }), '100%', ' · lost/stale dark')), heat.svg),
+      h('div', { style: null }, panel('All nodes', table.el)));
+    let timer = null;
+    filter.addEventListener('input', () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { expr = filter.value.trim(); sessionStorage.setItem('banyan.nodeFilter', expr); refresh(); }, 250);
+    });
+    metric.addEventListener('change', () => heat.update(last, metric.value));
+    const refresh = async () => {
+      const want = expr;
+      try {
+        const nodes = await api('/nodes' + (want ? '?nodes=' + enc(want) : ''));
+        if (want !== expr) return;
+        err.show(null);
+        filter.classList.remove('bad');
+        last = nodes;
+        table.update(nodes);
+        heat.update(nodes, metric.value);
+        const up = nodes.filter((n) => n.status === 'up').length;
+        setText(count, `${nodes.length} node${nodes.length === 1 ? '' : 's'} · ${up} up`);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 400) { err.show(e); return; }
+        throw e;
+      }
+    };
+    every(POLL_MS, refresh);
+  }
+
+  function pageNode(name) {
+    const head = h('span', { class: 'sub', id: 'node-status' });
+    const kv = h('div', { class: 'kv inline', id: 'node-kv' });
+    const charts = {
+      cpu: new Chart('CPU', pct), memory: new Chart('Memory', pct), load1: new Chart('Load 1m', num),
+      net_rx_bps: new Chart('Net rx/s', bytes), net_tx_bps: new Chart('Net tx/s', bytes),
+    };
+    const series = Object.fromEntries(Object.keys(charts).map((k) => [k, []]));
+    const metricFilter = h('input', { class: 'mono', placeholder: 'filter metrics', id: 'metric-filter' });
+    const err = errorBox('node-error');
+    const metrics = new Table([
+      { label: 'Metric', name: true, sort: (m) => m.name, text: (m) => m.name },
+      { label: 'Type', sort: (m) => kindOf(m.ctype), text: (m) => kindOf(m.ctype) },
+      { label: 'Value', num: true, sort: (m) => reading(m.ctype), text: (m) => fmtFor(m.name)(reading(m.ctype)) },
+      { label: 'Detail', text: (m) => detailOf(m.ctype) },
+      { label: 'Help', text: (m) => m.doc },
+    ], (m) => m.name, { id: 'node-metrics', sortCol: 0, wrap: true, empty: 'no metrics yet' });
+    let allMetrics = [];
+    const showMetrics = () => {
+      const f = metricFilter.value.trim().toLowerCase();
+      metrics.update(f ? allMetrics.filter((m) => m.name.toLowerCase().includes(f)) : allMetrics);
+    };
+    metricFilter.addEventListener('input', showMetrics);
+    replace(view,
+      h('h1', null, h('span', { id: 'node-name', class: 'mono' }, name), head),
+      err.el,
+      panel('Node', kv), h('p'),
+      panel('Digest over time (since this page opened)', h('div', { class: 'charts' }, Object.values(charts).map((c) => c.el))), h('p'),
+      panel('All metrics of the node (fetched through the tree)', h('div', { class: 'toolbar' }, metricFilter), metrics.el));
+    every(POLL_MS, async () => {
+      let nodes;
+      try { nodes = await api('/nodes?nodes=' + enc(name)); } catch (e) {
+        // A name the node-set syntax cannot spell: take the whole list.
+        if (!(e instanceof ApiError && e.status === 400)) throw e;
+        nodes = await api('/nodes');
+      }
+      const n = nodes.find((x) => x.name === name);
+      if (!n) { err.show('no node ' + JSON.stringify(name) + ' in /nodes'); return; }
+      replace(head, h('span', { class: 'pill ' + statusPill(n.status) }, n.status));
+      replace(kv, [['parent', n.parent || '–'], ['depth', n.depth], ['sample age', dur(n.age_ms)],
+        ['scrape errors', n.digest ? n.digest.scrape_errors.map((e) => e[0] + ': ' + e[1]).join('; ') || 'none' : '–']]
+        .map(([k, v]) => [h('span', { class: 'k' }, k), h('span', { class: 'v' }, v)]));
+      if (n.digest) {
+        const t = Date.now();
+        for (const k of Object.keys(charts)) {
+          series[k].push([t, n.digest[k]]);
+          if (series[k].length > 600) series[k].shift();
+          charts[k].update(series[k]);
+        }
+      }
+    });
+    every(3000, async () => {
+      try {
+        const job = await api('/job?job=' + enc('Node: ' + name));
+        err.show(null);
+        allMetrics = job.counters || [];
+        showMetrics();
+      } catch (e) {
+        err.show(e);
+      }
+    });
+  }
+
+  // ----- Jobs ----------------------------------------------------------------------------------
+
+  function pageJobs() {
+    const running = new Table([
+      { label: 'Job', name: true, sort: (j) => j.jobid, text: (j) => j.jobid, href: (j) => jobHref(j.jobid) },
+      { label: 'Command', name: true, sort: (j) => j.command, text: (j) => j.command },
+      { label: 'Size', num: true, sort: (j) => j.size, text: (j) => j.size },
+      { label: 'Nodes', name: true, text: (j) => j.nodelist },
+      { label: 'Partition', text: (j) => j.partition },
+      { label: 'Started', sort: (j) => j.start_time, text: (j) => when(j.start_time) },
+      { label: 'Running for', num: true, text: (j) => (j.start_time ? dur((nowSec() - j.start_time) * 1000) : '–') },
+    ], (j) => j.jobid, { id: 'jobs-running', sortCol: 5, sortDesc: true, empty: 'no job running' });
+    const finished = new Table([
+      { label: 'Job', name: true, sort: (j) => j.jobid, text: (j) => j.jobid, href: (j) => profileHref(j.jobid) },
+      { label: 'Command', name: true, sort: (j) => j.command, text: (j) => j.command },
+      { label: 'Size', num: true, sort: (j) => j.size, text: (j) => j.size },
+      { label: 'Started', sort: (j) => j.start_time, text: (j) => when(j.start_time) },
+      { label: 'Ended', sort: (j) => j.end_time, text: (j) => when(j.end_time) },
+      { label: 'Duration', num: true, sort: (j) => j.end_time - j.start_time, text: (j) => dur((j.end_time - j.start_time) * 1000) },
+    ], (j) => j.jobid, { id: 'jobs-finished', sortCol: 4, sortDesc: true, empty: 'no finished job' });
+    const byCmd = new Table([
+      { label: 'Command', name: true, sort: (g) => g.command, text: (g) => g.command },
+      { label: 'Runs', num: true, sort: (g) => g.runs.length, text: (g) => g.runs.length },
+      { label: 'Mean', num: true, sort: (g) => g.mean, text: (g) => dur(g.mean * 1000) },
+      { label: 'Fastest', num: true, sort: (g) => g.min, text: (g) => dur(g.min * 1000) },
+      { label: 'Slowest', num: true, sort: (g) => g.max, text: (g) => dur(g.max * 1000) },
+      {
+        label: 'Last runs', cell: (td, g) => {
+          const sig = g.runs.map((r) => r.jobid).join('\u0000');
+          if (td.getAttribute('data-sig') === sig) return;
+          td.setAttribute('data-sig', sig);
+          replace(td, g.runs.slice(-8).reverse().map((r, i) => [i ? ' · ' : '', h('a', { href: profileHref(r.jobid), class: 'mono' }, r.jobid), h('span', { class: 'muted' }, ' ' + dur((r.end_time - r.start_time) * 1000))]));
+        },
+      },
+    ], (g) => g.command, { id: 'jobs-percmd', sortCol: 1, sortDesc: true, wrap: true, empty: 'no finished job' });
+    replace(view, h('h1', null, 'Jobs'),
+      panel('Running', running.el), h('p'),
+      panel('Finished', finished.el), h('p'),
+      panel('Finished, by command (compare runs of one program)', byCmd.el));
+    every(POLL_MS, async () => {
+      const list = await api('/job/list');
+      running.update(list.filter(isJob));
+    });
+    every(3000, async () => {
+      const [done, percmd] = await Promise.all([api('/profiles'), api('/profiles/percmd')]);
+      finished.update(done);
+      byCmd.update(Object.entries(percmd).map(([command, runs]) => {
+        const d = runs.map((r) => r.end_time - r.start_time);
+        return { command, runs, mean: d.reduce((a, b) => a + b, 0) / Math.max(1, d.length), min: Math.min(...d), max: Math.max(...d) };
+      }));
+    });
+  }
+
+  // The MPI and I/O breakdown: one row per `function` label, one column per family.
+  function breakdown(counters, prefix) {
+    const fams = new Set();
+    const rows = new Map();
+    for (const c of counters) {
+      const [fam, labels] = parseSeries(c.name);
+      if (!fam.startsWith(prefix) || labels.function === undefined) continue;
+      fams.add(fam);
+      const r = rows.get(labels.function) || { fn: labels.function };
+      r[fam] = (r[fam] || 0) + (reading(c.ctype) || 0);
+      rows.set(labels.function, r);
+    }
+    return { fams: Array.from(fams).sort(), rows: Array.from(rows.values()) };
+  }
+  const shortFam = (fam, prefix) => fam.slice(prefix.length).replace(/_total$/, '').replace(/_/g, ' ');
+
+  class Breakdown {
+    constructor(prefix, id) {
+      this.prefix = prefix;
+      this.id = id;
+      this.el = h('div');
+      this.sig = '';
+      this.table = null;
+    }
+    update(counters) {
+      const b = breakdown(counters, this.prefix);
+      const sig = b.fams.join(',');
+      if (sig !== this.sig || !this.table) {
+        this.sig = sig;
+        const timeFam = b.fams.find((f) => f.endsWith('seconds_total'));
+        const cols = [{ label: 'Function', name: true, sort: (r) => r.fn, text: (r) => r.fn }];
+        if (timeFam) cols.push({ label: 'Share of time', bar: (r) => r[timeFam] / (this.total || 1), text: (r) => pct(r[timeFam] / (this.total || 1)) });
+        for (const f of b.fams) cols.push({ label: shortFam(f, this.prefix), num: true, sort: (r) => r[f] || 0, text: (r) => fmtFor(f)(r[f] || 0) });
+        this.timeFam = timeFam;
+        this.table = new Table(cols, (r) => r.fn, { id: this.id, sortCol: timeFam ? 2 + b.fams.indexOf(timeFam) : 1, sortDesc: true, empty: 'no ' + this.prefix + '* series' });
+        replace(this.el, this.table.el);
+      }
+      this.total = this.timeFam ? b.rows.reduce((a, r) => a + (r[this.timeFam] || 0), 0) : 0;
+      this.table.update(b.rows);
+    }
+  }
+
+  function pageJob(id, asProfile) {
+    const state = h('span', { class: 'sub', id: 'job-state' });
+    const kv = h('div', { class: 'kv', id: 'job-kv' });
+    const err = errorBox('job-error');
+    const chartsEl = h('div', { class: 'charts', id: 'job-charts' });
+    const charts = new Map();
+    const mpi = new Breakdown('banyan_mpi_', 'job-mpi');
+    const io = new Breakdown('banyan_io_', 'job-io');
+    const famSel = h('select', { id: 'dist-metric' });
+    const distNote = h('div', { class: 'note', id: 'dist-note' });
+    const dist = new Table([
+      { label: 'Node', name: true, sort: (r) => r.name, text: (r) => r.name, href: (r) => nodeHref(r.name) },
+      { label: 'Ranks', num: true, sort: (r) => r.ranks, text: (r) => r.ranks },
+      { label: 'Value', bar: (r) => r.v / (dist.max || 1), text: (r) => fmtFor(famSel.value)(r.v) },
+      { label: 'vs median', num: true, sort: (r) => r.rel, text: (r) => (r.rel === null ? '–' : (r.rel * 100).toFixed(0) + '%') },
+    ], (r) => r.name, { id: 'job-dist', sortCol: 2, sortDesc: true, empty: 'no per-node values' });
+    dist.cols[2].sort = (r) => r.v;
+    const others = new Table([
+      { label: 'Metric', name: true, sort: (m) => m.name, text: (m) => m.name },
+      { label: 'Type', text: (m) => kindOf(m.ctype) },
+      { label: 'Value', num: true, sort: (m) => reading(m.ctype), text: (m) => fmtFor(m.name)(reading(m.ctype)) },
+      { label: 'Detail', text: (m) => detailOf(m.ctype) },
+    ], (m) => m.name, { id: 'job-metrics', sortCol: 0, wrap: true, empty: 'no series yet' });
+    replace(view,
+      h('h1', null, h('span', { id: 'job-id', class: 'mono' }, id), state),
+      err.el,
+      h('div', { class: 'grid' }, panel('Job', kv), panel('Per-node distribution', h('div', { class: 'toolbar' }, 'Metric', famSel), distNote, dist.el)),
+      panel('Over the job\u2019s life (counters as rates per second over 3 s)', chartsEl), h('p'),
+      h('div', { class: 'grid' }, panel('MPI by function', mpi.el), panel('I/O by function', io.el)),
+      panel('Every series', others.el));
+    let running = !asProfile;
+    let lastNodes = null;
+    const showDist = () => {
+      if (!lastNodes) return;
+      const fam = famSel.value;
+      const rows = lastNodes.nodes.map((n) => ({ name: n.name, ranks: n.ranks, v: n.values[fam] || 0 }));
+      const sorted = rows.map((r) => r.v).sort((a, b) => a - b);
+      const med = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
+      dist.max = Math.max(0, ...rows.map((r) => r.v));
+      for (const r of rows) r.rel = med ? r.v / med : null;
+      dist.update(rows);
+    };
+    famSel.addEventListener('change', showDist);
+    every(POLL_MS, async () => {
+      let job;
+      try { job = await api('/job?job=' + enc(id)); } catch (e) { err.show(e); if (e instanceof ApiError) return; throw e; }
+      err.show(null);
+      const d = job.desc;
+      const hist = await api('/job/history?job=' + enc(id)).catch(() => null);
+      running = hist ? hist.running : running;
+      replace(state, h('span', { class: 'pill ' + (running ? 'running' : 'finished') }, running ? 'running' : 'finished'));
+      let ranks = null;
+      if (!running) ranks = await api('/profiles/get?jobid=' + enc(id)).then((p) => p.ranks).catch(() => null);
+      const rows = [['command', d.command || '–'], ['size', d.size], ['nodes', d.nodelist || '–'], ['partition', d.partition || '–'],
+        ['cluster', d.cluster || '–'], ['run dir', d.run_dir || '–'], ['started', when(d.start_time)],
+        [running ? 'running for' : 'ended', running ? (d.start_time ? dur((nowSec() - d.start_time) * 1000) : '–') : when(d.end_time) + ' (' + dur((d.end_time - d.start_time) * 1000) + ')']];
+      if (ranks) rows.push(['ranks', `${ranks.started} started · ${ranks.ended} ended · ${ranks.crashed} crashed · ${ranks.lost} lost`]);
+      replace(kv, rows.map(([k, v]) => [h('span', { class: 'k' }, k), h('span', { class: 'v' }, v)]));
+      const counters = job.counters || [];
+      mpi.update(counters);
+      io.update(counters);
+      others.update(counters);
+      if (hist) drawHistory(hist.history);
+    });
+    function drawHistory(hist) {
+      const pts = hist.points || [];
+      hist.series.forEach((ser, i) => {
+        if (ser.name.startsWith('banyan_job_ranks_')) return;
+        let c = charts.get(ser.name);
+        const cumulative = ser.kind !== 'gauge';
+        if (!c) {
+          c = new Chart(ser.name + (cumulative ? ' /s' : ''), fmtFor(ser.name), { 'data-series': ser.name });
+          charts.set(ser.name, c);
+          chartsEl.appendChild(c.el);
+        }
+        let line;
+        if (cumulative) {
+          // Rates over a few seconds back: ranks and waves tick at different periods, and a
+          // rate between two neighbouring points alone would zigzag.
+          line = [];
+          let j = 0;
+          for (let k = 1; k < pts.length; k++) {
+            const b = pts[k];
+            const vb = b.values[i];
+            if (vb === null || vb === undefined) continue;
+            while (j < k - 1 && b.t_ms - pts[j + 1].t_ms >= RATE_WINDOW_MS) j++;
+            const a = pts[j];
+            const dt = (b.t_ms - a.t_ms) / 1000;
+            if (dt > 0) line.push([b.t_ms, Math.max(0, (vb - (a.values[i] || 0)) / dt)]);
+          }
+        } else {
+          line = pts.map((p) => [p.t_ms, p.values[i]]);
+        }
+        const last = pts.length ? pts[pts.length - 1].values[i] : null;
+        c.update(line, cumulative ? 'total ' + fmtFor(ser.name)(last) + ' ·' : '');
+      });
+      if (!chartsEl.firstChild) chartsEl.appendChild(h('p', { class: 'muted' }, 'no points yet'));
+      else if (chartsEl.firstChild.nodeName === 'P' && charts.size) chartsEl.firstChild.remove();
+    }
+    every(4000, async () => {
+      if (!running) {
+        setText(distNote, 'Per-node values are kept only while the job runs.');
+        famSel.parentNode.hidden = true;
+        dist.update([]);
+        return;
+      }
+      const r = await api('/job/nodes?job=' + enc(id)).catch((e) => { setText(distNote, e.message); return null; });
+      if (!r) return;
+      lastNodes = r;
+      const fams = new Set();
+      r.nodes.forEach((n) => Object.keys(n.values).forEach((f) => { if (!f.startsWith('banyan_job_ranks_')) fams.add(f); }));
+      const list = Array.from(fams).sort();
+      const have = Array.from(famSel.options).map((o) => o.value);
+      if (list.join(',') !== have.join(',')) {
+        const keep = famSel.value;
+        replace(famSel, list.map((f) => h('option', { value: f }, f)));
+        const pref = [keep, 'banyan_mpi_seconds_total', 'banyan_io_seconds_total', 'banyan_proc_user_seconds_total'].find((f) => list.includes(f));
+        if (pref) famSel.value = pref;
+      }
+      setText(distNote, r.unreachable.length ? r.unreachable.length + ' node(s) did not answer: ' + r.unreachable.join(', ') : `${r.nodes.length} node(s); \u201cvs median\u201d makes a slow or idle node stand out`);
+      showDist();
+    });
+  }
+
+  // ----- Topology --------------------------------------------------------------------------------
+
+  function pageTopology() {
+    const cards = { up: card('Up'), joining: card('Joining'), lost: card('Lost'), stale: card('Stale'), depth: card('Depth') };
+    const box = h('div', { class: 'tree', id: 'tree' });
+    const find = h('input', { class: 'mono', placeholder: 'find a node', id: 'tree-find' });
+    const collapsed = new Set();
+    let firstDraw = true;
+    let data = null;
+    let sig = '';
+    let highlight = '';
+    const expandAll = h('button', { type: 'button' }, 'Expand all');
+    const collapseDeep = h('button', { type: 'button' }, 'Collapse below depth 3');
+    replace(view, h('h1', null, 'Topology', h('span', { class: 'sub' }, 'the reduction tree; click a node\u2019s arrow to fold its subtree')),
+      h('div', { class: 'cards' }, Object.values(cards).map((c) => c.el)),
+      h('div', { class: 'toolbar' }, expandAll, collapseDeep, find, h('span', { class: 'legend' },
+        svgDot('up'), 'up', svgDot('joining'), 'joining', svgDot('lost'), 'lost (may return)', svgDot('stale'), 'stale')),
+      box);
+    function svgDot(st) { return s('svg', { width: 10, height: 10 }, s('circle', { cx: 5, cy: 5, r: 4, class: 'dot-' + st })); }
+    expandAll.addEventListener('click', () => { collapsed.clear(); draw(); });
+    collapseDeep.addEventListener('click', () => { collapseBelow(3); draw(); });
+    find.addEventListener('change', () => {
+      highlight = find.value.trim();
+      if (!data || !highlight) { draw(); return; }
+      // Unfold the way to it.
+      const byName = new Map(data.nodes.map((n) => [n.name, n]));
+      let n = byName.get(highlight);
+      while (n && n.parent) { collapsed.delete(n.parent); n = byName.get(n.parent); }
+      draw();
+      const t = box.querySelector('[data-hit="1"]');
+      if (t) t.scrollIntoView({ block: 'center' });
+    });
+    function kids() {
+      const m = new Map();
+      for (const n of data.nodes) m.set(n.name, (n.children || []).slice().sort());
+      return m;
+    }
+    function collapseBelow(depth) {
+      collapsed.clear();
+      const k = kids();
+      const walk = (name, d) => { const c = k.get(name) || []; if (d >= depth && c.length) collapsed.add(name); c.forEach((x) => walk(x, d + 1)); };
+      walk(data.root, 0);
+    }
+    function draw() {
+      if (!data) return;
+      const k = kids();
+      const byName = new Map(data.nodes.map((n) => [n.name, n]));
+      const count = new Map();
+      const size = (name, seen) => {
+        if (count.has(name)) return count.get(name);
+        if (seen.has(name)) return 0;
+        seen.add(name);
+        let t = 0;
+        for (const c of k.get(name) || []) t += 1 + size(c, seen);
+        count.set(name, t);
+        return t;
+      };
+      const rows = [];
+      const visited = new Set();
+      const walk = (name, d, parentRow) => {
+        if (visited.has(name)) return;
+        visited.add(name);
+        const row = { name, d, parentRow, node: byName.get(name) };
+        rows.push(row);
+        if (collapsed.has(name)) return;
+        for (const c of k.get(name) || []) walk(c, d + 1, row);
+      };
+      walk(data.root, 0, null);
+      // Nodes not reachable from the root (lost, stale, joining): listed after it.
+      const detached = data.nodes.filter((n) => !visited.has(n.name) && !n.parent);
+      const orphans = data.nodes.filter((n) => !visited.has(n.name) && n.parent && !byName.has(n.parent));
+      const outside = detached.concat(orphans).map((n) => n.name).filter((x) => !visited.has(x)).sort();
+      if (outside.length) {
+        rows.push({ label: `not in the tree (${outside.length})`, d: 0 });
+        for (const name of outside) walk(name, 1, null);
+      }
+      const RH = 18, IND = 16;
+      let maxX = 0;
+      rows.forEach((r, i) => { r.y = i * RH + 12; r.x = 14 + r.d * IND; maxX = Math.max(maxX, r.x + 260); });
+      const svg = s('svg', { width: maxX + 40, height: rows.length * RH + 8, id: 'tree-svg' });
+      const edges = s('g');
+      const nodesG = s('g');
+      svg.appendChild(edges);
+      svg.appendChild(nodesG);
+      for (const r of rows) {
+        if (r.label) { nodesG.appendChild(s('text', { x: 4, y: r.y + 4, class: 'hidden-count' }, r.label)); continue; }
+        if (r.parentRow) {
+          const p = r.parentRow;
+          edges.appendChild(s('path', { class: 'edge', d: `M${p.x},${p.y + 5}V${r.y}H${r.x - 6}` }));
+        }
+        const st = r.node ? r.node.status : 'up';
+        const g = s('g', { class: 'toggle', transform: `translate(${r.x},${r.y})` });
+        g.setAttribute('data-node', r.name);
+        if (r.name === highlight) g.setAttribute('data-hit', '1');
+        const nk = (k.get(r.name) || []).length;
+        if (nk) g.appendChild(s('text', { x: -13, y: 4 }, collapsed.has(r.name) ? '\u25B8' : '\u25BE'));
+        g.appendChild(s('circle', { r: 4.5, class: 'dot-' + st }));
+        const label = s('text', { x: 9, y: 4 }, r.name);
+        if (r.name === highlight) label.setAttribute('font-weight', 'bold');
+        g.appendChild(label);
+        const extra = [];
+        if (collapsed.has(r.name)) extra.push(`+${size(r.name, new Set())} hidden`);
+        if (st !== 'up') extra.push(st);
+        if (r.node && r.node.addr) extra.push(r.node.addr);
+        if (extra.length) g.appendChild(s('text', { x: 9 + Math.min(200, r.name.length * 6.7 + 8), y: 4, class: 'hidden-count' }, extra.join(' · ')));
+        g.addEventListener('click', (ev) => {
+          if (ev.detail > 1) return;
+          if (!nk) { location.hash = nodeHref(r.name); return; }
+          if (collapsed.has(r.name)) collapsed.delete(r.name); else collapsed.add(r.name);
+          draw();
+        });
+        g.addEventListener('dblclick', () => { if (r.name !== data.root) location.hash = nodeHref(r.name); });
+        nodesG.appendChild(g);
+      }
+      replace(box, svg);
+    }
+    every(2000, async () => {
+      const t = await api('/topology');
+      const next = JSON.stringify(t);
+      const counts = { up: 0, joining: 0, lost: 0, stale: 0 };
+      let depth = 0;
+      for (const n of t.nodes) if (n.name !== t.root) { counts[n.status] = (counts[n.status] || 0) + 1; if (n.status === 'up') depth = Math.max(depth, n.depth); }
+      cards.up.set(counts.up, 'ok');
+      cards.joining.set(counts.joining, counts.joining ? 'warn' : '');
+      cards.lost.set(counts.lost, counts.lost ? 'warn' : '');
+      cards.stale.set(counts.stale, counts.stale ? 'bad' : '');
+      cards.depth.set(depth);
+      if (next === sig) return;
+      sig = next;
+      data = t;
+      if (firstDraw && t.nodes.length > 150) collapseBelow(4);
+      firstDraw = false;
+      draw();
+    });
+  }
+
+  // ----- Alarms ----------------------------------------------------------------------------------
+
+  function token() { return sessionStorage.getItem(TOKEN_KEY) || ''; }
+
+  async function adminCall(path, body) {
+    const headers = { 'Content-Type': 'application/json' };
+    const t = token();
+    if (t) headers.Authorization = 'Bearer ' + t;
+    return api(path, { method: 'POST', headers, body: JSON.stringify(body) });
+  }
+
+  function pageAlarms() {
+    const tokIn = h('input', { type: 'password', id: 'admin-token', placeholder: 'admin token (<state-dir>/admin-token)', size: 40, autocomplete: 'off' });
+    const tokState = h('span', { class: 'note', id: 'token-state' });
+    const keep = h('button', { type: 'button', id: 'token-keep' }, 'Use for this session');
+    const forget = h('button', { type: 'button', id: 'token-forget' }, 'Forget');
+    const showTok = () => setText(tokState, token() ? 'token set (kept in this tab\u2019s session only)' : 'no token: adding and deleting will be refused');
+    keep.addEventListener('click', () => { sessionStorage.setItem(TOKEN_KEY, tokIn.value.trim()); tokIn.value = ''; showTok(); });
+    forget.addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); showTok(); });
+    const f = {
+      name: h('input', { id: 'alarm-name', required: true }),
+      target: h('input', { id: 'alarm-target', value: 'main' }),
+      metric: h('input', { id: 'alarm-metric', class: 'mono', placeholder: 'banyan_node_cpu_usage_ratio' }),
+      op: h('select', { id: 'alarm-op' }, h('option', { value: '>' }, '>'), h('option', { value: '<' }, '<'), h('option', { value: '=' }, '=')),
+      value: h('input', { id: 'alarm-value', type: 'number', step: 'any', value: '0' }),
+    };
+    const msg = h('div', { id: 'alarm-msg', role: 'status' });
+    const say = (text, bad) => { setText(msg, text); msg.className = bad ? 'error' : 'ok-text'; };
+    const form = h('form', { class: 'add', id: 'alarm-form' },
+      h('label', null, 'Name', f.name), h('label', null, 'Target (job or main)', f.target), h('label', null, 'Metric', f.metric),
+      h('label', null, 'Operator', f.op), h('label', null, 'Value', f.value), h('span'),
+      h('button', { type: 'submit', id: 'alarm-add' }, 'Add alarm'));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const body = { name: f.name.value, target: f.target.value, metric: f.metric.value.trim(), operation: f.op.value, value: Number(f.value.value) };
+      try {
+        await adminCall('/alarms/add', body);
+        say('added ' + JSON.stringify(body.name));
+        refresh();
+      } catch (e) {
+        say(e instanceof ApiError ? `refused (${e.status} ${e.error}): ${e.detail}` : String(e), true);
+      }
+    });
+    const del = async (a) => {
+      try {
+        await adminCall('/alarms/del', { target: a.target, name: a.name });
+        say('deleted ' + JSON.stringify(a.name));
+        refresh();
+      } catch (e) {
+        say(e instanceof ApiError ? `refused (${e.status} ${e.error}): ${e.detail}` : String(e), true);
+      }
+    };
+    const histText = (a) => (a.history || []).slice(-4).map((c) => (c.raised ? '\u2191 ' : '\u2193 ') + msWhen(c.at) + ' (' + num(c.value) + ')').join('  ');
+    const raised = new Table([
+      { label: 'Target', name: true, sort: (a) => a.target, text: (a) => a.target },
+      { label: 'Alarm', name: true, sort: (a) => a.name, text: (a) => a.name },
+      { label: 'Condition', name: true, text: (a) => a.metric + ' ' + opText(a.operator) },
+      { label: 'Value', num: true, text: (a) => num(a.current) },
+      { label: 'Raised at', sort: (a) => a.raised_at, text: (a) => msWhen(a.raised_at) },
+      { label: 'History', text: histText },
+    ], (a) => a.target + '\u0000' + a.name, { id: 'alarms-raised', sortCol: 4, sortDesc: true, empty: 'no alarm raised' });
+    const all = new Table([
+      { label: 'Target', name: true, sort: (a) => a.target, text: (a) => a.target },
+      { label: 'Alarm', name: true, sort: (a) => a.name, text: (a) => a.name },
+      { label: 'Condition', name: true, text: (a) => a.metric + ' ' + opText(a.operator) },
+      { label: 'Value', num: true, text: (a) => num(a.current) },
+      { label: 'State', sort: (a) => a.active, text: (a) => (a.active ? 'raised' : 'clear'), pill: (a) => (a.active ? 'raised' : 'clear') },
+      { label: 'Raised / cleared', text: (a) => msWhen(a.raised_at) + ' / ' + msWhen(a.cleared_at) },
+      { label: 'History', text: histText },
+      {
+        label: '', cell: (td, a) => {
+          if (td.firstChild) { td.firstChild._alarm = a; return; }
+          const b = h('button', { type: 'button', class: 'danger del' }, 'Delete');
+          b._alarm = a;
+          b.addEventListener('click', () => del(b._alarm));
+          td.appendChild(b);
+        },
+      },
+    ], (a) => a.target + '\u0000' + a.name, { id: 'alarms-all', sortCol: 1, empty: 'no alarm defined' });
+    replace(view, h('h1', null, 'Alarms'),
+      panel('Admin token', h('div', { class: 'toolbar' }, tokIn, keep, forget, tokState)), h('p'),
+      panel('Add an alarm', form, msg), h('p'),
+      panel('Raised', raised.el), h('p'),
+      panel('All alarms', all.el));
+    showTok();
+    const refresh = async () => {
+      const [r, l] = await Promise.all([api('/alarms'), api('/alarms/list')]);
+      raised.update(alarmRows(r));
+      all.update(alarmRows(l));
+    };
+    every(2000, refresh);
+  }
+
+  // ----- Routing ---------------------------------------------------------------------------------
+
+  function route() {
+    gen++;
+    const hash = location.hash.replace(/^#\/?/, '');
+    const [page, ...rest] = hash.split('/');
+    let arg = null;
+    try { arg = rest.length ? decodeURIComponent(rest.join('/')) : null; } catch (_) { arg = null; }
+    const nav = { '': 'overview', nodes: 'nodes', node: 'nodes', jobs: 'jobs', job: 'jobs', profile: 'jobs', topology: 'topology', alarms: 'alarms' }[page] || 'overview';
+    for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('data-page') === nav);
+    window.scrollTo(0, 0);
+    if (page === 'nodes') pageNodes();
+    else if (page === 'node' && arg !== null) pageNode(arg);
+    else if (page === 'jobs') pageJobs();
+    else if (page === 'job' && arg !== null) pageJob(arg, false);
+    else if (page === 'profile' && arg !== null) pageJob(arg, true);
+    else if (page === 'topology') pageTopology();
+    else if (page === 'alarms') pageAlarms();
+    else pageOverview();
+    document.title = 'banyan · ' + (arg || nav);
+  }
+  window.addEventListener('hashchange', route);
+  route();
+})();
