@@ -128,8 +128,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: an agent's work is small and mostly waiting (a sample and a report a second,
+    // heartbeats, ranks' updates), and on one thread nothing has to wake another thread to hand
+    // it over (futex and eventfd wake-ups made most of its CPU time with two workers). Scrapes
+    // and slow filesystems run on threads of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
