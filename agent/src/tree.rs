@@ -1037,6 +1037,10 @@ impl Node {
                     .into_iter()
                     .filter(|d| link.members.contains_key(&d.name))
                     .collect();
+                // Its holds name its own children, two at most: anything else is not passed on
+                // (a lost child's holds travel up to the root).
+                report.holds.retain(|h| h.under == child);
+                report.holds.truncate(2);
                 let newer = link.report.as_ref().is_none_or(|r| report.wave >= r.wave);
                 // Late: a report of the current wave arriving after this node sent that wave up
                 // (first-hand, or itself a late update from further down).
