@@ -87,6 +87,11 @@ fn main() -> Result<()> {
     let kills = bench_arg("--kills", 5);
     let window = bench_arg("--window", 30);
     let mut cluster = Cluster::start(agents, ClusterOptions::default())?;
+    // KEEP_LOGS=1 keeps the daemons' logs and state for a look at an outlier.
+    if std::env::var_os("KEEP_LOGS").is_some() {
+        cluster.keep_logs();
+        println!("bench-mesh: logs kept in {}", cluster.dir().display());
+    }
     let names = cluster.names();
     let formed = cluster.wait_healthy(&names, Duration::from_secs(120))?;
     let topo = cluster.topology()?;
