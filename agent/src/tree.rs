@@ -1183,6 +1183,13 @@ impl Node {
     /// The lost children a join tells the root of: those not told anyone yet, and those told a
     /// parent lately.
     fn lost_to_tell(&mut self, now: u64) -> Vec<Lost> {
+        self.forget_old_losses(now);
+        let mut lost = self.pending_lost.clone();
+        lost.extend(self.recent_lost.iter().map(|(_, l)| l.clone()));
+        lost
+    }
+
+    fn forget_old_losses(&mut self, now: u64) {
         while self
             .recent_lost
             .front()
@@ -1190,9 +1197,6 @@ impl Node {
         {
             self.recent_lost.pop_front();
         }
-        let mut lost = self.pending_lost.clone();
-        lost.extend(self.recent_lost.iter().map(|(_, l)| l.clone()));
-        lost
     }
 
     /// Drops membership changes not sent up: the next attach carries the whole subtree. Lost
@@ -1228,10 +1232,12 @@ impl Node {
             Role::Agent => match self.phase {
                 Phase::Attached { .. } => {
                     let delta = self.take_pending();
-                    // The parent may die before passing these on: they go with our next join too
-                    // if we are orphaned soon after.
-                    self.recent_lost
-                        .extend(delta.lost.iter().map(|l| (now, l.clone())));
+                    // The parent may die before passing our own losses on: they go with our next
+                    // join too if we are orphaned soon after (the root takes only a node's own
+                    // children from its join, so the losses relayed from below are not kept).
+                    self.forget_old_losses(now);
+                    let own = delta.lost.iter().filter(|l| l.parent == self.name);
+                    self.recent_lost.extend(own.map(|l| (now, l.clone())));
                     self.send_parent(now, Msg::Membership(delta));
                 }
                 // Sent once the parent accepts us: the attach already went out without them.
