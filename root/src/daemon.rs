@@ -81,6 +81,8 @@ pub struct RootHandle {
     tx: mpsc::UnboundedSender<Event>,
     /// The alarms, evaluated by the core at every wave and edited by the API.
     pub alarms: Arc<std::sync::Mutex<AlarmBook>>,
+    /// The running jobs' histories, written by the job book each wave, read by the API.
+    pub histories: crate::jobs::Histories,
 }
 
 impl RootHandle {
@@ -144,6 +146,7 @@ pub fn start(
         now,
     );
     let jobs = JobBook::open(Some(&state.dir), now);
+    let histories = jobs.histories();
     let (save_tx, save_rx) = tokio::sync::watch::channel(Kept::default());
     let writer = tokio::spawn(totals_writer(state.clone(), save_rx));
     let alarms = Arc::new(std::sync::Mutex::new(AlarmBook::open(Some(&state.dir))));
@@ -178,7 +181,14 @@ pub fn start(
             let _ = done.send(());
         }
     });
-    Ok((RootHandle { tx, alarms }, task))
+    Ok((
+        RootHandle {
+            tx,
+            alarms,
+            histories,
+        },
+        task,
+    ))
 }
 
 struct Shell {

@@ -932,7 +932,9 @@ async fn job_history(
 ) -> Result<Json<Value>, ApiError> {
     let axum::extract::Query(q) = q.map_err(bad_query)?;
     let id = job_param(q.job)?;
-    let live = crate::jobs::shared_histories(&api.state_dir)
+    let live = api
+        .root
+        .histories
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(&id)

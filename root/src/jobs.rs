@@ -14,8 +14,8 @@
 //! twice, whatever restarts.
 //!
 //! Each running job also has a bounded history ([`JobHistory`]): one point of its merged series
-//! per wave, thinned when long, kept in memory while it runs (the HTTP API reads it through
-//! [`shared_histories`]) and written into its profile when it ends.
+//! per wave, thinned when long, kept in memory while it runs (the HTTP API reads them through
+//! [`JobBook::histories`], which the daemon hands it) and written into its profile when it ends.
 //!
 //! Pure apart from those files: the daemon feeds it each wave.
 
@@ -25,7 +25,7 @@ use banyan_protocol::wire::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 /// How a job's ranks ended, as its profile records it.
@@ -167,18 +167,6 @@ pub fn family_values(view: &MetricSet) -> Vec<(String, &'static str, f64)> {
 /// The running jobs' histories, by job id.
 pub type Histories = Arc<Mutex<BTreeMap<String, JobHistory>>>;
 
-/// The histories of the job book kept in `state_dir`, shared with the HTTP API of the same
-/// process. The daemon owns the book and hands the API only snapshots, so the two meet here, by
-/// state dir (one root per state dir).
-pub fn shared_histories(state_dir: &Path) -> Histories {
-    static ALL: OnceLock<Mutex<HashMap<PathBuf, Histories>>> = OnceLock::new();
-    let mut all = ALL
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    all.entry(state_dir.to_path_buf()).or_default().clone()
-}
-
 /// A node whose digests stopped this long ago is gone, and so are the ranks it still ran: longer
 /// than the tree takes to detect a death (3 s), re-place orphans and call a node stale (8 s).
 pub const SILENT_MS: u64 = 10_000;
@@ -208,6 +196,12 @@ pub struct JobBook {
 
 impl JobBook {
     /// Opens the book in `state_dir` (none: memory only, for tests and simulations).
+    /// The running jobs' histories, shared: the daemon hands them to the HTTP API, which reads
+    /// them while the book writes them each wave.
+    pub fn histories(&self) -> Histories {
+        self.histories.clone()
+    }
+
     pub fn open(state_dir: Option<&Path>, now_ms: u64) -> JobBook {
         let mut book = JobBook {
             dir: state_dir.map(Path::to_path_buf),
@@ -216,10 +210,7 @@ impl JobBook {
             heard: HashMap::new(),
             opened_ms: now_ms,
             finished: BTreeSet::new(),
-            histories: match state_dir {
-                Some(dir) => shared_histories(dir),
-                None => Histories::default(),
-            },
+            histories: Histories::default(),
         };
         if let Some(dir) = &book.dir {
             if let Ok(text) = std::fs::read_to_string(dir.join("jobs.json")) {
