@@ -1143,6 +1143,13 @@ impl Node {
             touched.push(m.name.clone());
             link.members.insert(m.name.clone(), m);
         }
+        // A child speaks only for its own subtree: losses declared by a node outside it are
+        // dropped (checked before the removals, which may take out the node that declared one).
+        let lost: Vec<Lost> = delta
+            .lost
+            .into_iter()
+            .filter(|l| l.parent == child || link.members.contains_key(&l.parent))
+            .collect();
         for name in delta.remove {
             if name == child {
                 continue;
@@ -1150,7 +1157,7 @@ impl Node {
             link.members.remove(&name);
             touched.push(name);
         }
-        self.pending_lost.extend(delta.lost);
+        self.pending_lost.extend(lost);
         self.refresh_union(now, touched);
     }
 
