@@ -9,6 +9,7 @@
 //! 100,000 nodes. The types that matter most are [`wire::Msg`] (what travels on a link),
 //! [`metric::MetricSet`] (what reduces up the tree) and [`nodeset::NodeSet`] (how operators name nodes).
 
+pub mod action;
 pub mod duration;
 pub mod exposition;
 pub mod frame;
@@ -17,5 +18,6 @@ pub mod ingest;
 pub mod job;
 pub mod metric;
 pub mod nodeset;
+pub mod seal;
 pub mod target;
 pub mod wire;

@@ -18,7 +18,7 @@ use crate::metric::MetricSet;
 use serde::{Deserialize, Serialize};
 
 /// Version of the messages below. A peer with another version is refused at its greeting.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The root's name in the tree and in its certificate.
 pub const ROOT_NAME: &str = "banyan-root";
@@ -225,6 +225,9 @@ pub enum CommandBody {
     Scrape(ScrapeChange),
     /// The job's profile is written: drop its series and state.
     ForgetJob(String),
+    /// An operator action: a [`crate::action::Order`] sealed by the root. Inner nodes route it
+    /// by the command's targets; each target checks the seal and that the order names it.
+    Action(crate::seal::Sealed),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -244,6 +247,8 @@ pub enum Answer {
     Scrapes(Vec<ScrapeStatus>),
     /// Done, nothing to tell.
     Done,
+    /// A target's [`crate::action::Receipt`], sealed with its node key.
+    Receipt(crate::seal::Sealed),
 }
 
 /// Results of a command from some of its targets; the root merges them.

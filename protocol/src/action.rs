@@ -1,0 +1,370 @@
+//! Operator actions as they travel down the tree and as their results come back up.
+//!
+//! The root turns an operator's request into an [`Order`]: which nodes, what to do, dry run or
+//! for real, until when. It seals the order ([`crate::seal`]) and sends it down the tree as a
+//! command; each target checks the seal, that it is named, that the order has not expired and
+//! that it has not seen the order's id before, and only then carries out the [`Task`]. Its answer,
+//! a [`Receipt`], is sealed with the node's key, so nodes on the way up can drop it but cannot
+//! change it. The same types are the JSON of the HTTP API (`POST /actions`, `GET /actions/ID`).
+//!
+//! What it is not: no execution (the agent's `actions` module), no bookkeeping of actions in
+//! flight (the root's), no clock: times are given.
+
+use serde::{Deserialize, Serialize};
+
+/// Most arguments in a command line of an exec task.
+pub const MAX_ARGS: usize = 1024;
+/// Most bytes of all arguments of a command line together.
+pub const MAX_ARGV_BYTES: usize = 128 * 1024;
+/// Most units in one service task.
+pub const MAX_UNITS: usize = 64;
+/// Default cap on captured output, per stream and target.
+pub const DEFAULT_MAX_OUTPUT: u64 = 64 * 1024;
+/// Largest cap on captured output a request may ask, per stream and target: results travel up the
+/// tree in one message each.
+pub const MAX_OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// What the root asks its targets to do, signed as a whole.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Order {
+    /// Unique per order (random, 16 hex digits): a target refuses an id it has seen.
+    pub id: String,
+    /// When the root issued it (ms since the Unix epoch, the root's clock).
+    pub issued_ms: u64,
+    /// A target refuses the order after this time (its own clock; clusters keep clocks in step).
+    pub expires_ms: u64,
+    /// How long a target may spend carrying it out.
+    pub timeout_ms: u64,
+    /// False: each target says what it would do and changes nothing.
+    pub for_real: bool,
+    /// The token name the order was made for, for the node's log.
+    pub who: String,
+    /// Every target, sorted. A node acts only if it is named here.
+    pub targets: Vec<String>,
+    pub task: Task,
+}
+
+/// One kind of action.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Run a command.
+    Exec(ExecTask),
+    /// Start, stop, restart or ask the state of daemons.
+    Service(ServiceTask),
+    /// Stop carrying out the order `id` (its running command is killed).
+    Cancel { id: String },
+}
+
+impl Task {
+    /// Short name, as the API and the audit log show it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Task::Exec(_) => "exec",
+            Task::Service(_) => "service",
+            Task::Cancel { .. } => "cancel",
+        }
+    }
+
+    /// Checks what the executing side would otherwise refuse, so that the caller hears it at once.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Task::Exec(e) => e.validate(),
+            Task::Service(s) => s.validate(),
+            Task::Cancel { id } => validate_order_id(id),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ExecTask {
+    /// The program and its arguments; with `shell`, one string given to `/bin/sh -c`.
+    pub argv: Vec<String>,
+    /// Run `argv` joined by spaces through `/bin/sh -c`.
+    #[serde(default)]
+    pub shell: bool,
+    /// Run as this user (its uid, gid and groups) instead of root.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Cap on captured bytes per stream (stdout, stderr).
+    #[serde(default = "default_max_output")]
+    pub max_output: u64,
+}
+
+fn default_max_output() -> u64 {
+    DEFAULT_MAX_OUTPUT
+}
+
+impl ExecTask {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            return Err("no command given".into());
+        }
+        if self.argv.len() > MAX_ARGS {
+            return Err(format!("more than {MAX_ARGS} arguments"));
+        }
+        let bytes: usize = self.argv.iter().map(|a| a.len() + 1).sum();
+        if bytes > MAX_ARGV_BYTES {
+            return Err(format!(
+                "the command line is longer than {MAX_ARGV_BYTES} bytes"
+            ));
+        }
+        if self.argv.iter().any(|a| a.contains('\0')) {
+            return Err("an argument contains a NUL byte".into());
+        }
+        if let Some(u) = &self.user {
+            validate_user_name(u)?;
+        }
+        if self.max_output > MAX_OUTPUT_LIMIT {
+            return Err(format!(
+                "max_output {} is above the limit of {MAX_OUTPUT_LIMIT} bytes",
+                self.max_output
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceOp {
+    Start,
+    Stop,
+    Restart,
+    Status,
+}
+
+impl ServiceOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceOp::Start => "start",
+            ServiceOp::Stop => "stop",
+            ServiceOp::Restart => "restart",
+            ServiceOp::Status => "status",
+        }
+    }
+
+    /// Whether it changes anything (status does not, so it runs even in a dry run).
+    pub fn mutates(self) -> bool {
+        !matches!(self, ServiceOp::Status)
+    }
+}
+
+impl std::str::FromStr for ServiceOp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "start" => Ok(ServiceOp::Start),
+            "stop" => Ok(ServiceOp::Stop),
+            "restart" => Ok(ServiceOp::Restart),
+            "status" => Ok(ServiceOp::Status),
+            _ => Err(format!(
+                "unknown service operation {s:?}: use start, stop, restart or status"
+            )),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ServiceTask {
+    pub op: ServiceOp,
+    pub units: Vec<String>,
+}
+
+impl ServiceTask {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.units.is_empty() {
+            return Err("no unit given".into());
+        }
+        if self.units.len() > MAX_UNITS {
+            return Err(format!("more than {MAX_UNITS} units"));
+        }
+        self.units.iter().try_for_each(|u| validate_unit_name(u))
+    }
+}
+
+/// A target's answer to an order, signed with its node key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Receipt {
+    /// The order's id.
+    pub order: String,
+    /// The node that carried it out (must match the signing certificate's name).
+    pub node: String,
+    pub result: NodeResult,
+}
+
+/// What one target did (or, in a dry run, would do).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct NodeResult {
+    /// Whether it succeeded (a command's exit status 0; every unit in the asked state).
+    pub ok: bool,
+    pub dry_run: bool,
+    /// One line for humans: what would run, the exit status, or why it failed.
+    pub summary: String,
+    pub exit: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Output past the cap was dropped.
+    pub truncated: bool,
+    /// Service tasks: each unit's state after the operation.
+    pub units: Vec<UnitStatus>,
+    pub duration_ms: u64,
+}
+
+impl NodeResult {
+    /// A failure before anything ran.
+    pub fn refused(summary: impl Into<String>) -> NodeResult {
+        NodeResult {
+            ok: false,
+            summary: summary.into(),
+            ..NodeResult::default()
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UnitStatus {
+    pub unit: String,
+    pub state: UnitState,
+    /// Why, when it failed or is unknown; what would be done, in a dry run.
+    pub detail: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitState {
+    Active,
+    Inactive,
+    Failed,
+    Unknown,
+}
+
+impl UnitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Active => "active",
+            UnitState::Inactive => "inactive",
+            UnitState::Failed => "failed",
+            UnitState::Unknown => "unknown",
+        }
+    }
+}
+
+/// An order id: 16 lowercase hex digits.
+pub fn validate_order_id(id: &str) -> Result<(), String> {
+    if id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid action id {:?}: expected 16 hex digits",
+            truncate_for_error(id)
+        ))
+    }
+}
+
+/// A unit name as systemd allows them, and nothing a shell would read specially: letters, digits
+/// and `@ . _ : -`, not starting with `-`, at most 128 bytes.
+pub fn validate_unit_name(u: &str) -> Result<(), String> {
+    let ok = !u.is_empty()
+        && u.len() <= 128
+        && !u.starts_with('-')
+        && !u.starts_with('.')
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid unit name {:?}: use letters, digits and @ . _ : - (at most 128)",
+            truncate_for_error(u)
+        ))
+    }
+}
+
+/// A user name as `useradd` accepts them by default.
+pub fn validate_user_name(u: &str) -> Result<(), String> {
+    let ok = !u.is_empty()
+        && u.len() <= 32
+        && !u.starts_with('-')
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'$'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid user name {:?}", truncate_for_error(u)))
+    }
+}
+
+fn truncate_for_error(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names_with_shell_metacharacters_are_refused() {
+        for bad in [
+            "",
+            "a;b",
+            "a b",
+            "$(reboot)",
+            "`id`",
+            "-x",
+            "a|b",
+            "a/b",
+            "..",
+            "a\nb",
+        ] {
+            assert!(validate_unit_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["nova-compute", "getty@tty1.service", "a_b:c.d"] {
+            assert!(validate_unit_name(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn exec_tasks_are_bounded() {
+        let t = |argv: Vec<&str>| ExecTask {
+            argv: argv.into_iter().map(String::from).collect(),
+            shell: false,
+            user: None,
+            max_output: DEFAULT_MAX_OUTPUT,
+        };
+        assert!(t(vec![]).validate().is_err());
+        assert!(t(vec![""]).validate().is_err());
+        assert!(t(vec!["a\0b"]).validate().is_err());
+        assert!(t(vec!["true"]).validate().is_ok());
+        let mut big = t(vec!["x"; MAX_ARGS + 1]);
+        assert!(big.validate().is_err());
+        big.argv.truncate(1);
+        big.max_output = MAX_OUTPUT_LIMIT + 1;
+        assert!(big.validate().is_err());
+    }
+
+    #[test]
+    fn order_ids_are_16_hex_digits() {
+        assert!(validate_order_id("0123456789abcdef").is_ok());
+        assert!(validate_order_id("0123456789ABCDEF").is_err());
+        assert!(validate_order_id("../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn the_json_shape_of_a_task_is_tagged_by_kind() {
+        let t: Task = serde_json::from_str(r#"{"exec": {"argv": ["uname", "-n"]}}"#).unwrap();
+        assert_eq!(
+            t,
+            Task::Exec(ExecTask {
+                argv: vec!["uname".into(), "-n".into()],
+                shell: false,
+                user: None,
+                max_output: DEFAULT_MAX_OUTPUT
+            })
+        );
+        let s: Task =
+            serde_json::from_str(r#"{"service": {"op": "status", "units": ["sshd"]}}"#).unwrap();
+        assert_eq!(s.kind(), "service");
+    }
+}
