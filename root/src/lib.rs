@@ -6,6 +6,7 @@
 //! with the [`placement::Placement`] authority. This crate does not run actions on nodes; agents do.
 
 pub mod alarms;
+pub mod audit;
 pub mod catalog;
 pub mod cli_api;
 pub mod cli_nodeset;
@@ -15,3 +16,4 @@ pub mod http;
 pub mod jobs;
 pub mod placement;
 pub mod state;
+pub mod tokens;
