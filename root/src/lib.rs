@@ -1,6 +1,6 @@
 //! `banyan-root` is the top of the tree: the enrolment and placement authority, the last step of
-//! the reduction, and the HTTP API that operators and the web UI read. It also holds the operator
-//! CLI `banyan`, which only talks to that API.
+//! the reduction, and the HTTP API that operators and the web UI read (the operator CLI `banyan`,
+//! in `banyan-cli`, is a client of that API).
 //!
 //! The tree logic is deterministic: [`core::RootCore`] joins the top [`banyan_agent::tree::Node`]
 //! with the [`placement::Placement`] authority. This crate does not run actions on nodes; agents do.
@@ -8,8 +8,6 @@
 pub mod alarms;
 pub mod audit;
 pub mod catalog;
-pub mod cli_api;
-pub mod cli_nodeset;
 pub mod core;
 pub mod daemon;
 pub mod http;

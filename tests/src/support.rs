@@ -57,32 +57,43 @@ fn find_binaries() -> Result<Binaries> {
         })
         .unwrap_or_else(|| workspace.join("target"));
     let bins = in_dir(&target.join("debug"));
-    if present(&bins) {
+    // The operator CLI (`banyan`, from banyan-cli) sits beside the daemons; tests run it from there.
+    let cli = target.join("debug").join("banyan");
+    if present(&bins) && cli.is_file() {
         return Ok(bins);
     }
     // `cargo test -p banyan-tests` builds this crate's dependencies as libraries only, not their
     // binaries, so on a fresh checkout they have to be built here.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!(
-        "banyan-tests: building banyan-root and banyan-agent (missing in {})",
+        "banyan-tests: building banyan-root, banyan-agent and banyan (missing in {})",
         target.display()
     );
     let status = Command::new(&cargo)
-        .args(["build", "-p", "banyan-agent", "-p", "banyan-root"])
+        .args([
+            "build",
+            "-p",
+            "banyan-agent",
+            "-p",
+            "banyan-root",
+            "-p",
+            "banyan-cli",
+        ])
         .current_dir(&workspace)
         .stdin(Stdio::null())
         .status()
-        .context("running `cargo build -p banyan-agent -p banyan-root`")?;
+        .context("running `cargo build -p banyan-agent -p banyan-root -p banyan-cli`")?;
     if !status.success() {
         bail!(
-            "`cargo build -p banyan-agent -p banyan-root` failed ({status}); see its output above"
+            "`cargo build -p banyan-agent -p banyan-root -p banyan-cli` failed ({status}); see its output above"
         );
     }
-    if !present(&bins) {
+    if !present(&bins) || !cli.is_file() {
         bail!(
-            "`cargo build` succeeded but {} or {} is still missing",
+            "`cargo build` succeeded but {}, {} or {} is still missing",
             bins.root.display(),
-            bins.agent.display()
+            bins.agent.display(),
+            cli.display()
         );
     }
     Ok(bins)

@@ -3,9 +3,9 @@
 use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
+use banyan_cli::api::{self as cli_api, CliError, Client};
+use banyan_cli::nodeset::{self as cli_nodeset, NodesetArgs, NodesetCliError};
 use banyan_protocol::nodeset::NodeSet;
-use banyan_root::cli_api::{self, CliError, Client};
-use banyan_root::cli_nodeset::{self, NodesetArgs, NodesetCliError};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
