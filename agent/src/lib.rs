@@ -8,7 +8,9 @@
 //! the simulator reuse. The async shell around it ([`shell`]) only moves bytes and time in and out.
 //! This crate does not serve HTTP and does not decide placement: that is the root's job.
 
+pub mod actions;
 pub mod collect;
+pub mod config;
 pub mod enrol;
 pub mod ingest;
 pub mod jobs;

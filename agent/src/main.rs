@@ -54,6 +54,10 @@ struct Args {
     /// http:// URL (repeat for several). More can be added at run time with the root's /join.
     #[arg(long = "scrape", value_name = "HOST:PORT", value_parser = parse_target)]
     scrape: Vec<banyan_protocol::target::Target>,
+    /// The agent's config file: what operator actions may do on this node
+    /// [default: /etc/banyan/agent.toml, where a missing file means the defaults].
+    #[arg(long, env = "BANYAN_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
 }
 
 fn parse_target(s: &str) -> Result<banyan_protocol::target::Target, String> {
@@ -99,6 +103,9 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         .map(|t| t.trim().parse::<JoinToken>())
         .transpose()
         .map_err(|e| e.to_string())?;
+    // Read at start so that a bad agent.toml stops the agent with its file and line (exit 2)
+    // rather than failing the first action; `file.actions` is what the action executors take.
+    let file = banyan_agent::config::load(args.config.as_deref())?;
     let period_ms = args.period.as_millis() as u64;
     if period_ms < 100 {
         return Err(format!(
@@ -115,6 +122,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         metrics_file: args.metrics_file,
         scrape: args.scrape,
         socket: args.socket,
+        actions: file.actions,
     })
 }
 
