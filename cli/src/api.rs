@@ -1,44 +1,99 @@
-//! The operator CLI's side of the HTTP API: `banyan status`, `banyan topology`, `banyan ping`.
+//! The CLI's side of the root's HTTP API: one small blocking client and the errors a command ends
+//! with, each with its exit status.
 //!
-//! Plain HTTP to the root (loopback or an `ssh -L` tunnel). Errors name the root's URL and what
-//! to do; JSON errors from the root are shown as the root wrote them.
+//! Plain HTTP to the root (loopback or an `ssh -L` tunnel). Every request carries the token when
+//! one was found ([`crate::config::find_token`]); writes fail early when none was. Errors name the
+//! root's URL and what to do; JSON errors from the root are shown as the root wrote them.
+
+use std::time::Duration;
 
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::path::Path;
-use std::time::Duration;
+
+use crate::config::Token;
+
+/// Exit status: every target succeeded (or the command did what it was asked).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: some targets failed or were unreachable; or the root answered an error.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: bad command line (also a node set, group or task the root found bad).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: refused: no token, or the token may not do this (HTTP 401/403).
+pub const EXIT_REFUSED: u8 = 3;
+/// Exit status: the root could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 4;
+/// Exit status: interrupted (Ctrl-C) and detached from an action that goes on.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("cannot reach the root at {url}: {detail} (is banyan-root running? set --root or BANYAN_ROOT)")]
     Unreachable { url: String, detail: String },
+    /// 401 or 403: `hint` says where the CLI looked for a token when it found none.
+    #[error("the root refused ({status} {error}){detail}{hint}")]
+    Refused {
+        status: u16,
+        error: String,
+        detail: String,
+        hint: String,
+    },
+    /// 400: the request was wrong (a node set, a group, a task).
+    #[error("the root refused the request: {error}{detail}")]
+    BadRequest { error: String, detail: String },
     #[error("the root answered {status}: {error}{detail}")]
     Api {
         status: u16,
         error: String,
         detail: String,
     },
+    #[error(
+        "the root at {url} answered {status} with something that is not banyan's JSON: {detail}"
+    )]
+    BadAnswer {
+        url: String,
+        status: u16,
+        detail: String,
+    },
     #[error("{0}")]
     Usage(String),
+    /// Ctrl-C while following an action that goes on without us.
+    #[error("detached from action {id}, still running on {pending} of its targets; follow it with: banyan actions {id} --watch")]
+    Detached { id: String, pending: usize },
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => 2,
-            _ => 1,
+            CliError::Usage(_) | CliError::BadRequest { .. } => EXIT_USAGE,
+            CliError::Refused { .. } => EXIT_REFUSED,
+            CliError::Unreachable { .. } => EXIT_UNREACHABLE,
+            CliError::Detached { .. } => EXIT_INTERRUPTED,
+            CliError::Api { .. } | CliError::BadAnswer { .. } => EXIT_FAILED,
         }
     }
+}
+
+/// Whether a request must carry a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Reads: the token goes along when there is one.
+    IfAny,
+    /// Writes, the audit log, tokens: without a token the command stops before asking.
+    Required,
 }
 
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    token: Token,
 }
 
 impl Client {
+    /// A client without a token (reads only).
     pub fn new(root: &str) -> Client {
+        Client::with_token(root, Token::None("no token given".into()))
+    }
+
+    pub fn with_token(root: &str, token: Token) -> Client {
         let base = root.trim_end_matches('/').to_string();
         let base = if base.starts_with("http://") || base.starts_with("https://") {
             base
@@ -47,10 +102,28 @@ impl Client {
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Above the longest long poll the CLI asks for.
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
-        Client { base, agent }
+        Client { base, agent, token }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn bearer(&self, auth: Auth) -> Result<Option<String>, CliError> {
+        match (&self.token, auth) {
+            (Token::Found { token, .. }, _) => Ok(Some(format!("Bearer {token}"))),
+            (Token::None(why), Auth::Required) => Err(CliError::Refused {
+                status: 401,
+                error: "no token".into(),
+                detail: String::new(),
+                hint: format!(": {why}"),
+            }),
+            (Token::None(_), Auth::IfAny) => Ok(None),
+        }
     }
 
     fn finish(
@@ -59,30 +132,60 @@ impl Client {
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Value, CliError> {
         let mut resp = r.map_err(|e| CliError::Unreachable {
-            url: url.to_string(),
+            url: self.base.clone(),
             detail: e.to_string(),
         })?;
         let status = resp.status().as_u16();
-        let body: Value = resp
+        let text = resp
             .body_mut()
-            .read_json()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_string()
             .map_err(|e| CliError::Unreachable {
-                url: url.to_string(),
-                detail: format!("not a JSON answer: {e}"),
+                url: self.base.clone(),
+                detail: format!("reading the answer to {url}: {e}"),
             })?;
-        if status >= 400 {
-            let error = body["error"].as_str().unwrap_or("error").to_string();
-            let detail = body["detail"]
-                .as_str()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default();
-            return Err(CliError::Api {
+        let body: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|e| CliError::BadAnswer {
+                url: url.to_string(),
+                status,
+                detail: format!(
+                    "{e} (it begins {:?})",
+                    text.chars().take(80).collect::<String>()
+                ),
+            })?
+        };
+        if status < 400 {
+            return Ok(body);
+        }
+        let error = body["error"].as_str().unwrap_or("error").to_string();
+        let detail = body["detail"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        Err(match status {
+            400 => CliError::BadRequest { error, detail },
+            401 | 403 => CliError::Refused {
                 status,
                 error,
                 detail,
-            });
-        }
-        Ok(body)
+                hint: match &self.token {
+                    Token::None(why) => format!("; {why}"),
+                    Token::Found { from, .. } if status == 401 => {
+                        format!("; the token came from {from}")
+                    }
+                    Token::Found { .. } => String::new(),
+                },
+            },
+            _ => CliError::Api {
+                status,
+                error,
+                detail,
+            },
+        })
     }
 
     pub fn get(&self, path: &str) -> Result<Value, CliError> {
@@ -91,407 +194,115 @@ impl Client {
 
     /// GET with query parameters (encoded here, so node names with spaces or `&` are safe).
     pub fn get_query(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, CliError> {
+        self.get_as(path, query, Auth::IfAny)
+    }
+
+    pub fn get_as(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        auth: Auth,
+    ) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.get(&url);
         for (k, v) in query {
             req = req.query(*k, *v);
         }
+        if let Some(b) = self.bearer(auth)? {
+            req = req.header("Authorization", &b);
+        }
         let r = req.call();
         self.finish(&url, r)
     }
 
-    pub fn post(&self, path: &str, token: &str, body: &Value) -> Result<Value, CliError> {
+    /// POST a JSON body; writes always need the token.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
-        let r = self
-            .agent
-            .post(&url)
-            .header("Authorization", &format!("Bearer {token}"))
-            .send_json(body);
+        let mut req = self.agent.post(&url);
+        if let Some(b) = self.bearer(Auth::Required)? {
+            req = req.header("Authorization", &b);
+        }
+        let r = req.send_json(body);
+        self.finish(&url, r)
+    }
+
+    /// DELETE; writes always need the token.
+    pub fn delete(&self, path: &str) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.delete(&url);
+        if let Some(b) = self.bearer(Auth::Required)? {
+            req = req.header("Authorization", &b);
+        }
+        let r = req.call();
         self.finish(&url, r)
     }
 }
 
-/// The admin token: `--token`, `BANYAN_ADMIN_TOKEN`, or the root's state dir file.
-pub fn admin_token(given: Option<&str>, file: Option<&Path>) -> Result<String, CliError> {
-    if let Some(t) = given {
-        return Ok(t.trim().to_string());
-    }
-    let path = file.unwrap_or(Path::new("/var/lib/banyan-root/admin-token"));
-    std::fs::read_to_string(path)
-        .map(|t| t.trim().to_string())
-        .map_err(|e| {
-            CliError::Usage(format!(
-                "this command needs the admin token: give --token, BANYAN_ADMIN_TOKEN or --token-file (cannot read {}: {e})",
-                path.display()
-            ))
+/// One path segment, percent-encoded (a token or node name in `/tokens/NAME`, `/nodes/NAME`).
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
         })
-}
-
-/// Where the root's API is: `--root`/`BANYAN_ROOT` (given), else `root = "..."` in
-/// `$XDG_CONFIG_HOME/banyan/config.toml` (or `~/.config/banyan/config.toml`), else loopback.
-pub fn root_url(given: Option<&str>) -> Result<String, CliError> {
-    if let Some(r) = given {
-        return Ok(r.to_string());
-    }
-    let dir = std::env::var_os("XDG_CONFIG_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")));
-    if let Some(dir) = dir {
-        let file = dir.join("banyan").join("config.toml");
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            #[derive(serde::Deserialize)]
-            struct Config {
-                root: Option<String>,
-            }
-            let cfg: Config = toml::from_str(&text)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            if let Some(r) = cfg.root {
-                return Ok(r);
-            }
-        }
-    }
-    Ok("http://127.0.0.1:1337".to_string())
-}
-
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map_or("-".into(), |x| format!("{:.0}%", x * 100.0))
-}
-
-fn rate(v: &Value) -> String {
-    let Some(x) = v.as_f64() else {
-        return "-".into();
-    };
-    const UNITS: [&str; 5] = ["B/s", "KB/s", "MB/s", "GB/s", "TB/s"];
-    let mut x = x.max(0.0);
-    let mut u = 0;
-    while x >= 1000.0 && u + 1 < UNITS.len() {
-        x /= 1000.0;
-        u += 1;
-    }
-    format!("{x:.1} {}", UNITS[u])
-}
-
-/// `banyan nodes` as a table.
-pub fn render_nodes(nodes: &Value) -> String {
-    let mut rows = vec![[
-        "NODE".to_string(),
-        "STATUS".into(),
-        "PARENT".into(),
-        "DEPTH".into(),
-        "CPU".into(),
-        "MEM".into(),
-        "LOAD1".into(),
-        "RX".into(),
-        "TX".into(),
-        "AGE".into(),
-    ]];
-    for n in nodes.as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        let d = &n["digest"];
-        rows.push([
-            n["name"].as_str().unwrap_or("?").to_string(),
-            n["status"].as_str().unwrap_or("?").to_string(),
-            n["parent"].as_str().unwrap_or("-").to_string(),
-            n["depth"].to_string(),
-            pct(&d["cpu"]),
-            pct(&d["memory"]),
-            d["load1"]
-                .as_f64()
-                .map_or("-".into(), |x| format!("{x:.2}")),
-            rate(&d["net_rx_bps"]),
-            rate(&d["net_tx_bps"]),
-            n["age_ms"]
-                .as_u64()
-                .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-        ]);
-    }
-    table(&rows)
-}
-
-/// Rows as aligned columns, the first row being the header.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
-}
-
-/// Job descriptions (`/job/list`, `/profiles`) as a table; the `main` and `Node:` entries are
-/// left out (they are the cluster and its nodes, not jobs). Names are printed with control
-/// characters escaped: a job id is the user's text.
-pub fn render_jobs(list: &Value) -> String {
-    let mut rows = vec![[
-        "JOB".to_string(),
-        "SIZE".into(),
-        "COMMAND".into(),
-        "NODES".into(),
-        "STARTED".into(),
-        "ENDED".into(),
-    ]];
-    let when = |v: &Value| match v.as_u64() {
-        Some(0) | None => "-".to_string(),
-        Some(t) => format!("{t}"),
-    };
-    for j in list.as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        let id = j["jobid"].as_str().unwrap_or("?");
-        if id == "main" || id.starts_with("Node: ") {
-            continue;
-        }
-        rows.push([
-            id.escape_debug().to_string(),
-            j["size"].to_string(),
-            j["command"]
-                .as_str()
-                .unwrap_or("")
-                .escape_debug()
-                .to_string(),
-            j["nodelist"]
-                .as_str()
-                .unwrap_or("")
-                .escape_debug()
-                .to_string(),
-            when(&j["start_time"]),
-            when(&j["end_time"]),
-        ]);
-    }
-    table(&rows)
-}
-
-/// `banyan metrics NODE`: one series a line, counters by value, gauges by their last sample.
-pub fn render_metrics(job: &Value) -> String {
-    let mut out = String::new();
-    for c in job["counters"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        let name = c["name"].as_str().unwrap_or("?");
-        let t = &c["ctype"];
-        let value = if let Some(v) = t["Counter"]["value"].as_f64() {
-            format!("{v}")
-        } else if let Some(v) = t["Gauge"]["last"].as_f64() {
-            format!("{v}")
-        } else if let Some(n) = t["Histogram"]["count"].as_u64() {
-            format!("{n} observations, sum {}", t["Histogram"]["sum"])
-        } else {
-            "?".into()
-        };
-        let _ = writeln!(out, "{name} {value}");
-    }
-    out
-}
-
-/// `banyan status` in words.
-pub fn render_status(s: &Value) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "root {}: {} up, {} joining, {} lost, {} stale; depth {}",
-        s["root"].as_str().unwrap_or("?"),
-        s["nodes_up"],
-        s["nodes_joining"],
-        s["nodes_lost"],
-        s["nodes_stale"],
-        s["depth"]
-    );
-    match s["last_wave"].as_object() {
-        Some(w) => {
-            let _ = writeln!(
-                out,
-                "last wave {} seen {} ms ago ({})",
-                w.get("wave").unwrap_or(&Value::Null),
-                w.get("age_ms").unwrap_or(&Value::Null),
-                if w.get("complete").and_then(Value::as_bool) == Some(true) {
-                    "complete"
-                } else {
-                    "partial: some subtree was late"
-                }
-            );
-        }
-        None => out.push_str("no wave yet\n"),
-    }
-    out
-}
-
-/// `banyan topology` as an indented tree, lost and stale nodes listed after it.
-pub fn render_topology(t: &Value) -> String {
-    let root = t["root"].as_str().unwrap_or("banyan-root").to_string();
-    let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut down = Vec::new();
-    for n in t["nodes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        let name = n["name"].as_str().unwrap_or("?").to_string();
-        if n["up"].as_bool() != Some(true) {
-            down.push(format!(
-                "{name} ({})",
-                n["status"].as_str().unwrap_or("down")
-            ));
-            continue;
-        }
-        if let Some(p) = n["parent"].as_str() {
-            children.entry(p.to_string()).or_default().push(name);
-        }
-    }
-    let mut out = format!("{root}\n");
-    let mut stack: Vec<(String, String, bool)> = Vec::new();
-    if let Some(kids) = children.get(&root) {
-        for (i, k) in kids.iter().enumerate().rev() {
-            stack.push((k.clone(), String::new(), i + 1 == kids.len()));
-        }
-    }
-    let mut guard = 0usize;
-    while let Some((name, prefix, last)) = stack.pop() {
-        guard += 1;
-        if guard > 1_000_000 {
-            break;
-        }
-        let _ = writeln!(out, "{prefix}{}{name}", if last { "└── " } else { "├── " });
-        let child_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
-        if let Some(kids) = children.get(&name) {
-            for (i, k) in kids.iter().enumerate().rev() {
-                stack.push((k.clone(), child_prefix.clone(), i + 1 == kids.len()));
-            }
-        }
-    }
-    if !down.is_empty() {
-        let _ = writeln!(out, "not in the tree: {}", down.join(", "));
-    }
-    out
-}
-
-/// `banyan ping` results: one line per node, then the unreachable ones. Returns whether all answered.
-pub fn render_ping(r: &Value) -> (String, bool) {
-    let mut out = String::new();
-    let mut ok = true;
-    if let Some(m) = r["answered"].as_object() {
-        for (node, v) in m {
-            let _ = writeln!(out, "{node}\t{} ms", v["rtt_ms"]);
-        }
-    }
-    if let Some(m) = r["failed"].as_object() {
-        for (node, v) in m {
-            ok = false;
-            let _ = writeln!(
-                out,
-                "{node}\tfailed: {}",
-                v["error"].as_str().unwrap_or("?")
-            );
-        }
-    }
-    let unreachable: Vec<&str> = r["unreachable"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if !unreachable.is_empty() {
-        ok = false;
-        let set = banyan_protocol::nodeset::NodeSet::from_names(unreachable.iter().copied());
-        let _ = writeln!(out, "unreachable: {set}");
-    }
-    (out, ok)
-}
-
-/// `banyan alarms`: every alarm, raised ones marked, from `/alarms/list`.
-pub fn render_alarms(by_target: &Value) -> String {
-    let mut rows = vec![[
-        "TARGET".to_string(),
-        "ALARM".into(),
-        "CONDITION".into(),
-        "CURRENT".into(),
-        "STATE".into(),
-        "SINCE".into(),
-    ]];
-    if let Some(map) = by_target.as_object() {
-        for (target, list) in map {
-            for a in list.as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                let op = &a["operator"];
-                let cond = if let Some(t) = op["More"].as_f64() {
-                    format!("> {t}")
-                } else if let Some(t) = op["Less"].as_f64() {
-                    format!("< {t}")
-                } else if let Some(t) = op["Equal"].as_f64() {
-                    format!("= {t}")
-                } else {
-                    "?".into()
-                };
-                let active = a["active"].as_bool().unwrap_or(false);
-                let since = if active {
-                    &a["raised_at"]
-                } else {
-                    &a["cleared_at"]
-                };
-                rows.push([
-                    target.escape_debug().to_string(),
-                    a["name"].as_str().unwrap_or("?").escape_debug().to_string(),
-                    format!(
-                        "{} {cond}",
-                        a["metric"].as_str().unwrap_or("?").escape_debug()
-                    ),
-                    a["current"].as_f64().map_or("-".into(), |v| format!("{v}")),
-                    if active { "RAISED" } else { "ok" }.to_string(),
-                    since
-                        .as_u64()
-                        .map_or("-".into(), |ms| format!("{}", ms / 1000)),
-                ]);
-            }
-        }
-    }
-    table(&rows)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn topology_renders_as_a_tree_with_lost_nodes_listed() {
-        let t = json!({"root": "banyan-root", "nodes": [
-            {"name": "banyan-root", "parent": null, "up": true, "status": "up"},
-            {"name": "a1", "parent": "banyan-root", "up": true, "status": "up"},
-            {"name": "a2", "parent": "banyan-root", "up": true, "status": "up"},
-            {"name": "a3", "parent": "a1", "up": true, "status": "up"},
-            {"name": "a4", "parent": "a1", "up": false, "status": "stale"},
-        ]});
-        let text = render_topology(&t);
+    fn errors_map_to_the_documented_exit_codes() {
+        let refused = CliError::Refused {
+            status: 403,
+            error: "forbidden".into(),
+            detail: ": cn[5-6] are outside the scope of token ci".into(),
+            hint: String::new(),
+        };
+        assert_eq!(refused.exit_code(), 3);
         assert_eq!(
-            text,
-            "banyan-root\n├── a1\n│   └── a3\n└── a2\nnot in the tree: a4 (stale)\n"
+            refused.to_string(),
+            "the root refused (403 forbidden): cn[5-6] are outside the scope of token ci"
         );
+        let bad = CliError::BadRequest {
+            error: "unknown group".into(),
+            detail: ": @gpu".into(),
+        };
+        assert_eq!(bad.exit_code(), 2);
+        let down = CliError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            detail: "connection refused".into(),
+        };
+        assert_eq!(down.exit_code(), 4);
+        assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
     }
 
     #[test]
-    fn nodes_render_as_an_aligned_table() {
-        let n = json!([{"name": "cn1", "status": "up", "parent": "banyan-root", "depth": 1, "age_ms": 300,
-            "digest": {"cpu": 0.5, "memory": 0.25, "load1": 1.5, "net_rx_bps": 1500.0, "net_tx_bps": 0.0}},
-            {"name": "cn2", "status": "stale", "parent": null, "depth": 2, "age_ms": null, "digest": null}]);
-        let text = render_nodes(&n);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(
-            lines[1].starts_with(
-                "cn1   up      banyan-root  1      50%  25%  1.50   1.5 KB/s  0.0 B/s  0.3s"
-            ),
-            "{text}"
-        );
-        assert!(
-            lines[2].contains("stale") && lines[2].contains(" - "),
-            "{text}"
-        );
+    fn a_root_that_is_down_is_exit_4() {
+        // Port 1 on loopback: nothing listens there.
+        let c = Client::new("127.0.0.1:1");
+        let e = c.get("/actions").unwrap_err();
+        assert_eq!(e.exit_code(), 4, "{e}");
+        assert!(e.to_string().contains("http://127.0.0.1:1"), "{e}");
     }
 
     #[test]
-    fn ping_lists_unreachable_nodes_folded() {
-        let r = json!({"answered": {"a1": {"rtt_ms": 2}}, "failed": {}, "unreachable": ["a3", "a4", "a5"]});
-        let (text, ok) = render_ping(&r);
-        assert!(!ok);
-        assert!(text.contains("a1\t2 ms"));
-        assert!(text.contains("unreachable: a[3-5]"));
+    fn writes_without_a_token_stop_before_asking() {
+        let c = Client::with_token(
+            "127.0.0.1:1",
+            Token::None("no token given: use --token-file".into()),
+        );
+        let e = c.post("/actions", &Value::Null).unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.to_string().contains("--token-file"), "{e}");
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(segment("ci-bot"), "ci-bot");
+        assert_eq!(segment("a/../b c"), "a%2F..%2Fb%20c");
     }
 }

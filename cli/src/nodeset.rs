@@ -1,26 +1,34 @@
 //! `banyan nodeset`: expands, folds and counts node-set expressions the way ClusterShell's `nodeset`
 //! does, so operators can check an expression before handing it to another command. The parsing
 //! lives in [`banyan_protocol::nodeset`]; this module only reads arguments or stdin and prints.
+//! Expressions naming groups (`@compute`) are resolved by the root, which holds the group files
+//! ([`crate::nodes`]); everything else, `@./file` terms included, works offline.
 
 use std::io::{self, BufRead, Write};
 
 use banyan_protocol::nodeset::{NodeSet, NodeSetError};
 use clap::{ArgGroup, Args};
 
+use crate::api::CliError;
+use crate::nodes::{self, GroupResolver};
+
 /// Arguments of `banyan nodeset`.
 #[derive(Debug, Clone, Args)]
 #[command(
     group(ArgGroup::new("mode").required(true).args(["expand", "fold", "count"])),
     after_help = "\
-Expressions: comma lists and brackets as ClusterShell and pdsh write them; `@FILE` reads one name
-or expression per line (`#` starts a comment). Several expressions give their union.
+Expressions: comma lists and brackets as ClusterShell and pdsh write them; `@/path` or `@./path`
+reads one name or expression per line (`#` starts a comment); `@group`, `@source:group` and `@*`
+are the root's node groups (asked of the root at --root). Several expressions give their union.
 
 Examples:
   banyan nodeset -e 'cn[43-45,47]'          cn43 cn44 cn45 cn47
   banyan nodeset -f cn1 cn2 cn3 gpu01       cn[1-3],gpu01
   banyan nodeset -c 'r[1-2]n[001-128]'      256
   banyan nodeset -e -S '\\n' 'n[1-10/3]'     one name per line: n1 n4 n7 n10
-  banyan nodeset -f @hosts.txt
+  banyan nodeset -f @./hosts.txt
+  banyan nodeset -f '@compute!@./down.txt'  the compute group but the nodes listed in down.txt
+  banyan nodeset -c @gpu
   scontrol show hostnames | banyan nodeset -f"
 )]
 pub struct NodesetArgs {
@@ -51,6 +59,9 @@ pub enum NodesetCliError {
     Stdin(#[source] io::Error),
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
+    /// A group could not be resolved: the root is down, refused, or does not know it.
+    #[error(transparent)]
+    Root(#[from] CliError),
 }
 
 impl NodesetCliError {
@@ -59,27 +70,38 @@ impl NodesetCliError {
         match self {
             NodesetCliError::Input(_) => 2,
             NodesetCliError::Stdin(_) | NodesetCliError::Output(_) => 1,
+            NodesetCliError::Root(e) => e.exit_code(),
         }
     }
 }
 
-/// Runs `banyan nodeset`, reading `input` only when no expression was given.
+/// Runs `banyan nodeset`, reading `input` only when no expression was given; `groups` resolves
+/// the expressions that name groups.
 pub fn run(
     args: &NodesetArgs,
     input: impl BufRead,
     out: &mut impl Write,
+    groups: &dyn GroupResolver,
 ) -> Result<(), NodesetCliError> {
     let mut set = NodeSet::new();
+    let mut add = |expr: &str| -> Result<(), NodesetCliError> {
+        if nodes::needs_root(expr) {
+            set.extend(nodes::resolve(expr, groups)?);
+        } else {
+            set.extend(NodeSet::parse_with_files(expr)?);
+        }
+        Ok(())
+    };
     if args.exprs.is_empty() {
         for line in input.lines() {
             let line = line.map_err(NodesetCliError::Stdin)?;
             for expr in split_words(&line) {
-                set.extend(NodeSet::parse_with_files(expr)?);
+                add(expr)?;
             }
         }
     } else {
         for expr in &args.exprs {
-            set.extend(NodeSet::parse_with_files(expr)?);
+            add(expr)?;
         }
     }
 
