@@ -13,6 +13,7 @@ pub mod action;
 pub mod duration;
 pub mod exposition;
 pub mod frame;
+pub mod groups;
 pub mod identity;
 pub mod ingest;
 pub mod job;

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod catalog;
 pub mod core;
 pub mod daemon;
+pub mod groups;
 pub mod http;
 pub mod jobs;
 pub mod placement;
