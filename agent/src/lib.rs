@@ -14,6 +14,7 @@ pub mod config;
 pub mod enrol;
 pub mod ingest;
 pub mod jobs;
+pub mod orders;
 pub mod process;
 pub mod sampler;
 pub mod scrape;

@@ -4,14 +4,19 @@
 //! forward them as [`Event`]s; writes go through per-link channels. Everything the tree decides
 //! comes out of [`Node::poll_action`] and is carried out here, nowhere else.
 
+use crate::actions::{Executors, RunContext};
+use crate::config::ActionsConfig;
 use crate::enrol::{self, EnrolError};
 use crate::ingest::RankEvent;
 use crate::jobs::LocalJobs;
+use crate::orders::{claimed_id, OrderGate};
 use crate::sampler::Sampler;
 use crate::scrape::Scrapes;
 use crate::transport::{self, close, Framed, LinkError};
 use crate::tree::{Action, Node, Phase, TreeConfig};
+use banyan_protocol::action::{NodeResult, Task};
 use banyan_protocol::identity::{ClientAuth, Identity, JoinToken};
+use banyan_protocol::seal::Sealed;
 use banyan_protocol::wire::{Answer, Attach, CommandBody, Msg, Peer, Query, ROOT_NAME};
 use quinn::Endpoint;
 use std::collections::HashMap;
@@ -34,6 +39,8 @@ pub struct AgentConfig {
     pub scrape: Vec<banyan_protocol::target::Target>,
     /// The local socket for job ranks (`@name`: abstract).
     pub socket: String,
+    /// What operator actions may do on this node (`agent.toml`).
+    pub actions: ActionsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +70,12 @@ enum Event {
         link: u64,
         msg: Option<Msg>,
         why: String,
+    },
+    /// An order carried out by an executor: answer command `command` with this result.
+    OrderDone {
+        command: u64,
+        order: String,
+        result: NodeResult,
     },
 }
 
@@ -130,6 +143,8 @@ pub async fn run(
     })?;
     let (rank_tx, rank_rx) = mpsc::unbounded_channel();
     tokio::spawn(crate::ingest::serve(listener, rank_tx));
+    let gate = OrderGate::new(&cfg.name, &id.ca_der, &id.key_pem).map_err(AgentError::Setup)?;
+    let executors = Executors::new(&cfg.actions, cfg.state_dir.as_deref());
     let advertised = cfg.mesh.to_string();
     let mut core = Core {
         node: Node::new_agent(
@@ -146,6 +161,9 @@ pub async fn run(
         ),
         jobs: LocalJobs::new(),
         ranks: HashMap::new(),
+        gate,
+        executors,
+        running: HashMap::new(),
         cfg,
         ep: ep.clone(),
         tx,
@@ -168,6 +186,11 @@ struct Core {
     jobs: LocalJobs,
     /// Ranks connected now: connection -> job id.
     ranks: HashMap<u64, String>,
+    /// Checks orders and signs receipts.
+    gate: OrderGate,
+    executors: Executors,
+    /// Orders being carried out: id -> the switch that cancels it.
+    running: HashMap<String, tokio::sync::watch::Sender<bool>>,
     ep: Endpoint,
     tx: mpsc::UnboundedSender<Event>,
     parent: Option<(u64, mpsc::UnboundedSender<Msg>)>,
@@ -310,8 +333,73 @@ impl Core {
                     }
                 }
             }
+            Event::OrderDone {
+                command,
+                order,
+                result,
+            } => {
+                self.running.remove(&order);
+                info!(node = %self.cfg.name, order = %order, ok = result.ok, summary = %result.summary, "order done");
+                self.answer_order(command, &order, result);
+            }
         }
         Ok(())
+    }
+
+    /// A sealed order from the root: checked by the gate, then carried out off this loop (an
+    /// order may run for minutes); the receipt goes up when it is done. A refused order is
+    /// answered at once with the reason, signed, so that the root can show it.
+    fn take_order(&mut self, command: u64, sealed: &Sealed) {
+        let now = self.now();
+        let order = match self.gate.admit(sealed, now) {
+            Ok(o) => o,
+            Err(why) => {
+                warn!(node = %self.cfg.name, reason = %why, "order refused; nothing ran");
+                let id = claimed_id(sealed);
+                self.answer_order(command, &id, NodeResult::refused(why));
+                return;
+            }
+        };
+        info!(node = %self.cfg.name, order = %order.id, who = %order.who, kind = order.task.kind(), for_real = order.for_real, "order admitted");
+        if let Task::Cancel { id } = &order.task {
+            let result = match self.running.get(id) {
+                Some(switch) => {
+                    let _ = switch.send(true);
+                    NodeResult {
+                        ok: true,
+                        summary: format!("cancelling {id}"),
+                        ..NodeResult::default()
+                    }
+                }
+                None => NodeResult::refused(format!("{id} is not running here")),
+            };
+            self.answer_order(command, &order.id, result);
+            return;
+        }
+        let timeout = Duration::from_millis(order.timeout_ms);
+        let (ctx, switch) = RunContext::new(order.for_real, timeout);
+        self.running.insert(order.id.clone(), switch);
+        let run = self.executors.run(order.task, ctx);
+        let tx = self.tx.clone();
+        let id = order.id;
+        tokio::spawn(async move {
+            let result = run.await;
+            let _ = tx.send(Event::OrderDone {
+                command,
+                order: id,
+                result,
+            });
+        });
+    }
+
+    fn answer_order(&mut self, command: u64, order: &str, result: NodeResult) {
+        let answer = self
+            .gate
+            .receipt(order, result)
+            .map(Answer::Receipt)
+            .map_err(|e| format!("cannot sign the receipt: {e}"));
+        let now = self.now();
+        self.node.answer_command(now, command, answer);
     }
 
     fn drain(&mut self) {
@@ -351,6 +439,10 @@ impl Core {
                     info!(node = %self.cfg.name, child = %child, reason = %reason, "child removed");
                     self.children.remove(&child);
                 }
+                Action::Execute {
+                    id,
+                    body: CommandBody::Action(sealed),
+                } => self.take_order(id, &sealed),
                 Action::Execute { id, body } => {
                     let answer = self.execute(&body);
                     let now = self.now();

@@ -330,12 +330,16 @@ pub async fn write_msg(send: &mut SendStream, peer: &str, msg: &Msg) -> Result<(
 
 /// The node name in the verified certificate the peer presented, if any.
 pub fn peer_cert_name(conn: &Connection) -> Option<String> {
+    identity::peer_name(&peer_cert_der(conn)?).ok()
+}
+
+/// The peer's verified certificate (DER), if it presented one.
+pub fn peer_cert_der(conn: &Connection) -> Option<Vec<u8>> {
     let any = conn.peer_identity()?;
     let certs = any
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    let leaf = certs.first()?;
-    identity::peer_name(leaf.as_ref()).ok()
+    Some(certs.first()?.as_ref().to_vec())
 }
 
 /// Milliseconds since the Unix epoch: the clock the tree's waves are aligned to.

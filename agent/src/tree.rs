@@ -200,11 +200,22 @@ pub struct CommandReport {
     pub unreachable: BTreeSet<String>,
 }
 
+/// One target's answer, as it arrived at the root (see [`Node::start_command_until`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamedAnswer {
+    pub id: u64,
+    pub node: String,
+    pub answer: Result<Answer, String>,
+    pub rtt_ms: u64,
+}
+
 #[derive(Debug)]
 struct PendingCommand {
     body: CommandBody,
     started: u64,
     deadline: u64,
+    /// Answers also go to [`Node::poll_answer`] as they arrive.
+    stream: bool,
     waiting: BTreeSet<String>,
     answers: BTreeMap<String, (Result<Answer, String>, u64)>,
     unreachable: BTreeSet<String>,
@@ -272,6 +283,7 @@ pub struct Node {
     next_command_id: u64,
     commands: BTreeMap<u64, PendingCommand>,
     finished_commands: VecDeque<CommandReport>,
+    streamed: VecDeque<StreamedAnswer>,
     waves_done: VecDeque<WaveDone>,
     lost_events: VecDeque<Lost>,
     membership_events: VecDeque<MembershipDelta>,
@@ -340,6 +352,7 @@ impl Node {
             next_command_id: 1,
             commands: BTreeMap::new(),
             finished_commands: VecDeque::new(),
+            streamed: VecDeque::new(),
             waves_done: VecDeque::new(),
             lost_events: VecDeque::new(),
             membership_events: VecDeque::new(),
@@ -548,6 +561,24 @@ impl Node {
     }
 
     /// Root only: commands that finished (all answered or timed out).
+    /// Root only: takes a streamed answer as `node`'s answer to command `id` (the shell found it
+    /// genuine); the command's report comes once every target has one or the deadline passes.
+    /// Answers the shell does not settle leave their target waiting.
+    pub fn settle_answer(&mut self, now: u64, id: u64, node: &str, answer: Result<Answer, String>) {
+        if let Some(p) = self.commands.get_mut(&id) {
+            if p.waiting.remove(node) {
+                let rtt = now.saturating_sub(p.started);
+                p.answers.insert(node.to_string(), (answer, rtt));
+            }
+        }
+        self.finish_command_if_done(id);
+    }
+
+    /// Root only: the next answer to a command started with `stream`, in arrival order.
+    pub fn poll_answer(&mut self) -> Option<StreamedAnswer> {
+        self.streamed.pop_front()
+    }
+
     pub fn poll_command_report(&mut self) -> Option<CommandReport> {
         self.finished_commands.pop_front()
     }
@@ -1269,12 +1300,29 @@ impl Node {
 
     /// Root only: sends `body` to `targets`; the report comes out of [`Node::poll_command_report`].
     pub fn start_command(&mut self, now: u64, targets: &[String], body: CommandBody) -> u64 {
+        let deadline = now + self.cfg.command_timeout_ms;
+        self.start_command_until(now, targets, body, deadline, false)
+    }
+
+    /// Root only: like [`Node::start_command`], with its own deadline (an action may run for
+    /// minutes). With `stream`, every answer comes out of [`Node::poll_answer`] as it arrives, and
+    /// counts only once the shell settles it ([`Node::settle_answer`]): the shell checks answers
+    /// that the tree cannot (signatures), so that progress is shown and forgeries refused.
+    pub fn start_command_until(
+        &mut self,
+        now: u64,
+        targets: &[String],
+        body: CommandBody,
+        deadline: u64,
+        stream: bool,
+    ) -> u64 {
         let id = self.next_command_id;
         self.next_command_id += 1;
         let mut pending = PendingCommand {
             body: body.clone(),
             started: now,
-            deadline: now + self.cfg.command_timeout_ms,
+            deadline,
+            stream,
             waiting: BTreeSet::new(),
             answers: BTreeMap::new(),
             unreachable: BTreeSet::new(),
@@ -1368,7 +1416,10 @@ impl Node {
     fn is_delegated(body: &CommandBody) -> bool {
         matches!(
             body,
-            CommandBody::Scrape(_) | CommandBody::Query(Query::Scrapes) | CommandBody::ForgetJob(_)
+            CommandBody::Scrape(_)
+                | CommandBody::Query(Query::Scrapes)
+                | CommandBody::ForgetJob(_)
+                | CommandBody::Action(_)
         )
     }
 
@@ -1419,7 +1470,8 @@ impl Node {
         match body {
             CommandBody::Scrape(_)
             | CommandBody::Query(Query::Scrapes)
-            | CommandBody::ForgetJob(_) => Err("not carried out by the tree".into()),
+            | CommandBody::ForgetJob(_)
+            | CommandBody::Action(_) => Err("not carried out by the tree".into()),
             CommandBody::Ping => Ok(Answer::Pong),
             CommandBody::Query(Query::NodeMetrics) => Ok(Answer::Metrics(self.own.clone())),
             CommandBody::Move { parent, .. } => {
@@ -1484,7 +1536,18 @@ impl Node {
                 if let Some(p) = self.commands.get_mut(&id) {
                     let rtt = now.saturating_sub(p.started);
                     for (node, answer) in outcome.results {
-                        if p.waiting.remove(&node) {
+                        if p.stream {
+                            // The shell checks it first: a forged answer must not stand in for
+                            // the real one (see `settle_answer`).
+                            if p.waiting.contains(&node) {
+                                self.streamed.push_back(StreamedAnswer {
+                                    id,
+                                    node,
+                                    answer,
+                                    rtt_ms: rtt,
+                                });
+                            }
+                        } else if p.waiting.remove(&node) {
                             p.answers.insert(node, (answer, rtt));
                         }
                     }

@@ -39,8 +39,9 @@ pub struct Order {
     pub for_real: bool,
     /// The token name the order was made for, for the node's log.
     pub who: String,
-    /// Every target, sorted. A node acts only if it is named here.
-    pub targets: Vec<String>,
+    /// Every target, as a folded node set (`cn[1-4096]`: an order stays small however many nodes
+    /// it names). A node acts only if it is named here.
+    pub targets: String,
     pub task: Task,
 }
 

@@ -11,9 +11,9 @@
 //! word when it is not there yet (the orphan and its grandparent notice the death about together).
 
 use crate::placement::{Placement, PlacementConfig};
-use banyan_agent::tree::{Action, CommandReport, Node, TreeConfig, WaveDone};
+use banyan_agent::tree::{Action, CommandReport, Node, StreamedAnswer, TreeConfig, WaveDone};
 use banyan_protocol::metric::MetricSet;
-use banyan_protocol::wire::{Attach, CommandBody, Hold, Join, JoinReason, Lost, Msg};
+use banyan_protocol::wire::{Answer, Attach, CommandBody, Hold, Join, JoinReason, Lost, Msg};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// How long an orphan's placement waits for the word of what was kept of it.
@@ -183,6 +183,32 @@ impl RootCore {
         let id = self.node.start_command(now, targets, body);
         self.pump(now);
         id
+    }
+
+    /// Sends an operator action with its own deadline; each answer comes out of
+    /// [`RootCore::poll_answer`] as it arrives, and the report at the end as for any command.
+    pub fn start_streaming_command(
+        &mut self,
+        now: u64,
+        targets: &[String],
+        body: CommandBody,
+        deadline: u64,
+    ) -> u64 {
+        let id = self
+            .node
+            .start_command_until(now, targets, body, deadline, true);
+        self.pump(now);
+        id
+    }
+
+    pub fn poll_answer(&mut self) -> Option<StreamedAnswer> {
+        self.node.poll_answer()
+    }
+
+    /// Takes a checked answer of a streaming command (see [`Node::settle_answer`]).
+    pub fn settle_answer(&mut self, now: u64, id: u64, node: &str, answer: Result<Answer, String>) {
+        self.node.settle_answer(now, id, node, answer);
+        self.pump(now);
     }
 
     pub fn poll_command_report(&mut self) -> Option<CommandReport> {

@@ -3,21 +3,26 @@
 //!
 //! One task owns the [`RootCore`]; connection tasks and HTTP handlers talk to it with messages.
 
+use crate::actions::ActionBook;
 use crate::alarms::AlarmBook;
+use crate::audit::{AuditEvent, AuditLog};
 use crate::core::{Kept, RootAction, RootCore};
 use crate::jobs::JobBook;
 use crate::placement::{NodeView, PlacementConfig};
+use crate::registry::Registry;
 use crate::state::RootState;
 use banyan_agent::transport::{self, close, Framed, LinkError};
-use banyan_agent::tree::{Action, CommandReport, TreeConfig, WaveDone};
+use banyan_agent::tree::{Action, CommandReport, StreamedAnswer, TreeConfig, WaveDone};
+use banyan_protocol::action::Receipt;
 use banyan_protocol::identity::{validate_node_name, ClientAuth};
 use banyan_protocol::metric::MetricSet;
-use banyan_protocol::wire::{Attach, CommandBody, Digest, Join, Msg, ROOT_NAME};
+use banyan_protocol::seal::{Purpose, Sealed};
+use banyan_protocol::wire::{Answer, Attach, CommandBody, Digest, Join, Msg, ROOT_NAME};
 use quinn::Endpoint;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -28,6 +33,14 @@ const SETTLE_EVERY_MS: u64 = 50;
 /// What the HTTP API can ask of the core.
 pub enum ApiRequest {
     Snapshot(oneshot::Sender<Snapshot>),
+    /// Send a sealed order down the tree for an action already in the book; its answers go to
+    /// the book as they arrive.
+    Action {
+        action: String,
+        targets: Vec<String>,
+        order: Sealed,
+        deadline_ms: u64,
+    },
     Command {
         targets: Vec<String>,
         body: CommandBody,
@@ -83,6 +96,12 @@ pub struct RootHandle {
     pub alarms: Arc<std::sync::Mutex<AlarmBook>>,
     /// The running jobs' histories, written by the job book each wave, read by the API.
     pub histories: crate::jobs::Histories,
+    /// Operator actions: started by the API, answered through the core.
+    pub actions: Arc<Mutex<ActionBook>>,
+    /// The nodes' certificates (one per name), for enrolment, joins and signed answers.
+    pub registry: Arc<Mutex<Registry>>,
+    /// The audit log; the core appends actions' outcomes.
+    pub audit: Arc<Mutex<AuditLog>>,
 }
 
 impl RootHandle {
@@ -99,6 +118,24 @@ impl RootHandle {
         if self.tx.send(Event::Shutdown(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Sends an action's sealed order; false if the core has stopped.
+    pub fn start_action(
+        &self,
+        action: String,
+        targets: Vec<String>,
+        order: Sealed,
+        deadline_ms: u64,
+    ) -> bool {
+        self.tx
+            .send(Event::Api(ApiRequest::Action {
+                action,
+                targets,
+                order,
+                deadline_ms,
+            }))
+            .is_ok()
     }
 
     pub async fn command(&self, targets: Vec<String>, body: CommandBody) -> Option<CommandReport> {
@@ -126,16 +163,36 @@ pub fn start(
 ) -> Result<(RootHandle, tokio::task::JoinHandle<()>), String> {
     let ep = transport::endpoint(cfg.mesh, &state.identity, ClientAuth::Optional)
         .map_err(|e| e.to_string())?;
+    let now = transport::unix_ms();
+    let registry = Arc::new(Mutex::new(
+        Registry::open(Some(&state.dir)).map_err(|e| e.to_string())?,
+    ));
+    let audit = Arc::new(Mutex::new(
+        AuditLog::open(&state.dir).map_err(|e| e.to_string())?,
+    ));
+    let (book, interrupted) = ActionBook::open(Some(&state.dir), now);
+    for r in interrupted {
+        warn!(action = %r.id, "an action was running when the root stopped: marked interrupted");
+        let event = AuditEvent::new(now, r.who.clone(), r.peer.clone(), "action.interrupted")
+            .action(r.id.clone())
+            .for_real(r.for_real)
+            .outcome(r.outcome_json())
+            .reason("the root restarted while the action ran");
+        if let Err(e) = lock(&audit).append(event) {
+            warn!(action = %r.id, error = %e, "cannot audit an interrupted action");
+        }
+    }
+    let actions = Arc::new(Mutex::new(book));
     let (tx, rx) = mpsc::unbounded_channel();
     let mesh_rx = Arc::new(AtomicU64::new(0));
     tokio::spawn(accept_loop(
         ep.clone(),
         tx.clone(),
         state.clone(),
+        registry.clone(),
         mesh_rx.clone(),
     ));
     let epoch = rand::random::<u64>() | 1;
-    let now = transport::unix_ms();
     let core = RootCore::new(
         ROOT_NAME,
         "",
@@ -162,6 +219,10 @@ pub fn start(
         next_ticket: 1,
         children: HashMap::new(),
         commands: HashMap::new(),
+        action_commands: HashMap::new(),
+        actions: actions.clone(),
+        registry: registry.clone(),
+        audit: audit.clone(),
         last_wave: None,
         last_now: now,
         saved: MetricSet::new(),
@@ -186,6 +247,9 @@ pub fn start(
             tx,
             alarms,
             histories,
+            actions,
+            registry,
+            audit,
         },
         task,
     ))
@@ -199,6 +263,11 @@ struct Shell {
     next_ticket: u64,
     children: HashMap<String, (u64, mpsc::UnboundedSender<Msg>)>,
     commands: HashMap<u64, oneshot::Sender<CommandReport>>,
+    /// Commands carrying actions' orders, by command id: the action's id.
+    action_commands: HashMap<u64, String>,
+    actions: Arc<Mutex<ActionBook>>,
+    registry: Arc<Mutex<Registry>>,
+    audit: Arc<Mutex<AuditLog>>,
     last_wave: Option<WaveDone>,
     last_now: u64,
     /// The cumulative totals last written to the state dir.
@@ -394,6 +463,20 @@ impl Shell {
                 let id = self.core.start_command(now, &targets, body);
                 self.commands.insert(id, reply);
             }
+            Event::Api(ApiRequest::Action {
+                action,
+                targets,
+                order,
+                deadline_ms,
+            }) => {
+                let id = self.core.start_streaming_command(
+                    now,
+                    &targets,
+                    CommandBody::Action(order),
+                    deadline_ms,
+                );
+                self.action_commands.insert(id, action);
+            }
         }
     }
 
@@ -417,8 +500,13 @@ impl Shell {
                 RootAction::Node(other) => debug!(action = ?other, "ignored at the root"),
             }
         }
+        while let Some(a) = self.core.poll_answer() {
+            self.take_answer(a);
+        }
         while let Some(report) = self.core.poll_command_report() {
-            if let Some(reply) = self.commands.remove(&report.id) {
+            if let Some(action) = self.action_commands.remove(&report.id) {
+                self.finish_action(&action);
+            } else if let Some(reply) = self.commands.remove(&report.id) {
                 let _ = reply.send(report);
             }
         }
@@ -442,6 +530,74 @@ impl Shell {
     }
 }
 
+impl Shell {
+    /// One target's answer to an action: only a receipt sealed with that node's key, for this
+    /// order, counts as its result. Anything else (an error some node on the way reported, a
+    /// receipt that does not verify) fails the target with the reason: an inner node can drop or
+    /// spoil a descendant's answer, never forge it.
+    fn take_answer(&mut self, a: StreamedAnswer) {
+        let Some(action) = self.action_commands.get(&a.id).cloned() else {
+            return;
+        };
+        let checked = match a.answer {
+            Ok(Answer::Receipt(sealed)) => {
+                let mut reg = lock(&self.registry);
+                match reg.verifier(&a.node) {
+                    None => Err(format!(
+                        "no certificate on record for {}: its answer cannot be checked",
+                        a.node
+                    )),
+                    Some(v) => match v.open::<Receipt>(Purpose::Receipt, &sealed) {
+                        Err(e) => Err(format!("answer refused: {e}")),
+                        Ok(r) if r.node != a.node || r.order != action => Err(format!(
+                            "answer refused: signed by {} for action {}, not by {} for {action}",
+                            r.node, r.order, a.node
+                        )),
+                        Ok(r) => Ok(r.result),
+                    },
+                }
+            }
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(format!("reported by the tree (unsigned): {e}")),
+        };
+        match checked {
+            Ok(result) => {
+                let now = self.now();
+                self.core
+                    .settle_answer(now, a.id, &a.node, Ok(Answer::Done));
+                lock(&self.actions).answer(&action, &a.node, Ok(result));
+            }
+            Err(e) => {
+                // The target stays pending: its genuine answer may still come. The refusal is
+                // kept beside it, so that the operator sees what was tried.
+                warn!(action = %action, node = %a.node, error = %e, "action answer refused");
+                lock(&self.actions).refused_answer(&action, &a.node, e);
+            }
+        }
+    }
+
+    fn finish_action(&mut self, action: &str) {
+        let now = self.now();
+        let Some(r) = lock(&self.actions).finish(action, now) else {
+            return;
+        };
+        let s = r.summary();
+        info!(action = %r.id, ok = s.ok, failed = s.failed, unreachable = s.unreachable, "action finished");
+        let event = AuditEvent::new(now, r.who.clone(), r.peer.clone(), "action.outcome")
+            .action(r.id.clone())
+            .for_real(r.for_real)
+            .outcome(r.outcome_json());
+        if let Err(e) = lock(&self.audit).append(event) {
+            warn!(action = %r.id, error = %e, "cannot audit an action's outcome");
+        }
+    }
+}
+
+/// A shared book's lock; a panic while it was held leaves plain data, still usable.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Writes the totals it is handed, the latest first: values that changed while a write was in
 /// progress are written once, after it.
 async fn totals_writer(state: Arc<RootState>, mut rx: tokio::sync::watch::Receiver<Kept>) {
@@ -460,12 +616,14 @@ async fn accept_loop(
     ep: Endpoint,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<RootState>,
+    registry: Arc<Mutex<Registry>>,
     mesh_rx: Arc<AtomicU64>,
 ) {
     let mut next_link: u64 = 1;
     while let Some(incoming) = ep.accept().await {
         next_link += 1;
         let (tx, state, link) = (tx.clone(), state.clone(), next_link);
+        let registry = registry.clone();
         let mesh_rx = mesh_rx.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
@@ -476,7 +634,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            if let Err(e) = serve(conn, link, tx, state, mesh_rx).await {
+            if let Err(e) = serve(conn, link, tx, state, registry, mesh_rx).await {
                 debug!(peer = %remote, error = %e, "connection ended");
             }
         });
@@ -489,6 +647,7 @@ async fn serve(
     link: u64,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<RootState>,
+    registry: Arc<Mutex<Registry>>,
     mesh_rx: Arc<AtomicU64>,
 ) -> Result<(), LinkError> {
     let remote = conn.remote_address();
@@ -511,7 +670,7 @@ async fn serve(
             },
             _,
         ) => {
-            let answer = enrol(&state, &name, &secret, &csr_der);
+            let answer = enrol(&state, &registry, &name, &secret, &csr_der);
             match &answer {
                 Msg::Enrolled { .. } => info!(node = %name, peer = %remote, "enrolled"),
                 Msg::Refused { reason } => {
@@ -547,6 +706,11 @@ async fn serve(
                 transport::refuse(&conn, close::AUTH, &why);
                 return Ok(());
             }
+            if let Err(why) = check_certificate(&conn, &registry, &cert) {
+                warn!(peer = %remote, node = %cert, "{why}");
+                transport::refuse(&conn, close::AUTH, &why);
+                return Ok(());
+            }
             join.addr = transport::advertised(&join.addr, remote);
             let (reply_tx, reply_rx) = oneshot::channel();
             let _ = tx.send(Event::Join {
@@ -561,6 +725,11 @@ async fn serve(
             Ok(())
         }
         (Msg::Attach(attach), Some(cert)) => {
+            if let Err(why) = check_certificate(&conn, &registry, &cert) {
+                warn!(peer = %remote, node = %cert, "{why}");
+                transport::refuse(&conn, close::AUTH, &why);
+                return Ok(());
+            }
             serve_child(conn, f, attach, cert, link, tx, mesh_rx).await
         }
         (other, Some(_)) => {
@@ -571,7 +740,28 @@ async fn serve(
     }
 }
 
-fn enrol(state: &RootState, name: &str, secret: &str, csr: &[u8]) -> Msg {
+/// A node that asks for a place or attaches must present its name's current certificate: not
+/// one that was replaced or forgotten.
+fn check_certificate(
+    conn: &quinn::Connection,
+    registry: &Mutex<Registry>,
+    name: &str,
+) -> Result<(), String> {
+    let Some(cert) = transport::peer_cert_der(conn) else {
+        return Err("no client certificate".into());
+    };
+    lock(registry)
+        .check_presented(name, &cert, transport::unix_ms())
+        .map_err(|e| e.to_string())
+}
+
+fn enrol(
+    state: &RootState,
+    registry: &Mutex<Registry>,
+    name: &str,
+    secret: &str,
+    csr: &[u8],
+) -> Msg {
     if !state.join_token.secret_matches(secret) {
         return Msg::Refused {
             reason: "wrong join secret: use the token printed by this cluster's banyan-root".into(),
@@ -582,8 +772,19 @@ fn enrol(state: &RootState, name: &str, secret: &str, csr: &[u8]) -> Msg {
             reason: format!("invalid node name {name:?}: {e}"),
         };
     }
+    let mut registry = lock(registry);
+    if let Err(e) = registry.may_enrol(name) {
+        return Msg::Refused {
+            reason: e.to_string(),
+        };
+    }
     match state.ca.sign_csr(csr, name) {
-        Ok(cert_der) => Msg::Enrolled { cert_der },
+        Ok(cert_der) => match registry.issued(name, &cert_der, transport::unix_ms()) {
+            Ok(()) => Msg::Enrolled { cert_der },
+            Err(e) => Msg::Refused {
+                reason: e.to_string(),
+            },
+        },
         Err(e) => Msg::Refused {
             reason: format!("cannot sign the certificate request: {e}"),
         },

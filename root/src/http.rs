@@ -3,6 +3,7 @@
 //! token>`. Every error is JSON `{"error", "detail"}`; no input reaches a panic.
 
 use crate::daemon::{RootHandle, Snapshot};
+use crate::http_actions::Peer;
 use crate::placement::Status;
 use axum::extract::{rejection::JsonRejection, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -14,15 +15,19 @@ use banyan_protocol::nodeset::NodeSet;
 use banyan_protocol::wire::CommandBody;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct Api {
     pub root: RootHandle,
-    pub admin_token: Arc<String>,
     /// The root's state dir, where profiles are.
     pub state_dir: Arc<std::path::PathBuf>,
+    /// API tokens: the state dir's admin token and those admins made.
+    pub tokens: Arc<std::sync::Mutex<crate::tokens::TokenStore>>,
+    /// Node groups (ClusterShell's YAML group files).
+    pub groups: Arc<std::sync::Mutex<crate::groups::RootGroups>>,
+    /// Seals orders: the cluster CA's key, which every agent pins.
+    pub signer: Arc<banyan_protocol::seal::Signer>,
 }
 
 /// A JSON error with its status.
@@ -39,6 +44,10 @@ impl ApiError {
             error: error.to_string(),
             detail: detail.into(),
         }
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.detail
     }
 }
 
@@ -82,6 +91,7 @@ pub fn router(api: Api) -> Router {
         .route("/job/nodes", get(job_nodes))
         .route("/", get(ui_index))
         .route("/ui/{*path}", get(ui_asset))
+        .merge(crate::http_actions::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn(refuse_large_bodies))
@@ -134,7 +144,7 @@ async fn wrong_method() -> ApiError {
 }
 
 /// The answer when the tree core has stopped (the root is shutting down).
-fn core_stopped() -> ApiError {
+pub(crate) fn core_stopped() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "root stopping",
@@ -143,12 +153,16 @@ fn core_stopped() -> ApiError {
 }
 
 /// A query string that does not parse.
-fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
+pub(crate) fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad query", e.body_text())
 }
 
 async fn snapshot(api: &Api) -> Result<Snapshot, ApiError> {
     api.root.snapshot().await.ok_or_else(core_stopped)
+}
+
+pub(crate) async fn snapshot_of(api: &Api) -> Result<Snapshot, ApiError> {
+    snapshot(api).await
 }
 
 fn up(s: Status) -> bool {
@@ -253,36 +267,9 @@ async fn totals(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     })))
 }
 
-fn check_admin(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(given) = given else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "admin token required",
-            "send Authorization: Bearer <the root's admin-token file>",
-        ));
-    };
-    // Compare digests so neither the content nor the length leaks through timing.
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(api.admin_token.as_bytes());
-    let same = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "wrong admin token",
-            "the token does not match the root's admin-token file",
-        ))
-    }
+/// The older write routes (ping, joins, alarms) need an admin token; the check is audited.
+fn check_admin(api: &Api, headers: &HeaderMap, peer: &str, what: &str) -> Result<(), ApiError> {
+    crate::http_actions::require_admin(api, headers, peer, what).map(|_| ())
 }
 
 #[derive(Deserialize)]
@@ -314,10 +301,11 @@ pub fn report_json(report: &CommandReport) -> Value {
 
 async fn ping(
     State(api): State<Api>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     body: Result<Json<PingRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin(&api, &headers)?;
+    check_admin(&api, &headers, &peer, "ping")?;
     let Json(req) = body.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -679,10 +667,11 @@ type JoinQueryResult =
 async fn join_change(
     api: &Api,
     headers: &HeaderMap,
+    peer: &str,
     q: JoinQueryResult,
     change: fn(String) -> banyan_protocol::wire::ScrapeChange,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin(api, headers)?;
+    check_admin(api, headers, peer, "join")?;
     let axum::extract::Query(q) = q.map_err(bad_query)?;
     let target = parse_join(&q)?;
     let snap = snapshot(api).await?;
@@ -693,21 +682,31 @@ async fn join_change(
 /// `GET /join?to=HOST:PORT[&node=NAME]` (admin): a node starts scraping an exporter.
 async fn join(
     State(api): State<Api>,
-    headers: HeaderMap,
-    q: JoinQueryResult,
-) -> Result<Json<Value>, ApiError> {
-    join_change(&api, &headers, q, banyan_protocol::wire::ScrapeChange::Add).await
-}
-
-/// `/join/del?to=HOST:PORT[&node=NAME]` (admin): the node stops scraping it.
-async fn join_del(
-    State(api): State<Api>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     q: JoinQueryResult,
 ) -> Result<Json<Value>, ApiError> {
     join_change(
         &api,
         &headers,
+        &peer,
+        q,
+        banyan_protocol::wire::ScrapeChange::Add,
+    )
+    .await
+}
+
+/// `/join/del?to=HOST:PORT[&node=NAME]` (admin): the node stops scraping it.
+async fn join_del(
+    State(api): State<Api>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    q: JoinQueryResult,
+) -> Result<Json<Value>, ApiError> {
+    join_change(
+        &api,
+        &headers,
+        &peer,
         q,
         banyan_protocol::wire::ScrapeChange::Remove,
     )
@@ -834,10 +833,11 @@ async fn alarms_list(State(api): State<Api>) -> Json<Value> {
 /// `POST /alarms/add` (admin): `{name, target, metric, operation, value}`.
 async fn alarms_add(
     State(api): State<Api>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     body: Result<Json<crate::alarms::AddRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin(&api, &headers)?;
+    check_admin(&api, &headers, &peer, "alarm.add")?;
     let Json(req) = body.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -876,10 +876,11 @@ fn alarm_del(api: &Api, target: &str, name: &str) -> Result<Json<Value>, ApiErro
 /// `GET /alarms/del?targetjob=main&name=NAME` (admin).
 async fn alarms_del_get(
     State(api): State<Api>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     q: Result<axum::extract::Query<AlarmDelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin(&api, &headers)?;
+    check_admin(&api, &headers, &peer, "alarm.del")?;
     let axum::extract::Query(q) = q.map_err(bad_query)?;
     let (Some(target), Some(name)) = (q.targetjob, q.name) else {
         return Err(ApiError::new(
@@ -894,10 +895,11 @@ async fn alarms_del_get(
 /// `POST /alarms/del` (admin): `{"target", "name"}`.
 async fn alarms_del_post(
     State(api): State<Api>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     body: Result<Json<AlarmDelBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin(&api, &headers)?;
+    check_admin(&api, &headers, &peer, "alarm.del")?;
     let Json(b) = body.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -5,6 +5,7 @@
 //! The tree logic is deterministic: [`core::RootCore`] joins the top [`banyan_agent::tree::Node`]
 //! with the [`placement::Placement`] authority. This crate does not run actions on nodes; agents do.
 
+pub mod actions;
 pub mod alarms;
 pub mod audit;
 pub mod catalog;
@@ -12,7 +13,9 @@ pub mod core;
 pub mod daemon;
 pub mod groups;
 pub mod http;
+pub mod http_actions;
 pub mod jobs;
 pub mod placement;
+pub mod registry;
 pub mod state;
 pub mod tokens;

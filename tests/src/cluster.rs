@@ -63,6 +63,9 @@ pub struct ClusterOptions {
     pub period: String,
     /// `BANYAN_LOG` for every process; `None` leaves the test's own environment alone.
     pub log_filter: Option<String>,
+    /// Each agent's `agent.toml` (`--config`): `{name}` is replaced by the agent's name and
+    /// `{dir}` by the cluster's directory. `None`: no config file.
+    pub agent_config: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -70,6 +73,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             period: "1s".into(),
             log_filter: None,
+            agent_config: None,
         }
     }
 }
@@ -638,7 +642,7 @@ impl Cluster {
         let log = self.log_path(&name, slot.starts + 1);
         let (state_dir, metrics_file) = (slot.state_dir.clone(), slot.metrics_file.clone());
         let root = self.mesh.to_string();
-        let args = [
+        let mut args = vec![
             "--name",
             &name,
             "--root",
@@ -652,6 +656,16 @@ impl Cluster {
             "--period",
             &self.opts.period,
         ];
+        let config_file = self.dir.join(format!("{name}.agent.toml"));
+        if let Some(template) = &self.opts.agent_config {
+            let text = template
+                .replace("{name}", &name)
+                .replace("{dir}", path_str(&self.dir)?);
+            fs::write(&config_file, text)
+                .with_context(|| format!("writing {}", config_file.display()))?;
+            args.push("--config");
+            args.push(path_str(&config_file)?);
+        }
         let mut envs = Vec::new();
         if let Some(filter) = &self.opts.log_filter {
             envs.push(("BANYAN_LOG", filter.as_str()));
@@ -829,6 +843,25 @@ impl Cluster {
         }
         serde_json::from_slice(&bytes)
             .with_context(|| format!("GET {path}: not JSON: {}", String::from_utf8_lossy(&bytes)))
+    }
+
+    /// The root's state dir (its CA, tokens, `groups.yaml`, `audit.jsonl`).
+    pub fn root_state(&self) -> &Path {
+        &self.root_state
+    }
+
+    /// Starts a cluster with options of its own; see [`with_cluster`].
+    pub fn with_options(
+        n: usize,
+        opts: ClusterOptions,
+        body: impl FnOnce(&mut Cluster) -> Result<()>,
+    ) -> Result<()> {
+        let mut cluster = Cluster::start(n, opts)?;
+        let result = body(&mut cluster);
+        if result.is_err() {
+            cluster.keep_logs();
+        }
+        result.with_context(|| format!("cluster logs in {}", cluster.dir().display()))
     }
 
     /// The root's admin token, for tests that send requests of their own.

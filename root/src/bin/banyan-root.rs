@@ -1,14 +1,17 @@
 //! `banyan-root`: the root daemon. See the crate documentation.
 
 use banyan_agent::tree::TreeConfig;
+use banyan_protocol::seal::Signer;
 use banyan_root::daemon::{self, RootConfig};
+use banyan_root::groups::RootGroups;
 use banyan_root::http::{self, Api};
 use banyan_root::state::RootState;
+use banyan_root::tokens::TokenStore;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,13 +78,21 @@ async fn run(args: Args) -> Result<(), String> {
         state.clone(),
     )?;
     tracing::info!(mesh = %args.mesh, http = %args.http, "banyan-root serving");
+    let tokens = TokenStore::open(&state.dir, &state.admin_token).map_err(|e| e.to_string())?;
+    let groups = RootGroups::load(&state.dir).map_err(|e| e.to_string())?;
+    let signer = Signer::from_pem(&state.ca.key_pem()).map_err(|e| e.to_string())?;
     let app = http::router(Api {
         root: handle.clone(),
-        admin_token: Arc::new(state.admin_token.clone()),
         state_dir: Arc::new(state.dir.clone()),
+        tokens: Arc::new(Mutex::new(tokens)),
+        groups: Arc::new(Mutex::new(groups)),
+        signer: Arc::new(signer),
     });
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(banyan_agent::process::stop_signal());
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(banyan_agent::process::stop_signal());
     tokio::select! {
         r = server => r.map_err(|e| format!("HTTP server failed: {e}"))?,
         _ = core => return Err("the tree core stopped".into()),

@@ -178,6 +178,7 @@ fn main() -> Result<()> {
             metrics_file: None,
             scrape: Vec::new(),
             socket: format!("@banyan-bench-webui-{}-{i}", std::process::id()),
+            actions: Default::default(),
         };
         let mut stop = stop_rx.clone();
         rt.spawn(async move {
