@@ -15,6 +15,12 @@
 //! check at the door cannot catch those; the daemons must still neither crash nor hand mallory
 //! another node's place.
 //!
+//! A third group plays an insider against operator actions: mallory, placed as a parent, sends
+//! its child a replayed order, a genuine order with its targets changed, an order it sealed
+//! itself, an expired one and one naming another node (the child refuses each in a receipt it
+//! signs, and nothing runs); and mallory, attached anywhere, answers for another node with a
+//! receipt sealed by its own key (the root refuses it, shows it, and takes the real answer).
+//!
 //! The raw client writes its hostile bytes by hand and uses `banyan_protocol` only for what a
 //! well-behaved part of its conversation needs (TLS configurations, encoding a real message), so
 //! these tests do not check the daemons' transport code with itself.
@@ -1295,4 +1301,468 @@ fn stale_protocol_peer_does_not_break_the_tree() {
     );
     drop(held);
     rt.block_on(async { ep.close(0u32.into(), b"done") });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Insiders and operator actions: orders and answers are sealed end to end
+// ---------------------------------------------------------------------------------------------
+
+/// The next message on a stream whose greeting was already read.
+async fn read_msg(recv: &mut RecvStream) -> Result<Msg> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await?;
+    let mut body = vec![0u8; frame::body_len(prefix)?];
+    recv.read_exact(&mut body).await?;
+    Ok(frame::decode_body(&body)?)
+}
+
+/// Mallory attached under `parent`, with a channel to send whatever it likes up the link
+/// (heartbeats go on by themselves).
+async fn attach_with_channel(
+    ep: &Endpoint,
+    mallory: &Identity,
+    name: &str,
+    parent: &str,
+    parent_addr: SocketAddr,
+    gen: u64,
+    own_addr: SocketAddr,
+) -> Result<(Connection, tokio::sync::mpsc::UnboundedSender<Msg>)> {
+    let config = quic_config(identity::client_config(mallory)?);
+    let conn = connect(ep, config, parent_addr, parent).await;
+    let mut bytes = greeting(PROTOCOL_VERSION).to_vec();
+    bytes.extend_from_slice(&encoded(&Msg::Attach(Attach {
+        name: name.into(),
+        addr: own_addr.to_string(),
+        gen,
+        height: 0,
+        subtree: Vec::new(),
+    })));
+    let (mut send, mut recv) = send_raw(&conn, &bytes, false).await;
+    match tokio::time::timeout(CLOSE_WAIT, read_reply(&mut recv)).await {
+        Ok(Ok(Msg::Accepted { .. })) => {}
+        other => bail!("{parent} did not accept {name}: {other:?}"),
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(Duration::from_millis(300));
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => return },
+                _ = beat.tick() => Msg::Heartbeat { depth: 2 },
+            };
+            if send.write_all(&encoded(&msg)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move { while let Ok(Some(_)) = recv.read_chunk(64 * 1024, true).await {} });
+    Ok((conn, tx))
+}
+
+/// Mallory, certified and attached as a child of a good agent, answers for another node: a
+/// receipt sealed with its own key, and an error in that node's name, sprayed over every command
+/// id the root may have used. The root refuses both, keeps the target waiting, takes the real
+/// answer when it comes, and shows the refused ones beside it.
+#[test]
+fn a_certified_node_cannot_forge_another_nodes_answer() {
+    use banyan_protocol::action::{NodeResult, Receipt};
+    use banyan_protocol::seal::{Purpose, Signer};
+    use banyan_protocol::wire::{Answer, Outcome};
+
+    let mut cluster = Cluster::start("forged-answer");
+    let (parent, parent_addr) = parent_with_room(&cluster);
+    let victim = GOOD
+        .iter()
+        .find(|g| **g != parent)
+        .copied()
+        .unwrap_or("good3");
+    let rt = runtime();
+    let target = cluster.target();
+    let ep = rt_endpoint(&rt);
+    let ((conn, up), mallory) = rt
+        .block_on(async {
+            let mallory = enrol(&ep, &target, "mallory").await?;
+            let link = attach_with_channel(
+                &ep,
+                &mallory,
+                "mallory",
+                parent,
+                parent_addr,
+                1,
+                loopback(9),
+            )
+            .await?;
+            Ok::<_, anyhow::Error>((link, mallory))
+        })
+        .expect("mallory attaches under a good agent");
+    let mallory_signer = Signer::from_pem(&mallory.key_pem).expect("mallory's key");
+
+    let body = serde_json::json!({"nodes": victim, "for_real": true, "timeout_ms": 20000,
+        "task": {"exec": {"argv": ["sh", "-c", "sleep 2; echo genuine"]}}})
+    .to_string();
+    let (status, started) = http(
+        cluster.http,
+        "POST",
+        "/actions",
+        Some(&cluster.admin),
+        Some(&body),
+    )
+    .expect("POST /actions");
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("an action id").to_string();
+
+    let forged = mallory_signer
+        .seal(
+            Purpose::Receipt,
+            &Receipt {
+                order: id.clone(),
+                node: victim.into(),
+                result: NodeResult {
+                    ok: true,
+                    summary: "exit 0".into(),
+                    stdout: "forged\n".into(),
+                    exit: Some(0),
+                    ..NodeResult::default()
+                },
+            },
+        )
+        .expect("mallory can sign with its own key");
+    for command in 1..=300u64 {
+        let _ = up.send(Msg::Outcome(Outcome {
+            id: command,
+            results: vec![
+                (victim.to_string(), Ok(Answer::Receipt(forged.clone()))),
+                (victim.to_string(), Err("forged failure".into())),
+            ],
+        }));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let action = loop {
+        let (status, a) = http(
+            cluster.http,
+            "GET",
+            &format!("/actions/{id}?wait_ms=5000"),
+            None,
+            None,
+        )
+        .expect("GET /actions/ID");
+        assert_eq!(status, 200, "{a}");
+        if a["state"] != "running" {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the action never ended: {a}");
+    };
+    let t = &action["targets"][victim];
+    assert_eq!(t["state"], "ok", "{action}");
+    assert_eq!(
+        t["result"]["stdout"], "genuine\n",
+        "the forged answer stood: {action}"
+    );
+    let refused = t["refused"].to_string();
+    assert!(
+        refused.contains("does not verify") && refused.contains("unsigned"),
+        "the root does not show the refused answers: {action}"
+    );
+    conn.close(0u32.into(), b"mallory leaves");
+    drop(up);
+    cluster.assert_still_serves("after mallory's forged answers");
+}
+
+/// Mallory placed as a parent (it joined first, under a name that sorts first) sends its child
+/// orders: one genuine order (the channel works), the same order again (replay), a genuine order
+/// for another node with its targets changed, one it sealed itself, an expired one, and one that
+/// names another node. The child carries out only the first; each refusal is a receipt the child
+/// signed, with the reason, and nothing ran.
+#[test]
+fn a_certified_parent_cannot_forge_replay_or_alter_orders() {
+    use banyan_protocol::action::{ExecTask, NodeResult, Order, Receipt, Task};
+    use banyan_protocol::seal::{Purpose, Signer};
+    use banyan_protocol::wire::{Answer, Command, CommandBody, Placement};
+
+    let dir = TempDir::new("insider-parent");
+    let root_mesh = loopback(free_port(true));
+    let http_addr = loopback(free_port(false));
+    let root_state = dir.0.join("root");
+    let mut root = Proc::spawn(
+        "root",
+        "banyan-root",
+        &[
+            "--mesh".into(),
+            root_mesh.to_string(),
+            "--http".into(),
+            http_addr.to_string(),
+            "--state-dir".into(),
+            root_state.display().to_string(),
+        ],
+        &dir.0,
+    );
+    let (token, _admin) = wait_root_ready(&mut root, &root_state, http_addr);
+    let ca_key = fs::read_to_string(root_state.join("ca.key")).expect("the CA key");
+    let root_signer = Signer::from_pem(&ca_key).expect("the CA key parses");
+    let target = Target {
+        root_mesh,
+        root_pid: root.child.id(),
+        ca_fingerprint: token.ca_fingerprint,
+        secret: token.secret.clone(),
+        agent_mesh: Vec::new(),
+    };
+    let rt = runtime();
+    let ep = rt_endpoint(&rt);
+    let mallory_addr = loopback(free_port(true));
+    let mallory_name = "a-mallory";
+
+    // Mallory enrols, joins and attaches under the root, and listens for children.
+    let (mallory, server, _up) = rt.block_on(async {
+        let mallory = enrol(&ep, &target, mallory_name).await.expect("enrols");
+        let config = quic_config(identity::client_config(&mallory).expect("mTLS"));
+        let conn = connect(&ep, config, root_mesh, ROOT_NAME).await;
+        let mut bytes = greeting(PROTOCOL_VERSION).to_vec();
+        bytes.extend_from_slice(&encoded(&Msg::Join(Join {
+            name: mallory_name.into(),
+            addr: mallory_addr.to_string(),
+            reason: JoinReason::Fresh,
+            height: 0,
+            subtree: Vec::new(),
+            lost: Vec::new(),
+        })));
+        let (_s, mut recv) = send_raw(&conn, &bytes, true).await;
+        let placed = tokio::time::timeout(CLOSE_WAIT, read_reply(&mut recv))
+            .await
+            .expect("a placement")
+            .expect("a placement");
+        let Msg::Placed(Placement { parent, gen, .. }) = placed else {
+            panic!("mallory's join answered {placed:?}");
+        };
+        assert_eq!(parent.name, ROOT_NAME, "mallory is the first node");
+        let up = attach_with_channel(
+            &ep,
+            &mallory,
+            mallory_name,
+            ROOT_NAME,
+            root_mesh,
+            gen,
+            mallory_addr,
+        )
+        .await
+        .expect("mallory attaches under the root");
+        let server_cfg =
+            identity::server_config(&mallory, identity::ClientAuth::Required).expect("server TLS");
+        let server_cfg = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_cfg))
+            .expect("QUIC TLS");
+        let server = Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(server_cfg)),
+            mallory_addr,
+        )
+        .expect("mallory listens");
+        (mallory, server, up)
+    });
+
+    // Two good agents: the first fills the root, the second is placed under mallory.
+    let spawn = |name: &str| {
+        Proc::spawn(
+            name,
+            "banyan-agent",
+            &[
+                "--root".into(),
+                root_mesh.to_string(),
+                "--token".into(),
+                token.to_string(),
+                "--name".into(),
+                name.into(),
+                "--mesh".into(),
+                loopback(free_port(true)).to_string(),
+                "--state-dir".into(),
+                dir.0.join(name).display().to_string(),
+                "--socket".into(),
+                format!("@banyan-hostile-{}-{name}", std::process::id()),
+            ],
+            &dir.0,
+        )
+    };
+    let _first = spawn("good1");
+    let deadline = Instant::now() + TREE_UP;
+    loop {
+        let (_, topo) = http(http_addr, "GET", "/topology", None, None).expect("topology");
+        let up = topo["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["name"] == "good1" && n["up"] == true));
+        if up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "good1 did not come up: {topo}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _victim = spawn("victim");
+
+    let marks = dir.0.join("marks");
+    fs::create_dir_all(&marks).expect("marks dir");
+    let mark = |n: &str| marks.join(n).display().to_string();
+    let now = support_now_ms();
+    let order = |id: &str, targets: &str, file: &str, issued: u64, expires: u64| Order {
+        id: id.into(),
+        issued_ms: issued,
+        expires_ms: expires,
+        timeout_ms: 10_000,
+        for_real: true,
+        who: "admin".into(),
+        targets: targets.into(),
+        task: Task::Exec(ExecTask {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo ran >> {}", mark(file)),
+            ],
+            shell: false,
+            user: None,
+            max_output: 1024,
+        }),
+    };
+    let genuine = root_signer
+        .seal(
+            Purpose::Order,
+            &order("00000000000000a1", "victim", "genuine", now, now + 60_000),
+        )
+        .expect("seal");
+    let mut altered = root_signer
+        .seal(
+            Purpose::Order,
+            &order("00000000000000a2", "good1", "altered", now, now + 60_000),
+        )
+        .expect("seal");
+    let mut changed: Order = postcard::from_bytes(&altered.payload).expect("decodes");
+    changed.targets = "victim".into();
+    altered.payload = postcard::to_stdvec(&changed).expect("encodes");
+    let forged = Signer::from_pem(&mallory.key_pem)
+        .and_then(|s| {
+            s.seal(
+                Purpose::Order,
+                &order("00000000000000a3", "victim", "forged", now, now + 60_000),
+            )
+        })
+        .expect("mallory seals its own order");
+    let expired = root_signer
+        .seal(
+            Purpose::Order,
+            &order(
+                "00000000000000a4",
+                "victim",
+                "expired",
+                now - 120_000,
+                now - 60_000,
+            ),
+        )
+        .expect("seal");
+    let elsewhere = root_signer
+        .seal(
+            Purpose::Order,
+            &order("00000000000000a5", "good1", "elsewhere", now, now + 60_000),
+        )
+        .expect("seal");
+    let sends = [
+        (1u64, genuine.clone(), "genuine"),
+        (2, genuine, "replayed"),
+        (3, altered, "altered"),
+        (4, forged, "forged"),
+        (5, expired, "expired"),
+        (6, elsewhere, "elsewhere"),
+    ];
+
+    let receipts: BTreeMapReceipts = rt.block_on(async {
+        let incoming = tokio::time::timeout(Duration::from_secs(45), server.accept())
+            .await
+            .expect("the victim connects to mallory")
+            .expect("an incoming connection");
+        let conn = tokio::time::timeout(CLOSE_WAIT, incoming)
+            .await
+            .expect("a handshake in time")
+            .expect("handshake with the victim");
+        let (mut send, mut recv) = tokio::time::timeout(CLOSE_WAIT, conn.accept_bi())
+            .await
+            .expect("the victim opens its stream in time")
+            .expect("the victim's stream");
+        // Greetings cross: each side sends its own before reading the other's.
+        send.write_all(&greeting(PROTOCOL_VERSION))
+            .await
+            .expect("greeting the victim");
+        let attach = tokio::time::timeout(CLOSE_WAIT, read_reply(&mut recv))
+            .await
+            .expect("the victim's attach in time")
+            .expect("the victim's attach");
+        assert!(
+            matches!(&attach, Msg::Attach(a) if a.name == "victim"),
+            "{attach:?}"
+        );
+        send.write_all(&encoded(&Msg::Accepted {
+            depth: 2,
+            root_epoch: 0,
+        }))
+        .await
+        .expect("accepting the victim");
+        for (id, sealed, _) in &sends {
+            let cmd = Msg::Command(Command {
+                id: *id,
+                targets: vec!["victim".into()],
+                body: CommandBody::Action(sealed.clone()),
+            });
+            send.write_all(&encoded(&cmd))
+                .await
+                .expect("sending an order");
+        }
+        let mut got = BTreeMapReceipts::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while got.len() < sends.len() {
+            let beat = encoded(&Msg::Heartbeat { depth: 2 });
+            let _ = tokio::time::timeout(CLOSE_WAIT, send.write_all(&beat)).await;
+            match tokio::time::timeout_at(deadline, read_msg(&mut recv)).await {
+                Ok(Ok(Msg::Outcome(o))) => {
+                    for (_, answer) in o.results {
+                        if let Ok(Answer::Receipt(sealed)) = answer {
+                            let r: Receipt =
+                                postcard::from_bytes(&sealed.payload).expect("a receipt");
+                            got.insert(o.id, r.result);
+                        }
+                    }
+                }
+                Ok(Ok(_)) => {}
+                other => panic!("the victim's answers stopped: {other:?}; got {got:?}"),
+            }
+        }
+        got
+    });
+    let expect = |id: u64, ok: bool, needle: &str| {
+        let r: &NodeResult = receipts
+            .get(&id)
+            .unwrap_or_else(|| panic!("no receipt for {id}: {receipts:?}"));
+        assert_eq!(r.ok, ok, "order {id}: {r:?}");
+        assert!(
+            r.summary.contains(needle),
+            "order {id}: {:?} lacks {needle:?}",
+            r.summary
+        );
+    };
+    eprintln!("receipts the victim signed: {receipts:#?}");
+    expect(1, true, "exit 0");
+    expect(2, false, "already received");
+    expect(3, false, "signature does not verify");
+    expect(4, false, "signature does not verify");
+    expect(5, false, "expired");
+    expect(6, false, "does not name victim");
+    assert_eq!(
+        fs::read_to_string(mark("genuine")).unwrap_or_default(),
+        "ran\n",
+        "the genuine order ran once"
+    );
+    for f in ["altered", "forged", "expired", "elsewhere"] {
+        assert!(!marks.join(f).exists(), "the {f} order ran on the victim");
+    }
+    rt.block_on(async { ep.close(0u32.into(), b"done") });
+}
+
+type BTreeMapReceipts = std::collections::BTreeMap<u64, banyan_protocol::action::NodeResult>;
+
+fn support_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
