@@ -7,6 +7,10 @@
 //! and checked for console errors and for requests to anything but the root. Chromium is started
 //! so that nothing else can be reached: every host name fails to resolve and every other address
 //! goes to a proxy that is not there.
+//!
+//! The actions and audit pages are checked on actions the test starts through the API: the list,
+//! the output grouped under the folded node set (as `clush -b`), a failure's reason, a running
+//! action followed live and cancelled from the page, and the audit log's lines and chain.
 
 use anyhow::{anyhow, Context, Result};
 use banyan_tests::browser::{browser_programs, Browser};
@@ -281,10 +285,7 @@ fn every_page_shows_the_live_cluster_in_chromium_and_reaches_nothing_else() -> R
         b.fill("#alarm-value", "100")?;
         b.click("#alarm-add")?;
         let refused = b.wait_js("the refusal", "const t = document.getElementById('alarm-msg').textContent; return t.includes('401') ? t : null", vec![])?;
-        assert!(
-            refused.to_string().contains("admin token required"),
-            "{refused}"
-        );
+        assert!(refused.to_string().contains("token required"), "{refused}");
         b.screenshot("alarms-refused")?;
         b.fill("#admin-token", "not-the-token")?;
         b.click("#token-keep")?;
@@ -379,6 +380,261 @@ fn every_page_shows_the_live_cluster_in_chromium_and_reaches_nothing_else() -> R
         b.wait_js("W1 among finished jobs and by command", "return Array.from(document.querySelectorAll('#jobs-finished tr[data-key]')).some(t => t.getAttribute('data-key') === 'W1') && Array.from(document.querySelectorAll('#jobs-percmd tr[data-key]')).some(t => t.getAttribute('data-key') === './stencil')", vec![])?;
         b.screenshot("jobs-finished")?;
         b.check_clean("profile", &[])?;
+        Ok(())
+    })
+}
+
+/// The cells' texts of the audit line of `event` for `action`, or null.
+const AUDIT_ROW: &str = "const tr = Array.from(document.querySelectorAll('#audit-table tbody tr[data-key]'))
+       .find(tr => tr.cells[4].textContent === arguments[0] && tr.cells[5].textContent === arguments[1]);
+     return tr ? Array.from(tr.cells).map(td => td.textContent) : null";
+
+/// The output groups of the action page, `[{nodes, pill, out: [stdout, stderr]}]`, or null if none.
+const OUTPUT_GROUPS: &str = "const g = Array.from(document.querySelectorAll('#act-output .out-group')).map(g => ({
+       nodes: g.querySelector('.nodes').textContent, pill: g.querySelector('.out-head .pill').textContent,
+       out: Array.from(g.querySelectorAll('pre.out')).map(p => p.textContent)}));
+     return g.length ? g : null";
+
+/// Waits for the action page to show `state` with `n` targets in `card` (`act-ok`, ...).
+fn wait_action(b: &Browser, state: &str, card: &str, n: usize) -> Result<()> {
+    b.wait_js(
+        &format!("the action {state} with {n} in #{card}"),
+        "const s = document.querySelector('#act-state .pill'); const c = document.getElementById(arguments[1]);
+         return !!s && s.textContent === arguments[0] && !!c && c.textContent === String(arguments[2])",
+        vec![json!(state), json!(card), json!(n)],
+    )
+    .map(|_| ())
+}
+
+#[test]
+fn actions_and_audit_pages_follow_actions_live_and_verify_the_chain() -> Result<()> {
+    if !Testnet::require()? {
+        return Ok(());
+    }
+    let Some((chromium, driver)) = browser_programs()? else {
+        return Ok(());
+    };
+    with_cluster(3, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        let all = c.all_nodes();
+        let b = Browser::start(c.http_addr(), &chromium, &driver)?;
+        let start = |task: Value, for_real: bool| -> Result<String> {
+            let body =
+                json!({"nodes": all, "for_real": for_real, "timeout_ms": 120_000, "task": task});
+            let v = c.http_post("/actions", &body)?;
+            v["id"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("no id in {v}"))
+        };
+        // The same output everywhere; a failure everywhere whose command line and output would be
+        // markup if inserted as HTML; a dry run.
+        let hello = start(json!({"exec": {"argv": ["echo", "hello"]}}), true)?;
+        let evil = start(
+            json!({"exec": {"argv": ["sh", "-c", "printf '%s\\n' \"$1\" >&2; exit 3", "sh", EVIL_JOB]}}),
+            true,
+        )?;
+        let dry = start(json!({"exec": {"argv": ["uname", "-a"]}}), false)?;
+
+        // ----- The list: who, kind, the command line, the folded targets, the counts
+        b.open("#/actions")?;
+        let row = b.wait_js(
+            "the echo action, done, with its command line",
+            "const tr = Array.from(document.querySelectorAll('#actions-table tbody tr[data-key]')).find(tr => tr.getAttribute('data-key') === arguments[0]);
+             if (!tr) return null;
+             const cells = Array.from(tr.cells).map(td => td.textContent);
+             return cells[3] === 'echo hello' && cells[7] === 'done' ? cells : null",
+            vec![json!(hello)],
+        )?;
+        assert_eq!(row[1], "admin", "{row}");
+        assert_eq!(row[2], "exec", "{row}");
+        assert_eq!(row[4], all.as_str(), "{row}");
+        assert_eq!(row[5], "3", "{row}");
+        assert_eq!(row[6], "for real", "{row}");
+        assert_eq!(
+            row.as_array().map(|r| r[9..13].to_vec()),
+            Some(vec![json!("3"), json!("0"), json!("0"), json!("0")]),
+            "ok, failed, unreachable, pending: {row}"
+        );
+        let evil_row = b.wait_js(
+            "the evil action, failed on every node",
+            "const tr = Array.from(document.querySelectorAll('#actions-table tbody tr[data-key]')).find(tr => tr.getAttribute('data-key') === arguments[0]);
+             if (!tr) return null;
+             const cells = Array.from(tr.cells).map(td => td.textContent);
+             return cells[3].startsWith('sh -c') && cells[7] === 'done' ? cells : null",
+            vec![json!(evil)],
+        )?;
+        // Shell-quoted, so its `'` reads `'\''`; the markup in it is there as text.
+        assert!(
+            evil_row[3]
+                .as_str()
+                .is_some_and(|w| w.contains("<script>window.pwned=1</script>")
+                    && w.contains("<b id=\"injected\">x</b>")),
+            "the command line is shown as text: {evil_row}"
+        );
+        assert_eq!(evil_row[10], "3", "{evil_row}");
+        let dry_row = b.wait_js(
+            "the dry run",
+            ROW_CELLS,
+            vec![json!("#actions-table"), json!(dry)],
+        )?;
+        assert_eq!(dry_row[6], "dry run", "{dry_row}");
+        b.screenshot("actions")?;
+        b.check_clean("actions", &[])?;
+        b.check_no_injection("actions")?;
+
+        // ----- A click on the row opens the action: one group of identical output, all nodes
+        b.js(
+            "Array.from(document.querySelectorAll('#actions-table tbody tr[data-key]')).find(tr => tr.getAttribute('data-key') === arguments[0]).cells[0].click(); return true",
+            vec![json!(hello)],
+        )?;
+        b.wait_js(
+            "the action's page",
+            "return location.hash === '#/action/' + arguments[0] && !!document.getElementById('act-id')",
+            vec![json!(hello)],
+        )?;
+        wait_action(&b, "done", "act-ok", names.len())?;
+        let groups = b.wait_js("the grouped output", OUTPUT_GROUPS, vec![])?;
+        assert_eq!(
+            groups,
+            json!([{"nodes": all, "pill": "ok", "out": ["hello\n"]}]),
+            "one group, the folded set of every node"
+        );
+        let shown = b.js(
+            "return {failed: document.getElementById('act-failed').textContent,
+                     problems: document.getElementById('act-problems').closest('section').hidden,
+                     cancel: document.getElementById('act-cancel-box').hidden,
+                     answered: document.getElementById('act-answered').textContent}",
+            vec![],
+        )?;
+        assert_eq!(
+            shown,
+            json!({"failed": "0", "problems": true, "cancel": true, "answered": "3 of 3 answered"})
+        );
+        b.screenshot("action-done")?;
+        b.check_clean("action", &[])?;
+
+        // ----- The failed one: its reason and its output, as text
+        b.open(&format!("#/action/{evil}"))?;
+        wait_action(&b, "done", "act-failed", names.len())?;
+        let problem = b.wait_js(
+            "the failure's reason",
+            "const tr = document.querySelector('#act-problems tbody tr[data-key]');
+             return tr ? Array.from(tr.cells).map(td => td.textContent) : null",
+            vec![],
+        )?;
+        assert_eq!(problem, json!(["failed", "3", all, "exit 3"]));
+        let groups = b.wait_js("the failure's output", OUTPUT_GROUPS, vec![])?;
+        assert_eq!(
+            groups,
+            json!([{"nodes": all, "pill": "failed", "out": [format!("{EVIL_JOB}\n")]}])
+        );
+        b.screenshot("action-failed")?;
+        b.check_clean("failed action", &[])?;
+        b.check_no_injection("failed action")?;
+
+        // ----- A running action, followed live, cancelled from the page with the token
+        let slow = start(json!({"exec": {"argv": ["sleep", "100"]}}), true)?;
+        b.js(
+            "sessionStorage.removeItem('banyan.adminToken'); return true",
+            vec![],
+        )?;
+        b.open(&format!("#/action/{slow}"))?;
+        wait_action(&b, "running", "act-pending", names.len())?;
+        b.wait_js(
+            "the cancel button",
+            "return !document.getElementById('act-cancel-box').hidden",
+            vec![],
+        )?;
+        b.click("#act-cancel")?;
+        b.wait_js(
+            "the request for a token",
+            "return document.getElementById('act-cancel-msg').textContent.includes('token')",
+            vec![],
+        )?;
+        b.fill("#admin-token", c.admin_token())?;
+        b.click("#token-keep")?;
+        b.screenshot("action-running")?;
+        // Two clicks: the first one only arms the button.
+        b.click("#act-cancel")?;
+        b.click("#act-cancel")?;
+        wait_action(&b, "cancelled", "act-pending", 0)?;
+        let cancelled = b.js(
+            "return Number(document.getElementById('act-cancelled').textContent)",
+            vec![],
+        )?;
+        assert_eq!(cancelled, json!(names.len()), "every sleep was cancelled");
+        let groups = b.wait_js("the cancelled group", OUTPUT_GROUPS, vec![])?;
+        assert_eq!(
+            groups,
+            json!([{"nodes": all, "pill": "cancelled", "out": []}])
+        );
+        b.screenshot("action-cancelled")?;
+        b.check_clean("cancelled action", &[])?;
+
+        // ----- The audit log: asks for a token, shows the request, verifies the chain
+        b.js(
+            "sessionStorage.removeItem('banyan.adminToken'); return true",
+            vec![],
+        )?;
+        b.open("#/audit")?;
+        b.wait_js(
+            "the token prompt",
+            "const p = document.getElementById('audit-needs-token'); return !!p && !p.hidden",
+            vec![],
+        )?;
+        b.screenshot("audit-no-token")?;
+        b.fill("#admin-token", c.admin_token())?;
+        b.click("#token-keep")?;
+        let line = b.wait_js(
+            "the action.request line of the echo",
+            AUDIT_ROW,
+            vec![json!("action.request"), json!(hello)],
+        )?;
+        assert_eq!(line[2], "admin", "{line}");
+        assert_eq!(line[6], all.as_str(), "{line}");
+        assert_eq!(line[7], "for real", "{line}");
+        assert!(
+            line[8].as_str().is_some_and(|d| d.contains("echo hello")),
+            "{line}"
+        );
+        b.wait_js(
+            "the outcome of the cancelled action",
+            AUDIT_ROW,
+            vec![json!("action.outcome"), json!(slow)],
+        )?;
+        let linked = b.js(
+            "return Array.from(document.querySelectorAll('#audit-table a')).some(a => a.getAttribute('href') === '#/action/' + arguments[0])",
+            vec![json!(hello)],
+        )?;
+        assert_eq!(linked, json!(true), "the action id links to its page");
+        b.click("#audit-verify")?;
+        let verified = b.wait_js(
+            "the chain verified",
+            "const t = document.getElementById('audit-verify-result').textContent;
+             const m = t.match(/^chain verified: (\\d+) lines?,/); return m ? Number(m[1]) : null",
+            vec![],
+        )?;
+        let verify = http_request(
+            c.http_addr(),
+            "GET",
+            "/audit/verify",
+            Some(c.admin_token()),
+            None,
+            SHOW,
+        )?;
+        let verify: Value = serde_json::from_slice(&verify.1)?;
+        assert_eq!(verify["ok"], true, "{verify}");
+        // The page's count is the root's, give or take lines written since.
+        let (shown, now) = (
+            verified.as_u64().unwrap_or(0),
+            verify["lines"].as_u64().unwrap_or(0),
+        );
+        assert!(shown >= 8 && shown <= now, "{shown} lines shown, {verify}");
+        b.screenshot("audit")?;
+        b.check_clean("audit", &[])?;
+        b.check_no_injection("audit")?;
         Ok(())
     })
 }

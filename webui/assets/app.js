@@ -1,6 +1,6 @@
 // banyan web UI. Reads the root's JSON API and draws everything itself (tables, SVG charts, the
-// tree). Every name from outside (nodes, jobs, metrics, alarms) goes into the page as text:
-// textContent, createTextNode or setAttribute, never as markup.
+// tree). Every string from outside (nodes, jobs, metrics, alarms, actions' output, the audit log)
+// goes into the page as text: textContent, createTextNode or setAttribute, never as markup.
 'use strict';
 (() => {
   const SVGNS = 'http://www.w3.org/2000/svg';
@@ -119,8 +119,21 @@
     setText(conn, e instanceof ApiError ? 'root answered ' + e.status : 'root unreachable');
   }
 
-  // Runs `fn` now and every `ms` after it finished, until the page changes.
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  // What to stop when the page changes (long polls in flight).
+  const leaving = [];
+  const onLeave = (f) => leaving.push(f);
+
+  // The page's first data on screen, for scripts/bench-webui.
   let rendered = 0;
+  function markRendered(mine) {
+    if (mine === gen && rendered !== gen) {
+      rendered = gen;
+      performance.mark('banyan-first-render');
+    }
+  }
+
+  // Runs `fn` now and every `ms` after it finished, until the page changes.
   function every(ms, fn) {
     const mine = gen;
     const tick = async () => {
@@ -128,11 +141,7 @@
       try {
         await fn();
         if (mine === gen) connOk();
-        // The page's first data on screen, for scripts/bench-webui.
-        if (mine === gen && rendered !== gen) {
-          rendered = gen;
-          performance.mark('banyan-first-render');
-        }
+        markRendered(mine);
       } catch (e) {
         if (mine === gen) connBad(e);
       }
@@ -344,6 +353,16 @@
   function panel(title, ...kids) {
     return h('section', { class: 'panel' }, h('h2', null, title), kids);
   }
+  // Fills a key/value grid; in place when the keys stay the same, so that a selection survives.
+  function fillKv(kv, rows) {
+    const keys = rows.map((r) => r[0]).join('\u0000');
+    if (kv._keys !== keys) {
+      kv._keys = keys;
+      replace(kv, rows.map(([k, v]) => [h('span', { class: 'k' }, k), h('span', { class: 'v' }, v)]));
+      return;
+    }
+    rows.forEach(([, v], i) => setText(kv.children[2 * i + 1], v));
+  }
   function errorBox(id) {
     const e = h('div', { class: 'error', id, role: 'alert' });
     return { el: e, show(err) { setText(e, err ? (err instanceof ApiError ? err.message : String(err)) : ''); } };
@@ -391,6 +410,116 @@
     return '';
   }
   const fmtFor = (name) => (/bytes/.test(name) ? bytes : num);
+
+  // ----- Node sets -------------------------------------------------------------------------------
+
+  // Folds node names as the root does (protocol/src/nodeset.rs, `fold_names`): the last number of
+  // each name into ranges, one bracket per zero padding, then, among names whose last ranges came
+  // out the same, the number before it (`r[1-2]n[1-4]`). Numbers of up to 18 digits, as BigInts.
+  const MAX_DIGITS = 18;
+  const isDigit = (c) => c >= 48 && c <= 57;
+  // `texts[0] nums[0] texts[1] ... texts[k]`; longer digit runs stay text, as in the root.
+  function cutName(name) {
+    const texts = [''];
+    const nums = [];
+    const re = /(\d+)|(\D+)/g;
+    let m;
+    while ((m = re.exec(name)) !== null) {
+      if (m[1] !== undefined && m[1].length <= MAX_DIGITS) { nums.push(m[1]); texts.push(''); }
+      else texts[texts.length - 1] += m[0];
+    }
+    return { texts, nums };
+  }
+  const isPadded = (d) => d.length > 1 && d[0] === '0';
+  const cmpPlain = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+  // Digit strings in groups that one bracket can write (padded ones by width, with the unpadded
+  // of the same width), each sorted by value.
+  function paddingGroups(nums) {
+    const widths = new Set(nums.filter(isPadded).map((d) => d.length));
+    const groups = new Map();
+    for (const d of nums) {
+      const key = isPadded(d) || widths.has(d.length) ? d.length : -1;
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push([BigInt(d), d]);
+    }
+    return Array.from(groups.values(), (g) => g.sort((a, b) => cmpPlain(a[0], b[0]) || cmpPlain(a[1], b[1])));
+  }
+  function bracket(group) {
+    if (group.length === 1) return group[0][1];
+    let out = '[';
+    for (let i = 0; i < group.length;) {
+      let j = i;
+      while (j + 1 < group.length && group[j + 1][0] === group[j][0] + 1n) j++;
+      out += (i ? ',' : '') + group[i][1] + (j > i ? '-' + group[j][1] : '');
+      i = j + 1;
+    }
+    return out + ']';
+  }
+  function assemble(texts, nums, tail) {
+    const all = nums.concat(tail);
+    let out = '';
+    texts.forEach((t, i) => { out += t + (i < all.length ? all[i] : ''); });
+    return out;
+  }
+  // Node names in the root's order: numbers by value, then the less padded first.
+  function naturalCmp(a, b) {
+    let i = 0, j = 0, padding = 0;
+    for (;;) {
+      if (i >= a.length || j >= b.length) {
+        if (i >= a.length && j >= b.length) return padding || cmpPlain(a, b);
+        return i >= a.length ? -1 : 1;
+      }
+      const p = a.charCodeAt(i), q = b.charCodeAt(j);
+      if (isDigit(p) && isDigit(q)) {
+        let ei = i, ej = j;
+        while (ei < a.length && isDigit(a.charCodeAt(ei))) ei++;
+        while (ej < b.length && isDigit(b.charCodeAt(ej))) ej++;
+        const x = a.slice(i, ei).replace(/^0+/, ''), y = b.slice(j, ej).replace(/^0+/, '');
+        const byValue = x.length - y.length || cmpPlain(x, y);
+        if (byValue) return Math.sign(byValue);
+        if (!padding) padding = Math.sign((ei - i) - (ej - j));
+        i = ei; j = ej;
+      } else {
+        if (p !== q) return p < q ? -1 : 1;
+        i++; j++;
+      }
+    }
+  }
+  function foldNodes(names) {
+    // Each term with the first name it stands for, for ordering.
+    const terms = [];
+    const byLast = new Map();
+    for (const name of new Set(names)) {
+      const { texts, nums } = cutName(name);
+      const last = nums.pop();
+      if (last === undefined) { terms.push([name, name]); continue; }
+      const k = JSON.stringify([texts, nums]);
+      if (!byLast.has(k)) byLast.set(k, { texts, nums, lasts: [] });
+      byLast.get(k).lasts.push(last);
+    }
+    const bySecond = new Map();
+    for (const { texts, nums, lasts } of byLast.values()) {
+      for (const group of paddingGroups(lasts)) {
+        const last = bracket(group);
+        const firstLast = group[0][1];
+        if (!nums.length) {
+          terms.push([assemble(texts, nums, [firstLast]), assemble(texts, nums, [last])]);
+          continue;
+        }
+        const prefix = nums.slice(0, -1);
+        const k = JSON.stringify([texts, prefix, last, firstLast]);
+        if (!bySecond.has(k)) bySecond.set(k, { texts, prefix, last, firstLast, seconds: [] });
+        bySecond.get(k).seconds.push(nums[nums.length - 1]);
+      }
+    }
+    for (const e of bySecond.values()) {
+      for (const group of paddingGroups(e.seconds)) {
+        terms.push([assemble(e.texts, e.prefix, [group[0][1], e.firstLast]), assemble(e.texts, e.prefix, [bracket(group), e.last])]);
+      }
+    }
+    terms.sort((a, b) => naturalCmp(a[0], b[0]) || cmpPlain(a[1], b[1]));
+    return terms.map((t) => t[1]).join(',');
+  }
 
   // ----- Overview ------------------------------------------------------------------------------
 
@@ -973,25 +1102,47 @@
     });
   }
 
+  // ----- The admin token ---------------------------------------------------------------------------
+
+  // Kept in the tab's session only (sessionStorage): gone when the tab closes, never in a cookie.
+  function token() { return sessionStorage.getItem(TOKEN_KEY) || ''; }
+  const bearer = () => (token() ? { Authorization: 'Bearer ' + token() } : {});
+
+  // The token prompt the pages share (same element ids on every page: one page at a time).
+  // `without` says what happens with no token; onChange(fn) runs fn when it is set or forgotten.
+  function tokenBox(without) {
+    const input = h('input', { type: 'password', id: 'admin-token', placeholder: 'admin token (<state-dir>/admin-token)', size: 40, autocomplete: 'off' });
+    const state = h('span', { class: 'note', id: 'token-state' });
+    const keep = h('button', { type: 'button', id: 'token-keep' }, 'Use for this session');
+    const forget = h('button', { type: 'button', id: 'token-forget' }, 'Forget');
+    const listeners = [];
+    const show = () => {
+      setText(state, token() ? 'token set (kept in this tab\u2019s session only)' : 'no token: ' + without);
+      state.classList.toggle('warn-text', !token());
+    };
+    const changed = () => { show(); listeners.forEach((f) => f()); };
+    keep.addEventListener('click', () => {
+      const t = input.value.trim();
+      if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+      input.value = '';
+      changed();
+    });
+    forget.addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); changed(); });
+    input.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') { ev.preventDefault(); keep.click(); } });
+    show();
+    return { el: h('div', { class: 'toolbar' }, input, keep, forget, state), onChange: (f) => listeners.push(f), focus: () => input.focus() };
+  }
+  const refusal = (e) => (e instanceof ApiError ? `refused (${e.status} ${e.error}): ${e.detail}` : String(e));
+
   // ----- Alarms ----------------------------------------------------------------------------------
 
-  function token() { return sessionStorage.getItem(TOKEN_KEY) || ''; }
-
   async function adminCall(path, body) {
-    const headers = { 'Content-Type': 'application/json' };
-    const t = token();
-    if (t) headers.Authorization = 'Bearer ' + t;
+    const headers = Object.assign({ 'Content-Type': 'application/json' }, bearer());
     return api(path, { method: 'POST', headers, body: JSON.stringify(body) });
   }
 
   function pageAlarms() {
-    const tokIn = h('input', { type: 'password', id: 'admin-token', placeholder: 'admin token (<state-dir>/admin-token)', size: 40, autocomplete: 'off' });
-    const tokState = h('span', { class: 'note', id: 'token-state' });
-    const keep = h('button', { type: 'button', id: 'token-keep' }, 'Use for this session');
-    const forget = h('button', { type: 'button', id: 'token-forget' }, 'Forget');
-    const showTok = () => setText(tokState, token() ? 'token set (kept in this tab\u2019s session only)' : 'no token: adding and deleting will be refused');
-    keep.addEventListener('click', () => { sessionStorage.setItem(TOKEN_KEY, tokIn.value.trim()); tokIn.value = ''; showTok(); });
-    forget.addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); showTok(); });
+    const tok = tokenBox('adding and deleting will be refused');
     const f = {
       name: h('input', { id: 'alarm-name', required: true }),
       target: h('input', { id: 'alarm-target', value: 'main' }),
@@ -1013,7 +1164,7 @@
         say('added ' + JSON.stringify(body.name));
         refresh();
       } catch (e) {
-        say(e instanceof ApiError ? `refused (${e.status} ${e.error}): ${e.detail}` : String(e), true);
+        say(refusal(e), true);
       }
     });
     const del = async (a) => {
@@ -1022,7 +1173,7 @@
         say('deleted ' + JSON.stringify(a.name));
         refresh();
       } catch (e) {
-        say(e instanceof ApiError ? `refused (${e.status} ${e.error}): ${e.detail}` : String(e), true);
+        say(refusal(e), true);
       }
     };
     const histText = (a) => (a.history || []).slice(-4).map((c) => (c.raised ? '\u2191 ' : '\u2193 ') + msWhen(c.at) + ' (' + num(c.value) + ')').join('  ');
@@ -1053,11 +1204,10 @@
       },
     ], (a) => a.target + '\u0000' + a.name, { id: 'alarms-all', sortCol: 1, empty: 'no alarm defined' });
     replace(view, h('h1', null, 'Alarms'),
-      panel('Admin token', h('div', { class: 'toolbar' }, tokIn, keep, forget, tokState)), h('p'),
+      panel('Admin token', tok.el), h('p'),
       panel('Add an alarm', form, msg), h('p'),
       panel('Raised', raised.el), h('p'),
       panel('All alarms', all.el));
-    showTok();
     const refresh = async () => {
       const [r, l] = await Promise.all([api('/alarms'), api('/alarms/list')]);
       raised.update(alarmRows(r));
@@ -1066,15 +1216,464 @@
     every(2000, refresh);
   }
 
+  // ----- Actions -----------------------------------------------------------------------------------
+
+  const actionHref = (id) => '#/action/' + enc(id);
+  // Tasks never change, and `GET /actions` leaves them out: fetched once per action, for the list.
+  const taskCache = new Map();
+  // The phases of a target, in the order the pages show them; `pending` is what is left.
+  const PHASES = ['ok', 'failed', 'cancelled', 'unreachable'];
+  const phasePill = (p) => ({ ok: 'ok', failed: 'bad', cancelled: 'cancelled', unreachable: 'lost', pending: 'running' }[p] || 'bad');
+  const actionPill = (st) => ({ running: 'running', done: 'finished', cancelled: 'cancelled', interrupted: 'bad' }[st] || 'bad');
+  const modeText = (real) => (real ? 'for real' : 'dry run');
+  const modePill = (real) => (real ? 'real' : 'dry');
+  const ago = (ms) => (ms ? dur(Math.max(0, Date.now() - ms)) + ' ago' : '–');
+
+  // An argument as a shell would need it written, so that the line reads unambiguously.
+  const shellWord = (a) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : "'" + a.replace(/'/g, "'\\''") + "'");
+  // What an action does, in one line: the command line, or `service OP UNITS`.
+  function taskText(task) {
+    if (!task) return '…';
+    if (task.exec) {
+      const e = task.exec;
+      const argv = e.argv || [];
+      const line = e.shell ? 'sh -c ' + shellWord(argv.join(' ')) : argv.map(shellWord).join(' ');
+      return line + (e.user ? '  (as ' + e.user + ')' : '');
+    }
+    if (task.service) return ['service', task.service.op].concat(task.service.units || []).join(' ');
+    if (task.cancel) return 'cancel ' + task.cancel.id;
+    return Object.keys(task)[0] || '?';
+  }
+
+  // A bar of ok / failed / cancelled / unreachable out of all targets; the rest is pending.
+  class StackBar {
+    constructor(attrs) {
+      this.parts = Object.fromEntries(PHASES.map((p) => [p, h('span', { class: 's-' + p })]));
+      this.el = h('div', Object.assign({ class: 'stack', role: 'img' }, attrs || {}), Object.values(this.parts));
+    }
+    update(counts, total) {
+      const words = [];
+      for (const p of PHASES) {
+        const n = counts[p] || 0;
+        this.parts[p].style.width = (total ? (100 * n) / total : 0).toFixed(2) + '%';
+        if (n) words.push(n + ' ' + p);
+      }
+      if (counts.pending) words.push(counts.pending + ' pending');
+      const label = words.join(' · ') || 'no target';
+      if (this.el.title !== label) { this.el.title = label; this.el.setAttribute('aria-label', label); }
+    }
+  }
+
+  // A count cell: coloured when not zero, so that failures stand out in a long list.
+  function countCol(label, key, tone) {
+    return {
+      label, num: true, sort: (a) => a[key],
+      cell: (td, a) => {
+        setText(td, a[key]);
+        const cls = 'num ' + (a[key] ? tone : 'zero');
+        if (td.className !== cls) td.className = cls;
+      },
+    };
+  }
+
+  function pageActions() {
+    const filter = h('input', { class: 'mono', id: 'actions-filter', size: 30, placeholder: 'filter: who, command, nodes, state', spellcheck: 'false' });
+    const count = h('span', { class: 'muted', id: 'actions-count' });
+    const table = new Table([
+      {
+        label: 'Age', sort: (a) => a.started_ms,
+        cell: (td, a) => { setText(td, ago(a.started_ms)); td.title = 'started ' + msWhen(a.started_ms); },
+      },
+      { label: 'Who', sort: (a) => a.who, text: (a) => a.who },
+      { label: 'Kind', sort: (a) => a.kind, text: (a) => a.kind },
+      { label: 'What', name: true, sort: (a) => taskText(taskCache.get(a.id)), text: (a) => taskText(taskCache.get(a.id)), href: (a) => actionHref(a.id) },
+      { label: 'Targets', name: true, sort: (a) => a.nodes, text: (a) => a.nodes },
+      { label: 'Nodes', num: true, sort: (a) => a.count, text: (a) => a.count },
+      { label: 'Mode', sort: (a) => a.for_real, text: (a) => modeText(a.for_real), pill: (a) => modePill(a.for_real) },
+      { label: 'State', sort: (a) => a.state, text: (a) => a.state, pill: (a) => actionPill(a.state) },
+      {
+        label: 'Progress', cell: (td, a) => {
+          if (!td._bar) { td._bar = new StackBar(); replace(td, td._bar.el); td.className = 'stackcell'; }
+          td._bar.update({ ok: a.ok, failed: a.failed, unreachable: a.unreachable, pending: a.pending }, a.count);
+        },
+      },
+      countCol('OK', 'ok', 'n-ok'),
+      countCol('Failed', 'failed', 'n-bad'),
+      countCol('Unreach.', 'unreachable', 'n-lost'),
+      countCol('Pending', 'pending', 'n-pending'),
+    ], (a) => a.id, { id: 'actions-table', sortCol: 0, sortDesc: true, empty: 'no action yet (banyan exec, banyan service)' });
+    table.el.classList.add('clickable');
+    // A click anywhere on a row opens the action; the link in "What" is there for the keyboard.
+    table.body.addEventListener('click', (ev) => {
+      if (ev.target.closest('a')) return;
+      const tr = ev.target.closest('tr[data-key]');
+      if (tr) location.hash = actionHref(tr.getAttribute('data-key'));
+    });
+    replace(view,
+      h('h1', null, 'Actions', h('span', { class: 'sub' }, 'commands and service operations sent through the tree, newest first')),
+      h('div', { class: 'toolbar' }, filter, count),
+      panel('Recent actions', table.el));
+    let last = [];
+    const show = () => {
+      const f = filter.value.trim().toLowerCase();
+      const rows = f ? last.filter((a) => [a.who, a.kind, a.nodes, a.state, a.id, modeText(a.for_real), taskText(taskCache.get(a.id))]
+        .some((x) => String(x).toLowerCase().includes(f))) : last;
+      table.update(rows);
+      const running = last.filter((a) => a.state === 'running').length;
+      setText(count, `${rows.length} action${rows.length === 1 ? '' : 's'}${f ? ' shown' : ''} · ${running} running`);
+    };
+    filter.addEventListener('input', show);
+    const mine = gen;
+    every(2000, async () => {
+      last = await api('/actions');
+      show();
+      // The tasks of the actions not seen yet, a few requests at a time.
+      const missing = last.filter((a) => !taskCache.has(a.id)).map((a) => a.id);
+      for (let i = 0; i < missing.length && mine === gen; i += 6) {
+        await Promise.all(missing.slice(i, i + 6).map((id) => api('/actions/' + enc(id))
+          .then((r) => taskCache.set(id, r.task))
+          .catch((e) => { if (e instanceof ApiError && e.status === 404) taskCache.set(id, null); })));
+      }
+      if (missing.length && mine === gen) show();
+    });
+  }
+
+  // Targets that answered the same thing, with the same output: one group, as `clush -b` shows.
+  function resultGroups(rec) {
+    const groups = new Map();
+    for (const [node, t] of Object.entries(rec.targets || {})) {
+      const r = t.result;
+      if (!r) continue;
+      const units = (r.units || []).map((u) => [u.unit, u.state, u.detail]);
+      const key = JSON.stringify([t.state, r.summary, r.exit, r.signal, r.stdout, r.stderr, r.truncated, units]);
+      if (!groups.has(key)) groups.set(key, { key, state: t.state, result: r, nodes: [] });
+      groups.get(key).nodes.push(node);
+    }
+    return Array.from(groups.values());
+  }
+
+  // Targets without success, grouped by state and reason.
+  function problemGroups(rec) {
+    const groups = new Map();
+    for (const [node, t] of Object.entries(rec.targets || {})) {
+      if (t.state === 'ok' || t.state === 'pending') continue;
+      const reason = t.error || (t.result && t.result.summary) || t.state;
+      const key = t.state + '\u0000' + reason;
+      if (!groups.has(key)) groups.set(key, { key, state: t.state, reason, nodes: [] });
+      groups.get(key).nodes.push(node);
+    }
+    return Array.from(groups.values());
+  }
+
+  const bySizeThenName = (a, b) => b.nodes.length - a.nodes.length || naturalCmp(a.folded, b.folded);
+
+  // One group of identical results: the folded node set, its count and outcome, then the output.
+  function outputGroup(g) {
+    const r = g.result;
+    const nodes = h('span', { class: 'nodes' });
+    const n = h('span', { class: 'muted' });
+    const body = [];
+    if (r.stdout) body.push(h('pre', { class: 'out' }, r.stdout));
+    if (r.stderr) body.push(h('pre', { class: 'out err', title: 'stderr' }, r.stderr));
+    if (r.units && r.units.length) {
+      body.push(h('table', { class: 'units' }, h('tbody', null, r.units.map((u) =>
+        h('tr', null, h('td', { class: 'mono' }, u.unit), h('td', null, h('span', { class: 'pill ' + (u.state === 'active' ? 'ok' : u.state === 'failed' ? 'bad' : 'clear') }, u.state)), h('td', { class: 'muted' }, u.detail))))));
+    }
+    if (!body.length) body.push(h('div', { class: 'out none' }, 'no output'));
+    if (r.truncated) body.push(h('div', { class: 'note out-note' }, 'output truncated at the cap'));
+    const el = h('section', { class: 'out-group ' + g.state },
+      h('div', { class: 'out-head' }, nodes, n,
+        h('span', { class: 'pill ' + phasePill(g.state) }, g.state),
+        h('span', { class: 'summary' }, r.summary || ''),
+        r.duration_ms ? h('span', { class: 'muted dur' }, dur(r.duration_ms)) : null),
+      body);
+    return { el, nodes, n };
+  }
+  function pageAction(id) {
+    const statePills = h('span', { class: 'sub', id: 'act-state' });
+    const err = errorBox('act-error');
+    const kv = h('div', { class: 'kv', id: 'act-kv' });
+    const c = {
+      ok: card('OK', 'act-ok'), failed: card('Failed', 'act-failed'), cancelled: card('Cancelled', 'act-cancelled'),
+      unreachable: card('Unreachable', 'act-unreachable'), pending: card('Pending', 'act-pending'),
+    };
+    const bar = new StackBar({ id: 'act-bar', class: 'stack big' });
+    const answered = h('div', { class: 'note', id: 'act-answered' });
+    const cancelBtn = h('button', { type: 'button', class: 'danger', id: 'act-cancel' }, 'Cancel action');
+    const cancelMsg = h('span', { id: 'act-cancel-msg', role: 'status' });
+    const tok = tokenBox('needed to cancel');
+    // The token prompt only when one is missing or was refused.
+    tok.el.hidden = !!token();
+    tok.onChange(() => { setText(cancelMsg, ''); tok.el.hidden = !!token(); });
+    const cancelBox = h('div', { id: 'act-cancel-box', class: 'cancel-box', hidden: true }, h('div', { class: 'toolbar' }, cancelBtn, cancelMsg), tok.el);
+    const problems = new Table([
+      { label: 'State', sort: (g) => g.state, text: (g) => g.state, pill: (g) => phasePill(g.state) },
+      { label: 'Nodes', num: true, sort: (g) => g.nodes.length, text: (g) => g.nodes.length },
+      { label: 'Node set', name: true, sort: (g) => g.folded, text: (g) => g.folded },
+      { label: 'Reason', name: true, sort: (g) => g.reason, text: (g) => g.reason },
+    ], (g) => g.key, { id: 'act-problems', sortCol: 1, sortDesc: true, wrap: true, empty: 'none' });
+    const problemsPanel = panel('Failures and unreachable nodes', problems.el);
+    problemsPanel.hidden = true;
+    const outputs = h('div', { id: 'act-output' });
+    const outNote = h('p', { class: 'muted', id: 'act-output-note' }, 'no result yet');
+    replace(view,
+      h('h1', null, 'Action ', h('span', { class: 'mono', id: 'act-id' }, id), statePills),
+      err.el,
+      h('div', { class: 'grid' },
+        panel('Action', kv),
+        panel('Progress', h('div', { class: 'cards' }, Object.values(c).map((x) => x.el)), bar.el, answered, cancelBox)),
+      problemsPanel, h('p'),
+      panel('Output, nodes with identical results grouped (as clush -b)', outNote, outputs));
+
+    let rec = null;
+    const shown = new Map();
+    const say = (text, bad) => { setText(cancelMsg, text); cancelMsg.className = bad ? 'error' : 'ok-text'; };
+    // Two clicks: a cancel at 3 a.m. should be meant.
+    let armed = null;
+    cancelBtn.addEventListener('click', async () => {
+      if (!token()) { say('paste the admin token below first', true); tok.el.hidden = false; tok.focus(); return; }
+      if (!armed) {
+        setText(cancelBtn, 'Click again to cancel');
+        armed = setTimeout(() => { armed = null; setText(cancelBtn, 'Cancel action'); }, 5000);
+        return;
+      }
+      clearTimeout(armed);
+      armed = null;
+      cancelBtn.disabled = true;
+      setText(cancelBtn, 'Cancelling…');
+      try {
+        const r = await api('/actions/' + enc(id), { method: 'DELETE', headers: bearer() });
+        say(r.state === 'cancelling' ? 'cancel sent to the nodes still running it' : 'the action was already ' + r.state);
+      } catch (e) {
+        say(refusal(e), true);
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) tok.el.hidden = false;
+        cancelBtn.disabled = false;
+        setText(cancelBtn, 'Cancel action');
+      }
+    });
+
+    function showTimes() {
+      if (!rec) return;
+      const rows = [
+        ['what', taskText(rec.task)], ['kind', rec.kind], ['mode', modeText(rec.for_real)],
+        ['who', rec.who + (rec.peer && rec.peer !== '-' ? ' from ' + rec.peer : '')],
+        ['targets', rec.nodes + ' (' + Object.keys(rec.targets || {}).length + ')'],
+        ['started', msWhen(rec.started_ms) + ' (' + ago(rec.started_ms) + ')'],
+      ];
+      if (rec.state === 'running') {
+        rows.push(['running for', dur(Date.now() - rec.started_ms)], ['gives up at', msWhen(rec.deadline_ms)]);
+      } else {
+        rows.push(['ended', msWhen(rec.ended_ms) + (rec.ended_ms ? ' (took ' + dur(rec.ended_ms - rec.started_ms) + ')' : '')]);
+      }
+      if (rec.cancel_requested) rows.push(['cancel', 'requested']);
+      fillKv(kv, rows);
+    }
+
+    function render() {
+      taskCache.set(rec.id, rec.task);
+      replace(statePills,
+        h('span', { class: 'pill ' + actionPill(rec.state) }, rec.state), ' ',
+        h('span', { class: 'pill ' + modePill(rec.for_real) }, modeText(rec.for_real)));
+      showTimes();
+      const targets = Object.entries(rec.targets || {});
+      const counts = { ok: 0, failed: 0, cancelled: 0, unreachable: 0, pending: 0 };
+      const pending = [];
+      for (const [node, t] of targets) {
+        counts[t.state] = (counts[t.state] || 0) + 1;
+        if (t.state === 'pending') pending.push(node);
+      }
+      c.ok.set(counts.ok, counts.ok ? 'ok' : '');
+      c.failed.set(counts.failed, counts.failed ? 'bad' : '');
+      c.cancelled.set(counts.cancelled, counts.cancelled ? 'warn' : '');
+      c.unreachable.set(counts.unreachable, counts.unreachable ? 'bad' : '');
+      c.pending.set(counts.pending, counts.pending && rec.state === 'running' ? 'warn' : '');
+      bar.update(counts, targets.length);
+      const done = targets.length - pending.length;
+      setText(answered, `${done} of ${targets.length} answered` +
+        (pending.length ? ` · waiting for ${foldNodes(pending)}` : ''));
+      const running = rec.state === 'running';
+      cancelBox.hidden = !running;
+      if (running && rec.cancel_requested) { cancelBtn.disabled = true; setText(cancelBtn, 'Cancel requested'); }
+
+      const probs = problemGroups(rec);
+      for (const g of probs) g.folded = foldNodes(g.nodes);
+      problems.update(probs);
+      problemsPanel.hidden = probs.length === 0;
+
+      // Output groups, keyed by their result: a group's text never changes, only its nodes.
+      const groups = resultGroups(rec);
+      for (const g of groups) g.folded = foldNodes(g.nodes);
+      groups.sort(bySizeThenName);
+      const seen = new Set();
+      groups.forEach((g, i) => {
+        seen.add(g.key);
+        let e = shown.get(g.key);
+        if (!e) { e = outputGroup(g); shown.set(g.key, e); }
+        setText(e.nodes, g.folded);
+        setText(e.n, '(' + g.nodes.length + ')');
+        e.el.setAttribute('data-nodes', g.folded);
+        if (outputs.children[i] !== e.el) outputs.insertBefore(e.el, outputs.children[i] || null);
+      });
+      for (const [k, e] of shown) if (!seen.has(k)) { e.el.remove(); shown.delete(k); }
+      outNote.hidden = groups.length > 0;
+    }
+
+    // Follows the action by long polling: each answer comes as soon as the action changes.
+    const mine = gen;
+    let ctl = null;
+    onLeave(() => { if (ctl) ctl.abort(); });
+    (async () => {
+      let since = null;
+      while (mine === gen) {
+        ctl = new AbortController();
+        try {
+          const q = since === null ? '' : `?wait_ms=25000&since=${since}`;
+          const r = await api('/actions/' + enc(id) + q, { signal: ctl.signal });
+          if (mine !== gen) return;
+          connOk();
+          err.show(null);
+          if (!rec || r.version !== rec.version || r.state !== rec.state) { rec = r; render(); }
+          markRendered(mine);
+          since = r.version;
+          if (r.state !== 'running') return;
+          // Answers from many nodes come in bursts: one redraw per short while, not per answer.
+          await sleep(400);
+        } catch (e) {
+          if (mine !== gen) return;
+          err.show(e);
+          if (e instanceof ApiError && (e.status === 400 || e.status === 404)) return;
+          connBad(e);
+          await sleep(2000);
+        }
+      }
+    })();
+    // The clock of a running action moves between answers.
+    const tick = () => {
+      if (mine !== gen) return;
+      if (rec && rec.state === 'running') showTimes();
+      setTimeout(tick, 1000);
+    };
+    setTimeout(tick, 1000);
+  }
+
+  // ----- Audit -------------------------------------------------------------------------------------
+
+  // An outcome `{state, targets: {ok: "cn[1-3]", failed: "cn4"}}` as one line.
+  function outcomeText(o) {
+    if (o && typeof o === 'object' && o.targets && typeof o.targets === 'object') {
+      const parts = Object.entries(o.targets).map(([k, v]) => k + ' ' + v);
+      return (o.state ? o.state + ': ' : '') + parts.join(', ');
+    }
+    return JSON.stringify(o);
+  }
+  function argsText(a) {
+    if (a === null || a === undefined || (typeof a === 'object' && !Object.keys(a).length)) return '';
+    if (typeof a === 'object' && a.task) return taskText(a.task) + (a.nodes ? ' on ' + a.nodes : '');
+    return JSON.stringify(a);
+  }
+  const auditDetail = (r) => [r.reason, r.outcome ? outcomeText(r.outcome) : '', argsText(r.args)].filter((x) => x).join(' · ');
+  const isRefusal = (r) => /\.refused$/.test(r.event) || r.event === 'audit.torn';
+
+  function pageAudit() {
+    const tok = tokenBox('the audit log is shown to token holders only');
+    const limit = h('select', { id: 'audit-limit' }, [100, 500, 1000, 5000].map((n) => h('option', { value: n }, 'last ' + n)));
+    limit.value = '500';
+    const filter = h('input', { class: 'mono', id: 'audit-filter', size: 30, placeholder: 'filter: who, event, action, nodes', spellcheck: 'false' });
+    const count = h('span', { class: 'muted', id: 'audit-count' });
+    const verifyBtn = h('button', { type: 'button', id: 'audit-verify' }, 'Verify chain');
+    const verifyOut = h('div', { id: 'audit-verify-result', role: 'status' });
+    const err = errorBox('audit-error');
+    const prompt = h('p', { class: 'warn-text', id: 'audit-needs-token' }, 'The audit log needs a token: paste one above (the admin token is in <state-dir>/admin-token).');
+    const table = new Table([
+      { label: 'Seq', num: true, sort: (r) => r.seq, text: (r) => r.seq },
+      { label: 'Time (local)', sort: (r) => r.time_ms, text: (r) => msWhen(r.time_ms) },
+      { label: 'Who', sort: (r) => r.who, text: (r) => r.who },
+      { label: 'From', sort: (r) => r.peer, text: (r) => r.peer },
+      {
+        label: 'Event', sort: (r) => r.event,
+        cell: (td, r) => { setText(td, r.event); const cls = 'mono' + (isRefusal(r) ? ' n-bad' : ''); if (td.className !== cls) td.className = cls; },
+      },
+      {
+        label: 'Action', cell: (td, r) => {
+          if (!r.action) { if (td.textContent !== '–') replace(td, '–'); return; }
+          let a = td.firstChild;
+          if (!a || a.nodeName !== 'A') { clear(td); a = td.appendChild(h('a', { class: 'mono' })); }
+          if (a.getAttribute('href') !== actionHref(r.action)) a.setAttribute('href', actionHref(r.action));
+          setText(a, r.action);
+        },
+      },
+      { label: 'Targets', name: true, sort: (r) => r.targets, text: (r) => r.targets || '–' },
+      { label: 'Mode', text: (r) => (r.for_real === undefined || r.for_real === null ? '' : modeText(r.for_real)), pill: (r) => (r.for_real === undefined || r.for_real === null ? 'none' : modePill(r.for_real)) },
+      { label: 'Reason / outcome', name: true, text: auditDetail },
+    ], (r) => String(r.seq), { id: 'audit-table', sortCol: 0, sortDesc: true, wrap: true, empty: 'no line' });
+    const tablePanel = panel('Audit log (newest first)', table.el);
+    replace(view,
+      h('h1', null, 'Audit', h('span', { class: 'sub' }, 'every request that changes something, allowed or refused, in a hash chain')),
+      panel('Token', tok.el), h('p'),
+      prompt,
+      h('div', { class: 'toolbar' }, limit, filter, count, verifyBtn),
+      verifyOut, err.el,
+      tablePanel);
+    let last = [];
+    // A refused read is itself audited: after one, wait for another token instead of polling.
+    let refusedFor = null;
+    const show = () => {
+      const f = filter.value.trim().toLowerCase();
+      const rows = f ? last.filter((r) => [r.who, r.peer, r.event, r.action, r.targets, auditDetail(r)]
+        .some((x) => x && String(x).toLowerCase().includes(f))) : last;
+      table.update(rows);
+      setText(count, `${rows.length} line${rows.length === 1 ? '' : 's'}${f ? ' shown' : ''}`);
+    };
+    const refresh = async () => {
+      const have = !!token();
+      prompt.hidden = have;
+      tablePanel.hidden = !have;
+      if (!have || refusedFor === token()) return;
+      try {
+        last = await api('/audit?limit=' + enc(limit.value), { headers: bearer() });
+        err.show(null);
+        show();
+      } catch (e) {
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) { refusedFor = token(); err.show(e); return; }
+        throw e;
+      }
+    };
+    const now = () => refresh().catch((e) => err.show(e));
+    filter.addEventListener('input', show);
+    limit.addEventListener('change', now);
+    tok.onChange(() => { refusedFor = null; err.show(null); setText(verifyOut, ''); now(); });
+    verifyBtn.addEventListener('click', async () => {
+      if (!token()) { setText(verifyOut, 'no token: paste one above first'); verifyOut.className = 'error'; tok.focus(); return; }
+      setText(verifyOut, 'verifying the whole chain…');
+      verifyOut.className = 'note';
+      try {
+        const v = await api('/audit/verify', { headers: bearer() });
+        if (v.ok) {
+          setText(verifyOut, `chain verified: ${v.lines} line${v.lines === 1 ? '' : 's'}, every link intact` + (v.last_hash ? ` (last hash ${String(v.last_hash).slice(0, 16)}…)` : ''));
+          verifyOut.className = 'verdict ok-text';
+        } else {
+          setText(verifyOut, `CHAIN BROKEN at line ${v.line}: ${v.error}`);
+          verifyOut.className = 'verdict error';
+        }
+      } catch (e) {
+        setText(verifyOut, refusal(e));
+        verifyOut.className = 'verdict error';
+      }
+    });
+    every(5000, refresh);
+  }
+
   // ----- Routing ---------------------------------------------------------------------------------
 
   function route() {
+    while (leaving.length) leaving.pop()();
     gen++;
     const hash = location.hash.replace(/^#\/?/, '');
     const [page, ...rest] = hash.split('/');
     let arg = null;
     try { arg = rest.length ? decodeURIComponent(rest.join('/')) : null; } catch (_) { arg = null; }
-    const nav = { '': 'overview', nodes: 'nodes', node: 'nodes', jobs: 'jobs', job: 'jobs', profile: 'jobs', topology: 'topology', alarms: 'alarms' }[page] || 'overview';
+    const nav = { '': 'overview', nodes: 'nodes', node: 'nodes', jobs: 'jobs', job: 'jobs', profile: 'jobs', topology: 'topology', alarms: 'alarms',
+      actions: 'actions', action: 'actions', audit: 'audit' }[page] || 'overview';
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('data-page') === nav);
     window.scrollTo(0, 0);
     if (page === 'nodes') pageNodes();
@@ -1084,6 +1683,9 @@
     else if (page === 'profile' && arg !== null) pageJob(arg, true);
     else if (page === 'topology') pageTopology();
     else if (page === 'alarms') pageAlarms();
+    else if (page === 'actions') pageActions();
+    else if (page === 'action' && arg !== null) pageAction(arg);
+    else if (page === 'audit') pageAudit();
     else pageOverview();
     document.title = 'banyan · ' + (arg || nav);
   }
