@@ -3,7 +3,7 @@
 //! ports picked free, so several test processes can each run one at the same time.
 //!
 //! [`Slurm::require`] checks the packages and starts one: a missing package is an error under
-//! `CI=true` and otherwise prints `SKIPPED: ...` and gives `Ok(None)`, and the test returns.
+//! strict mode (the default) and otherwise records a skip and gives `Ok(None)`, and the test returns.
 //! [`Slurm::srun`] runs a step (the caller's environment goes to the tasks, as srun does);
 //! [`Slurm::env`] and [`Slurm::command`] point other Slurm clients at this cluster. Dropping the
 //! [`Slurm`] cancels what is still queued, stops the daemons by PID, waits until they are gone and
@@ -31,7 +31,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, Uid};
 
 use crate::mpi::run_bounded;
-use crate::support::{find_program, free_port, in_ci, tail};
+use crate::support::{find_program, free_port, note_skip, strict, tail};
 
 /// How long [`Slurm::start`] waits for the node to show `idle` (about 1 s here).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -175,14 +175,16 @@ fn missing() -> Option<String> {
 
 impl Slurm {
     /// Starts a cluster if Slurm, munge and libpmix-dev are installed (and we are root). When they
-    /// are not: an error under `CI=true` (scripts/test installs them); otherwise prints `SKIPPED:
+    /// are not: an error (unless BANYAN_TEST_LENIENT=1) (scripts/test installs them); otherwise prints `SKIPPED:
     /// ...` and returns `Ok(None)`, and the test should return.
     pub fn require() -> Result<Option<Slurm>> {
         match missing() {
             None => Slurm::start().map(Some),
-            Some(why) if in_ci() => bail!("a private Slurm cannot run under CI=true: {why}"),
+            Some(why) if strict() => {
+                bail!("a private Slurm cannot run (BANYAN_TEST_LENIENT=1 skips instead): {why}")
+            }
             Some(why) => {
-                println!("SKIPPED: {why}");
+                note_skip(&why);
                 Ok(None)
             }
         }

@@ -6,7 +6,7 @@
 //! parse error) both fail, with promtool's output and the exposition shown.
 //!
 //! promtool comes from Debian's `prometheus` package (scripts/test installs it). When it is
-//! missing the tests fail under `CI=true` and otherwise print `SKIPPED: promtool not found`.
+//! missing the tests fail (unless `BANYAN_TEST_LENIENT=1`, which records a skip).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -18,12 +18,7 @@ use banyan_protocol::metric::{Counter, Gauge, Histogram, MetricSet, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Whether CI asked for every test to run for real (`CI=true`).
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-/// Whether promtool can run here. Missing: a panic under CI, `false` (the test returns) otherwise.
+/// Whether promtool can run here. Missing: a panic (unless BANYAN_TEST_LENIENT=1), `false` (the test returns) otherwise.
 fn have_promtool() -> bool {
     match Command::new("promtool").arg("--version").output() {
         Ok(out) if out.status.success() => true,
@@ -33,12 +28,12 @@ fn have_promtool() -> bool {
             String::from_utf8_lossy(&out.stderr)
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if in_ci() {
+            if banyan_tests::support::strict() {
                 panic!(
                     "promtool not found: install the Debian package prometheus (scripts/test does)"
                 );
             }
-            println!("SKIPPED: promtool not found");
+            banyan_tests::support::note_skip("promtool not found");
             false
         }
         Err(e) => panic!("cannot run promtool: {e}"),
