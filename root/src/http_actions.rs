@@ -260,13 +260,7 @@ async fn start_action(
         targets: folded.clone(),
         task: req.task.clone(),
     };
-    let sealed = api.signer.seal(Purpose::Order, &order).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot sign",
-            e.to_string(),
-        )
-    })?;
+    let sealed = seal(&api, &order)?;
     // The audit line is on disk before the order leaves the root.
     audit(
         &api,
@@ -321,6 +315,17 @@ async fn start_action(
             json!({"id": id, "targets": folded, "count": targets.len(), "for_real": order.for_real}),
         ),
     ))
+}
+
+/// Seals an order with the root's key (the cluster CA's).
+fn seal(api: &Api, order: &Order) -> Result<banyan_protocol::seal::Sealed, ApiError> {
+    api.signer.seal(Purpose::Order, order).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot sign",
+            e.to_string(),
+        )
+    })
 }
 
 fn err_detail(e: &ApiError) -> String {
@@ -450,13 +455,7 @@ async fn cancel_action(
             targets: NodeSet::from_names(pending.iter().map(String::as_str)).fold(),
             task: Task::Cancel { id: id.clone() },
         };
-        let sealed = api.signer.seal(Purpose::Order, &order).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot sign",
-                e.to_string(),
-            )
-        })?;
+        let sealed = seal(&api, &order)?;
         let root = api.root.clone();
         // The targets' answers to the cancel order itself tell nothing the action's own answers
         // will not: nobody waits for them.
