@@ -9,7 +9,7 @@
 
 use banyan_agent::tree::{Action, HandoverStats, Node, Phase, TreeConfig};
 use banyan_protocol::metric::MetricSet;
-use banyan_protocol::wire::{Msg, ROOT_NAME};
+use banyan_protocol::wire::{CommandBody, Msg, ROOT_NAME};
 use banyan_root::core::{Kept, RootAction, RootCore};
 use banyan_root::placement::{PlacementConfig, Status};
 use rand::rngs::StdRng;
@@ -134,6 +134,8 @@ pub struct Sim {
     fifo: HashMap<(u64, bool), u64>,
     epoch: u64,
     pub ingress: Ingress,
+    /// Per command id: how many of its targets it has reached, and when the last one got it.
+    reached: HashMap<u64, (usize, u64)>,
 }
 
 impl Sim {
@@ -169,6 +171,7 @@ impl Sim {
             fifo: HashMap::new(),
             epoch: 1,
             ingress: Ingress::default(),
+            reached: HashMap::new(),
         };
         sim.reschedule(End::Root);
         sim
@@ -333,6 +336,27 @@ impl Sim {
 
     pub fn rng(&mut self) -> &mut StdRng {
         &mut self.rng
+    }
+
+    /// Changes the per-message latency from now on (messages already in flight keep theirs).
+    pub fn set_latency(&mut self, min_ms: u64, max_ms: u64) {
+        self.cfg.latency_min_ms = min_ms;
+        self.cfg.latency_max_ms = max_ms.max(min_ms);
+    }
+
+    /// Sends an operator command from the root to `targets` now, as the root's shell does (its
+    /// messages leave at once); returns the command's id. The report comes out of
+    /// `root().poll_command_report()`, and [`Sim::command_reached`] tells how far it got.
+    pub fn start_command(&mut self, targets: &[String], body: CommandBody) -> u64 {
+        let id = self.root.start_command(self.now, targets, body);
+        self.drain(End::Root);
+        id
+    }
+
+    /// How many targets command `id` has reached so far, and when (virtual ms) the last of them
+    /// got it.
+    pub fn command_reached(&self, id: u64) -> Option<(usize, u64)> {
+        self.reached.get(&id).copied()
     }
 
     // ----- Running -----------------------------------------------------------------------------
@@ -554,6 +578,13 @@ impl Sim {
                     || self.agents[child].link != Some(link)
                 {
                     return;
+                }
+                if let Msg::Command(cmd) = &msg {
+                    let name = Self::name_of(child);
+                    if cmd.targets.contains(&name) {
+                        let r = self.reached.entry(cmd.id).or_insert((0, 0));
+                        *r = (r.0 + 1, self.now);
+                    }
                 }
                 self.agents[child].node.handle_parent_msg(self.now, msg);
                 self.drain(End::Agent(child));
@@ -794,5 +825,41 @@ fn phase_name(p: &Phase) -> &'static str {
         Phase::Attaching { .. } => "attaching",
         Phase::Attached { .. } => "attached",
         Phase::Top => "top",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banyan_protocol::wire::Answer;
+
+    /// Virtual time, so exact: with a fixed latency a command takes one latency per level down,
+    /// and every answer one more per level up.
+    #[test]
+    fn a_command_reaches_every_target_and_answers_in_two_latencies_per_level() {
+        let mut sim = Sim::new(SimConfig::new(7));
+        sim.add_agents(30);
+        let formed = sim.run_until_cond(100, 60_000, |s| s.check(false).is_ok());
+        assert!(formed.is_some(), "{:?}", sim.check(false));
+        sim.run_for(3_000);
+        let depth = u64::from(sim.check(false).expect("a sound tree").max_depth);
+        sim.set_latency(5, 5);
+        sim.run_for(1_000);
+        let targets: Vec<String> = (0..30).map(Sim::name_of).collect();
+        let t0 = sim.now();
+        let id = sim.start_command(&targets, CommandBody::Ping);
+        sim.run_for(1_000);
+        let report = std::iter::from_fn(|| sim.root().poll_command_report())
+            .find(|r| r.id == id)
+            .expect("the command's report");
+        assert!(report.unreachable.is_empty(), "{report:?}");
+        assert_eq!(report.answers.len(), 30);
+        assert!(report
+            .answers
+            .values()
+            .all(|(a, _)| matches!(a, Ok(Answer::Pong))));
+        let slowest = report.answers.values().map(|(_, rtt)| *rtt).max();
+        assert_eq!(slowest, Some(2 * 5 * depth));
+        assert_eq!(sim.command_reached(id), Some((30, t0 + 5 * depth)));
     }
 }
