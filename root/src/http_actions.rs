@@ -539,6 +539,12 @@ async fn token_create(
         )
     })?;
     let now = now_ms();
+    let args = json!({"name": req.name, "role": req.role, "groups": req.groups, "expires_in_ms": req.expires_in_ms});
+    // Audited before the token exists: a token the log does not know of must never work.
+    audit(
+        &api,
+        AuditEvent::new(now, p.name.clone(), peer.clone(), "token.create").args(args.clone()),
+    )?;
     let made = lock(&api.tokens).create(
         &req.name,
         req.role,
@@ -546,15 +552,8 @@ async fn token_create(
         req.expires_in_ms.map(Duration::from_millis),
         now,
     );
-    let args = json!({"name": req.name, "role": req.role, "groups": req.groups, "expires_in_ms": req.expires_in_ms});
     match made {
-        Ok(token) => {
-            audit(
-                &api,
-                AuditEvent::new(now, p.name.clone(), peer, "token.create").args(args),
-            )?;
-            Ok(Json(json!({"name": req.name, "token": token})))
-        }
+        Ok(token) => Ok(Json(json!({"name": req.name, "token": token}))),
         Err(e) => {
             audit(
                 &api,
@@ -590,16 +589,21 @@ async fn token_revoke(
 ) -> Result<Json<Value>, ApiError> {
     let p = require_admin(&api, &headers, &peer, "token.revoke")?;
     let now = now_ms();
+    let args = json!({"name": name});
+    audit(
+        &api,
+        AuditEvent::new(now, p.name.clone(), peer.clone(), "token.revoke").args(args.clone()),
+    )?;
     let done = lock(&api.tokens).revoke(&name, now);
-    let event =
-        AuditEvent::new(now, p.name.clone(), peer, "token.revoke").args(json!({"name": name}));
     match done {
-        Ok(info) => {
-            audit(&api, event)?;
-            Ok(Json(json!(info)))
-        }
+        Ok(info) => Ok(Json(json!(info))),
         Err(e) => {
-            audit(&api, event.reason(e.to_string()))?;
+            audit(
+                &api,
+                AuditEvent::new(now, p.name.clone(), peer, "token.revoke.refused")
+                    .args(args)
+                    .reason(e.to_string()),
+            )?;
             let status = if matches!(e, crate::tokens::TokenError::NotFound(_)) {
                 StatusCode::NOT_FOUND
             } else {
