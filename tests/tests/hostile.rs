@@ -257,25 +257,7 @@ struct Target {
 impl Cluster {
     fn start(label: &str) -> Cluster {
         let dir = TempDir::new(label);
-        let root_mesh = loopback(free_port(true));
-        let http_addr = loopback(free_port(false));
-        let root_state = dir.0.join("root");
-        let mut root = Proc::spawn(
-            "root",
-            "banyan-root",
-            &[
-                "--mesh".into(),
-                root_mesh.to_string(),
-                "--http".into(),
-                http_addr.to_string(),
-                "--state-dir".into(),
-                root_state.display().to_string(),
-                "--period".into(),
-                "1s".into(),
-            ],
-            &dir.0,
-        );
-        let (token, admin) = wait_root_ready(&mut root, &root_state, http_addr);
+        let (root, root_mesh, http_addr, token, admin) = spawn_root(&dir);
         let mut cluster = Cluster {
             root,
             agents: Vec::new(),
@@ -499,6 +481,31 @@ impl Drop for Cluster {
 }
 
 /// Waits until the root has written its tokens and answers HTTP; returns the join and admin tokens.
+/// Starts a root on loopback ports of its own, with its state in `<dir>/root`, and waits until it
+/// serves: the process, its mesh and HTTP addresses, the join token and the admin token.
+fn spawn_root(dir: &TempDir) -> (Proc, SocketAddr, SocketAddr, JoinToken, String) {
+    let root_mesh = loopback(free_port(true));
+    let http_addr = loopback(free_port(false));
+    let root_state = dir.0.join("root");
+    let mut root = Proc::spawn(
+        "root",
+        "banyan-root",
+        &[
+            "--mesh".into(),
+            root_mesh.to_string(),
+            "--http".into(),
+            http_addr.to_string(),
+            "--state-dir".into(),
+            root_state.display().to_string(),
+            "--period".into(),
+            "1s".into(),
+        ],
+        &dir.0,
+    );
+    let (token, admin) = wait_root_ready(&mut root, &root_state, http_addr);
+    (root, root_mesh, http_addr, token, admin)
+}
+
 fn wait_root_ready(root: &mut Proc, state: &Path, http_addr: SocketAddr) -> (JoinToken, String) {
     let deadline = Instant::now() + ROOT_READY;
     loop {
@@ -1481,23 +1488,8 @@ fn a_certified_parent_cannot_forge_replay_or_alter_orders() {
     use banyan_protocol::wire::{Answer, Command, CommandBody, Placement};
 
     let dir = TempDir::new("insider-parent");
-    let root_mesh = loopback(free_port(true));
-    let http_addr = loopback(free_port(false));
+    let (root, root_mesh, http_addr, token, _admin) = spawn_root(&dir);
     let root_state = dir.0.join("root");
-    let mut root = Proc::spawn(
-        "root",
-        "banyan-root",
-        &[
-            "--mesh".into(),
-            root_mesh.to_string(),
-            "--http".into(),
-            http_addr.to_string(),
-            "--state-dir".into(),
-            root_state.display().to_string(),
-        ],
-        &dir.0,
-    );
-    let (token, _admin) = wait_root_ready(&mut root, &root_state, http_addr);
     let ca_key = fs::read_to_string(root_state.join("ca.key")).expect("the CA key");
     let root_signer = Signer::from_pem(&ca_key).expect("the CA key parses");
     let target = Target {
