@@ -9,6 +9,7 @@
 //! This crate does not serve HTTP and does not decide placement: that is the root's job.
 
 pub mod actions;
+pub mod bmc;
 pub mod collect;
 pub mod config;
 pub mod enrol;
