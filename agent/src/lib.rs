@@ -13,6 +13,7 @@ pub mod bmc;
 pub mod collect;
 pub mod config;
 pub mod enrol;
+pub mod grants;
 pub mod ingest;
 pub mod jobs;
 pub mod orders;

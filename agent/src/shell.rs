@@ -7,6 +7,7 @@
 use crate::actions::{Executors, RunContext};
 use crate::config::ActionsConfig;
 use crate::enrol::{self, EnrolError};
+use crate::grants::GrantVerifier;
 use crate::ingest::RankEvent;
 use crate::jobs::LocalJobs;
 use crate::orders::{claimed_id, OrderGate};
@@ -22,6 +23,7 @@ use quinn::Endpoint;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -144,15 +146,18 @@ pub async fn run(
     let (rank_tx, rank_rx) = mpsc::unbounded_channel();
     tokio::spawn(crate::ingest::serve(listener, rank_tx));
     let gate = OrderGate::new(&cfg.name, &id.ca_der, &id.key_pem).map_err(AgentError::Setup)?;
+    let grants = GrantVerifier::new(&id.ca_der).map_err(AgentError::Setup)?;
     let executors = Executors::new(&cfg.actions, cfg.state_dir.as_deref());
     let advertised = cfg.mesh.to_string();
+    let mut node = Node::new_agent(
+        &cfg.name,
+        &advertised,
+        cfg.tree.clone(),
+        transport::unix_ms(),
+    );
+    node.set_grant_check(Arc::new(grants));
     let mut core = Core {
-        node: Node::new_agent(
-            &cfg.name,
-            &advertised,
-            cfg.tree.clone(),
-            transport::unix_ms(),
-        ),
+        node,
         sampler: Sampler::new(cfg.metrics_file.clone(), transport::unix_ms()),
         scrapes: Scrapes::open(
             cfg.state_dir.as_deref(),
@@ -241,6 +246,9 @@ impl Core {
             }
             self.drain();
             self.log_phase();
+            while let Some(r) = self.node.poll_refused_claim() {
+                warn!(child = %r.by, member = %r.member, reason = %r.reason, "refused a claim of a child: orders for that node will not go through it");
+            }
         }
     }
 

@@ -30,13 +30,120 @@
 //!   flight, never count them twice.
 //! - **Membership.** Each node knows the members of each child's subtree (for routing commands)
 //!   and forwards changes of the union upward immediately, so the root always has the topology.
+//! - **Claims are checked.** A child is believed only about nodes the root placed below it: its
+//!   own attach and every member it announces carry the root's signed [`Grant`] of that placement,
+//!   and a member is taken only when its grant checks ([`GrantCheck`]) and its parent is the child
+//!   or a member already taken below it. A certified but hostile node therefore cannot draw
+//!   another node's orders to itself; what it can still do is drop what passes through it.
+//!   Refused claims come out of [`Node::poll_refused_claim`] for the shell to log and show.
 
 use banyan_protocol::metric::MetricSet;
+use banyan_protocol::seal::Sealed;
 use banyan_protocol::wire::{
-    Answer, Attach, Command, CommandBody, Digest, Hold, Join, JoinReason, Lost, Member,
+    Answer, Attach, Command, CommandBody, Digest, Grant, Hold, Join, JoinReason, Lost, Member,
     MembershipDelta, Msg, Outcome, Peer, Placement, Query, Report,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// How many refused claims a node keeps for the shell to collect.
+const REFUSED_CLAIMS_KEPT: usize = 64;
+
+/// Checks that the root signed exactly the placement a member claims ([`Grant::of`]). The shell
+/// gives every real node one that verifies against the cluster CA (`crate::grants`); a node
+/// without one (the simulator, unit tests) believes grants, but still checks the structure of
+/// claims.
+pub trait GrantCheck: Send + Sync {
+    fn check(&self, member: &Member) -> Result<(), String>;
+}
+
+/// The root's side: seals the placements it hands out.
+pub trait GrantSign: Send + Sync {
+    fn sign(&self, grant: &Grant) -> Sealed;
+}
+
+impl std::fmt::Debug for dyn GrantSign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrantSign")
+    }
+}
+
+/// A node's grant checker, if it has one.
+#[derive(Clone, Default)]
+struct Grants(Option<Arc<dyn GrantCheck>>);
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Grants(checked)"
+        } else {
+            "Grants(unchecked)"
+        })
+    }
+}
+
+/// Of the members `by` claims, the ones to believe: each with a grant that checks, hanging from
+/// `by` itself or from a member already believed (in `known`, or in `claims` in any order).
+fn vet_claims(
+    grants: &Grants,
+    by: &str,
+    known: &HashMap<String, Member>,
+    claims: Vec<Member>,
+) -> (Vec<Member>, Vec<RefusedClaim>) {
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut believed = Vec::with_capacity(claims.len());
+    let mut refused = Vec::new();
+    let mut rest = claims;
+    loop {
+        let before = rest.len();
+        let mut later = Vec::new();
+        for m in rest {
+            let hangs =
+                m.parent == by || known.contains_key(&m.parent) || taken.contains(&m.parent);
+            if !hangs {
+                later.push(m);
+                continue;
+            }
+            let checked = match &grants.0 {
+                Some(check) => check.check(&m),
+                None => Ok(()),
+            };
+            match checked {
+                Ok(()) => {
+                    taken.insert(m.name.clone());
+                    believed.push(m);
+                }
+                Err(reason) => refused.push(RefusedClaim {
+                    by: by.to_string(),
+                    member: m.name.clone(),
+                    reason,
+                }),
+            }
+        }
+        rest = later;
+        if rest.is_empty() || rest.len() == before {
+            break;
+        }
+    }
+    refused.extend(rest.into_iter().map(|m| RefusedClaim {
+        by: by.to_string(),
+        reason: format!(
+            "its parent {} is not {by} nor a node placed below {by}",
+            m.parent
+        ),
+        member: m.name,
+    }));
+    (believed, refused)
+}
+
+/// A member a child claimed and this node did not believe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedClaim {
+    /// The child that claimed it (or the joining node, at the root).
+    pub by: String,
+    pub member: String,
+    pub reason: String,
+}
 
 /// Timing of the tree. All in milliseconds.
 #[derive(Debug, Clone)]
@@ -287,6 +394,11 @@ pub struct Node {
     waves_done: VecDeque<WaveDone>,
     lost_events: VecDeque<Lost>,
     membership_events: VecDeque<MembershipDelta>,
+    /// The root's seal over this node's current placement, shown to the parent at attach.
+    grant: Sealed,
+    grants: Grants,
+    refused_claims: VecDeque<RefusedClaim>,
+    refused_claims_total: u64,
 }
 
 impl Node {
@@ -356,8 +468,61 @@ impl Node {
             waves_done: VecDeque::new(),
             lost_events: VecDeque::new(),
             membership_events: VecDeque::new(),
+            grant: Sealed::default(),
+            grants: Grants::default(),
+            refused_claims: VecDeque::new(),
+            refused_claims_total: 0,
             cfg,
         }
+    }
+
+    /// Checks every claimed member's grant with `check` from now on.
+    pub fn set_grant_check(&mut self, check: Arc<dyn GrantCheck>) {
+        self.grants = Grants(Some(check));
+    }
+
+    /// The next claim this node refused, for the shell to log.
+    pub fn poll_refused_claim(&mut self) -> Option<RefusedClaim> {
+        self.refused_claims.pop_front()
+    }
+
+    /// How many claims this node refused since it started.
+    pub fn refused_claims_total(&self) -> u64 {
+        self.refused_claims_total
+    }
+
+    fn refuse_claim(&mut self, by: &str, member: &str, reason: String) {
+        self.refused_claims_total += 1;
+        if self.refused_claims.len() >= REFUSED_CLAIMS_KEPT {
+            self.refused_claims.pop_front();
+        }
+        self.refused_claims.push_back(RefusedClaim {
+            by: by.to_string(),
+            member: member.to_string(),
+            reason,
+        });
+    }
+
+    fn check_grant(&self, member: &Member) -> Result<(), String> {
+        match &self.grants.0 {
+            Some(check) => check.check(member),
+            None => Ok(()),
+        }
+    }
+
+    /// Of the members `by` claims, the ones to believe (see [`vet_claims`]); the others are
+    /// recorded as refused.
+    pub fn vet_claims(
+        &mut self,
+        by: &str,
+        known: &HashMap<String, Member>,
+        claims: Vec<Member>,
+    ) -> Vec<Member> {
+        let (believed, refused) = vet_claims(&self.grants, by, known, claims);
+        for r in refused {
+            self.refuse_claim(&r.by, &r.member, r.reason);
+        }
+        believed
     }
 
     // ----- Observers -------------------------------------------------------------------------
@@ -778,6 +943,7 @@ impl Node {
                 gen,
                 root_epoch,
                 kept,
+                grant,
             })) => {
                 if self.is_self_or_below(&parent.name) {
                     // The root's view is stale: that parent is inside our own subtree.
@@ -797,6 +963,7 @@ impl Node {
                 self.pending_lost.drain(..told);
                 self.lost_in_join = 0;
                 self.settle(kept);
+                self.grant = grant;
                 self.attach_to(now, parent, gen);
                 Ok(())
             }
@@ -1013,25 +1180,36 @@ impl Node {
                 reason: format!("{} already has two children", self.name),
             };
         }
+        let own = Member {
+            name: attach.name.clone(),
+            parent: self.name.clone(),
+            addr: attach.addr.clone(),
+            gen: attach.gen,
+            grant: attach.grant,
+        };
+        if let Err(e) = self.check_grant(&own) {
+            let reason = format!(
+                "{} was not placed under {} by the root ({e}); ask the root for a place",
+                attach.name, self.name
+            );
+            self.refuse_claim(&attach.name, &attach.name, reason.clone());
+            return Msg::Refused { reason };
+        }
         if self.children.contains_key(&attach.name) {
             // The child came back before we noticed it had gone: settle the old link first.
             self.lose_child(now, &attach.name, None, "re-attached");
         }
-        let mut members: HashMap<String, Member> = attach
+        let claims: Vec<Member> = attach
             .subtree
-            .iter()
-            .filter(|m| m.name != self.name)
-            .map(|m| (m.name.clone(), m.clone()))
+            .into_iter()
+            .filter(|m| m.name != self.name && m.name != attach.name)
             .collect();
-        members.insert(
-            attach.name.clone(),
-            Member {
-                name: attach.name.clone(),
-                parent: self.name.clone(),
-                addr: attach.addr.clone(),
-                gen: attach.gen,
-            },
-        );
+        let mut members: HashMap<String, Member> = self
+            .vet_claims(&attach.name, &HashMap::new(), claims)
+            .into_iter()
+            .map(|m| (m.name.clone(), m))
+            .collect();
+        members.insert(attach.name.clone(), own);
         let names: Vec<String> = members.keys().cloned().collect();
         self.children.insert(
             attach.name.clone(),
@@ -1163,14 +1341,24 @@ impl Node {
     }
 
     fn apply_child_delta(&mut self, now: u64, child: &str, delta: MembershipDelta) {
+        let Some(link) = self.children.get(child) else {
+            return;
+        };
+        // A child does not re-place itself, nor us.
+        let claims: Vec<Member> = delta
+            .upsert
+            .into_iter()
+            .filter(|m| m.name != child && m.name != self.name)
+            .collect();
+        let (believed, refused) = vet_claims(&self.grants, child, &link.members, claims);
+        for r in refused {
+            self.refuse_claim(&r.by, &r.member, r.reason);
+        }
         let Some(link) = self.children.get_mut(child) else {
             return;
         };
-        let mut touched = Vec::with_capacity(delta.upsert.len() + delta.remove.len());
-        for m in delta.upsert {
-            if m.name == child || m.name == self.name {
-                continue; // a child does not re-place itself, nor us
-            }
+        let mut touched = Vec::with_capacity(believed.len() + delta.remove.len());
+        for m in believed {
             touched.push(m.name.clone());
             link.members.insert(m.name.clone(), m);
         }
@@ -1382,8 +1570,8 @@ impl Node {
             );
         }
         if mine {
-            if let CommandBody::Move { parent, gen } = cmd.body {
-                self.move_to(now, parent, gen);
+            if let CommandBody::Move { parent, gen, grant } = cmd.body {
+                self.move_to(now, parent, gen, grant);
             }
         }
     }
@@ -1392,11 +1580,14 @@ impl Node {
     fn route_command(&mut self, now: u64, cmd: Command) {
         let mut per_child: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for t in &cmd.targets {
-            for (child, link) in &self.children {
-                if link.members.contains_key(t) {
-                    per_child.entry(child.clone()).or_default().push(t.clone());
-                    break;
-                }
+            // Two children may both list a node for a moment (it moved): the newer placement wins.
+            let via = self
+                .children
+                .iter()
+                .filter_map(|(child, link)| link.members.get(t).map(|m| (m.gen, child)))
+                .max_by_key(|(gen, _)| *gen);
+            if let Some((_, child)) = via {
+                per_child.entry(child.clone()).or_default().push(t.clone());
             }
         }
         for (child, targets) in per_child {
@@ -1487,10 +1678,11 @@ impl Node {
     }
 
     /// Leaves the parent on purpose, handing over the last values, and attaches under `parent`.
-    fn move_to(&mut self, now: u64, parent: Peer, gen: u64) {
+    fn move_to(&mut self, now: u64, parent: Peer, gen: u64, grant: Sealed) {
         if !matches!(self.phase, Phase::Attached { .. }) || self.is_self_or_below(&parent.name) {
             return;
         }
+        self.grant = grant;
         let last = self.net();
         self.send_parent(now, Msg::Detach { last: last.clone() });
         self.debt.merge(&last.cumulative());
@@ -1516,6 +1708,7 @@ impl Node {
             gen,
             height: self.height(),
             subtree: self.announced.values().cloned().collect(),
+            grant: self.grant.clone(),
         };
         self.phase = Phase::Attaching {
             parent: parent.clone(),
@@ -1612,7 +1805,128 @@ mod tests {
             gen: 1,
             height: 0,
             subtree: Vec::new(),
+            grant: Sealed::default(),
         }
+    }
+
+    fn member(name: &str, parent: &str, gen: u64) -> Member {
+        Member {
+            name: name.into(),
+            parent: parent.into(),
+            addr: format!("{name}:1337"),
+            gen,
+            grant: Sealed::default(),
+        }
+    }
+
+    /// Believes a member unless its generation is odd (a stand-in for a bad signature).
+    struct EvenGenerations;
+    impl GrantCheck for EvenGenerations {
+        fn check(&self, m: &Member) -> Result<(), String> {
+            if m.gen.is_multiple_of(2) {
+                Ok(())
+            } else {
+                Err(format!("bad grant for {}", m.name))
+            }
+        }
+    }
+
+    #[test]
+    fn claims_are_believed_in_any_order_only_when_they_hang_from_the_child() {
+        let mut node = Node::new_agent("p", "p:1337", TreeConfig::default(), 0);
+        node.set_grant_check(Arc::new(EvenGenerations));
+        while node.poll_action().is_some() {}
+        let mut a = attach("c");
+        a.gen = 2;
+        // Grandchildren listed before their parents; one hangs from a node not below c; one has
+        // a bad grant, and the node below it cannot hang from it then.
+        a.subtree = vec![
+            member("e", "d", 2),
+            member("d", "c", 2),
+            member("x", "elsewhere", 2),
+            member("f", "c", 3),
+            member("g", "f", 2),
+        ];
+        assert!(matches!(node.handle_attach(10, a), Msg::Accepted { .. }));
+        let mut below: Vec<&String> = node.members().keys().collect();
+        below.sort();
+        assert_eq!(below, ["c", "d", "e"]);
+        let mut refused: Vec<(String, String)> = std::iter::from_fn(|| node.poll_refused_claim())
+            .map(|r| (r.member, r.reason))
+            .collect();
+        refused.sort();
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert_eq!(refused[0].0, "f");
+        assert_eq!(refused[0].1, "bad grant for f");
+        assert_eq!(refused[1].0, "g");
+        assert!(
+            refused[1].1.contains("its parent f is not c"),
+            "{refused:?}"
+        );
+        assert_eq!(refused[2].0, "x");
+        assert_eq!(node.refused_claims_total(), 3);
+
+        // Later changes are held to the same rule, against what is already below c.
+        node.handle_child_msg(
+            20,
+            "c",
+            Msg::Membership(MembershipDelta {
+                upsert: vec![member("h", "e", 4), member("i", "nowhere", 4)],
+                ..MembershipDelta::default()
+            }),
+        );
+        assert!(node.members().contains_key("h"));
+        assert!(!node.members().contains_key("i"));
+        assert_eq!(node.refused_claims_total(), 4);
+    }
+
+    #[test]
+    fn a_child_without_a_grant_for_this_parent_is_refused() {
+        let mut node = Node::new_agent("p", "p:1337", TreeConfig::default(), 0);
+        node.set_grant_check(Arc::new(EvenGenerations));
+        let mut a = attach("c");
+        a.gen = 3;
+        let Msg::Refused { reason } = node.handle_attach(10, a) else {
+            panic!("a child with a bad grant was accepted");
+        };
+        assert!(
+            reason.contains("c was not placed under p by the root"),
+            "{reason}"
+        );
+        assert_eq!(node.children().count(), 0);
+    }
+
+    #[test]
+    fn orders_go_to_the_child_holding_the_newer_placement() {
+        let mut root = Node::new_root("root", TreeConfig::default(), MetricSet::new(), 7, 0);
+        for (child, gen) in [("a", 2), ("b", 2)] {
+            let mut at = attach(child);
+            at.gen = gen;
+            assert!(matches!(root.handle_attach(0, at), Msg::Accepted { .. }));
+        }
+        // n moved from under a to under b; a has not said so yet.
+        for (child, gen) in [("a", 4), ("b", 6)] {
+            root.handle_child_msg(
+                1,
+                child,
+                Msg::Membership(MembershipDelta {
+                    upsert: vec![member("n", child, gen)],
+                    ..MembershipDelta::default()
+                }),
+            );
+        }
+        while root.poll_action().is_some() {}
+        root.start_command(2, &["n".to_string()], CommandBody::Ping);
+        let sent: Vec<String> = std::iter::from_fn(|| root.poll_action())
+            .filter_map(|a| match a {
+                Action::ToChild {
+                    child,
+                    msg: Msg::Command(_),
+                } => Some(child),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, ["b"]);
     }
 
     #[test]
@@ -1656,6 +1970,7 @@ mod tests {
             gen: 1,
             root_epoch: 7,
             kept,
+            grant: Sealed::default(),
         }))
     }
 

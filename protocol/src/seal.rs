@@ -53,8 +53,9 @@ pub enum SealError {
 }
 
 /// A value and the signature over its encoding. The bytes are what was signed: the receiver
-/// verifies them before decoding anything.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+/// verifies them before decoding anything. The default (both empty) is *unsigned*: what the
+/// simulator and unit tests carry, and what no verifier accepts.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Default)]
 pub struct Sealed {
     pub payload: Vec<u8>,
     pub sig: Vec<u8>,

@@ -15,10 +15,11 @@
 //! repeated or lost report never double counts.
 
 use crate::metric::MetricSet;
+use crate::seal::Sealed;
 use serde::{Deserialize, Serialize};
 
 /// Version of the messages below. A peer with another version is refused at its greeting.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The root's name in the tree and in its certificate.
 pub const ROOT_NAME: &str = "banyan-root";
@@ -35,13 +36,40 @@ pub struct Peer {
 }
 
 /// One node of a subtree as its ancestors know it: who its parent is, where it listens, and the
-/// generation of the placement that put it there (a higher generation is newer).
+/// generation of the placement that put it there (a higher generation is newer). `grant` is the
+/// root's signature of exactly that placement ([`Grant`]): an ancestor believes a child that
+/// claims the member only if it verifies and matches.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub name: String,
     pub parent: String,
     pub addr: String,
     pub gen: u64,
+    pub grant: Sealed,
+}
+
+/// What the root signs when it places a node ([`crate::seal::Purpose::Placement`]): `node`,
+/// listening on `addr`, goes under `parent`, placement generation `gen`. A node presents its
+/// grant when it attaches, and its ancestors pass the grants of the nodes below on, so that a
+/// certified node can claim only nodes the root placed below it (see `agent::tree`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub node: String,
+    pub addr: String,
+    pub parent: String,
+    pub gen: u64,
+}
+
+impl Grant {
+    /// The grant a member's fields claim to have.
+    pub fn of(member: &Member) -> Grant {
+        Grant {
+            node: member.name.clone(),
+            addr: member.addr.clone(),
+            parent: member.parent.clone(),
+            gen: member.gen,
+        }
+    }
 }
 
 /// Changes to the set of nodes below a link, sent up as soon as they happen.
@@ -119,6 +147,8 @@ pub struct Placement {
     /// For an orphan: which of its reports the side of the tree that survived kept (see [`Hold`]).
     /// `None` when the root does not know; the orphan then owes the last report it sent.
     pub kept: Option<Hold>,
+    /// The root's seal over this placement ([`Grant`]), shown to the parent at attach.
+    pub grant: Sealed,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -129,6 +159,8 @@ pub struct Attach {
     pub height: u32,
     /// The subtree this child brings, itself excluded.
     pub subtree: Vec<Member>,
+    /// The root's seal over this child's placement under the parent it attaches to.
+    pub grant: Sealed,
 }
 
 /// One wave's report of a subtree.
@@ -217,8 +249,13 @@ pub struct ScrapeStatus {
 pub enum CommandBody {
     /// Answer at once; the root measures the round trip.
     Ping,
-    /// Leave the current parent (after a final report) and attach under `parent`.
-    Move { parent: Peer, gen: u64 },
+    /// Leave the current parent (after a final report) and attach under `parent`, showing it
+    /// `grant` (the root's seal over the new placement).
+    Move {
+        parent: Peer,
+        gen: u64,
+        grant: Sealed,
+    },
     /// Answer a question about the node.
     Query(Query),
     /// Start or stop scraping a Prometheus exporter into the node's metrics.
@@ -227,7 +264,7 @@ pub enum CommandBody {
     ForgetJob(String),
     /// An operator action: a [`crate::action::Order`] sealed by the root. Inner nodes route it
     /// by the command's targets; each target checks the seal and that the order names it.
-    Action(crate::seal::Sealed),
+    Action(Sealed),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -248,7 +285,7 @@ pub enum Answer {
     /// Done, nothing to tell.
     Done,
     /// A target's [`crate::action::Receipt`], sealed with its node key.
-    Receipt(crate::seal::Sealed),
+    Receipt(Sealed),
 }
 
 /// Results of a command from some of its targets; the root merges them.

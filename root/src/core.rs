@@ -11,10 +11,16 @@
 //! word when it is not there yet (the orphan and its grandparent notice the death about together).
 
 use crate::placement::{Placement, PlacementConfig};
-use banyan_agent::tree::{Action, CommandReport, Node, StreamedAnswer, TreeConfig, WaveDone};
+use banyan_agent::tree::{
+    Action, CommandReport, GrantCheck, GrantSign, Node, StreamedAnswer, TreeConfig, WaveDone,
+};
 use banyan_protocol::metric::MetricSet;
-use banyan_protocol::wire::{Answer, Attach, CommandBody, Hold, Join, JoinReason, Lost, Msg};
+use banyan_protocol::seal::Sealed;
+use banyan_protocol::wire::{
+    Answer, Attach, CommandBody, Grant, Hold, Join, JoinReason, Lost, Msg,
+};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// How long an orphan's placement waits for the word of what was kept of it.
 pub const HANDOVER_WAIT_MS: u64 = 1_000;
@@ -79,6 +85,9 @@ pub struct RootCore {
     rejoined: HashMap<String, (u64, String)>,
     waiting: Vec<Waiting>,
     answers: VecDeque<(u64, Msg)>,
+    /// Joins not answered yet, by ticket: (name, mesh address), for the grant of their placement.
+    joiners: HashMap<u64, (String, String)>,
+    signer: Option<Arc<dyn GrantSign>>,
 }
 
 impl RootCore {
@@ -108,7 +117,23 @@ impl RootCore {
             rejoined: HashMap::new(),
             waiting: Vec::new(),
             answers: VecDeque::new(),
+            joiners: HashMap::new(),
+            signer: None,
         }
+    }
+
+    /// Signs every placement from now on with `signer`, and checks the grants of the nodes the
+    /// root's children (and joining nodes) claim with `check`. Without them (the simulator)
+    /// placements carry no grant and claims are checked only for their structure.
+    pub fn set_grants(&mut self, signer: Arc<dyn GrantSign>, check: Arc<dyn GrantCheck>) {
+        self.signer = Some(signer);
+        self.node.set_grant_check(check);
+    }
+
+    fn seal(&self, grant: Grant) -> Sealed {
+        self.signer
+            .as_ref()
+            .map_or_else(Sealed::default, |s| s.sign(&grant))
     }
 
     pub fn handle_join(&mut self, now: u64, ticket: u64, join: Join) {
@@ -129,11 +154,17 @@ impl RootCore {
         {
             self.learn_lost(now, lost.clone());
         }
+        // The subtree it brings counts only as far as the root placed it there.
+        let mut join = join;
+        let claims = std::mem::take(&mut join.subtree);
+        join.subtree = self.node.vet_claims(&join.name, &HashMap::new(), claims);
         // The nodes it brings are still below it: no word about them is theirs to use.
         for m in &join.subtree {
             self.handovers.remove(&m.name);
         }
         self.joins.insert(ticket, (join.name.clone(), lost_parent));
+        self.joiners
+            .insert(ticket, (join.name.clone(), join.addr.clone()));
         self.placement.handle_join(now, ticket, join);
         self.pump(now);
     }
@@ -221,7 +252,16 @@ impl RootCore {
 
     /// The next thing for the shell to do.
     pub fn poll_action(&mut self) -> Option<RootAction> {
-        if let Some((ticket, msg)) = self.answers.pop_front() {
+        if let Some((ticket, mut msg)) = self.answers.pop_front() {
+            let joiner = self.joiners.remove(&ticket);
+            if let (Msg::Placed(placed), Some((node, addr))) = (&mut msg, joiner) {
+                placed.grant = self.seal(Grant {
+                    node,
+                    addr,
+                    parent: placed.parent.name.clone(),
+                    gen: placed.gen,
+                });
+            }
             return Some(RootAction::ReplyJoin { ticket, msg });
         }
         self.node.poll_action().map(RootAction::Node)
@@ -338,10 +378,16 @@ impl RootCore {
                 progressed = true;
             }
             while let Some((leaf, parent, gen)) = self.placement.poll_move() {
+                let grant = self.seal(Grant {
+                    node: leaf.clone(),
+                    addr: self.placement.addr_of(&leaf).unwrap_or_default(),
+                    parent: parent.name.clone(),
+                    gen,
+                });
                 let id = self.node.start_command(
                     now,
                     std::slice::from_ref(&leaf),
-                    CommandBody::Move { parent, gen },
+                    CommandBody::Move { parent, gen, grant },
                 );
                 self.move_commands.insert(id, leaf);
                 self.moves_sent += 1;

@@ -11,13 +11,16 @@ use crate::jobs::JobBook;
 use crate::placement::{NodeView, PlacementConfig};
 use crate::registry::Registry;
 use crate::state::RootState;
+use banyan_agent::grants::GrantVerifier;
 use banyan_agent::transport::{self, close, Framed, LinkError};
-use banyan_agent::tree::{Action, CommandReport, StreamedAnswer, TreeConfig, WaveDone};
+use banyan_agent::tree::{
+    Action, CommandReport, GrantSign, RefusedClaim, StreamedAnswer, TreeConfig, WaveDone,
+};
 use banyan_protocol::action::Receipt;
 use banyan_protocol::identity::{validate_node_name, ClientAuth};
 use banyan_protocol::metric::MetricSet;
-use banyan_protocol::seal::{Purpose, Sealed};
-use banyan_protocol::wire::{Answer, Attach, CommandBody, Digest, Join, Msg, ROOT_NAME};
+use banyan_protocol::seal::{Purpose, Sealed, Signer};
+use banyan_protocol::wire::{Answer, Attach, CommandBody, Digest, Grant, Join, Msg, ROOT_NAME};
 use quinn::Endpoint;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,6 +67,26 @@ pub struct Snapshot {
     pub mesh_rx_bytes: u64,
     /// Jobs not finished yet.
     pub jobs: Vec<banyan_protocol::job::JobDesc>,
+    /// Members that the root's children (or joining nodes) claimed and the root did not believe:
+    /// how many since the root started, and the latest few.
+    pub refused_claims_total: u64,
+    pub refused_claims: Vec<RefusedClaim>,
+}
+
+/// Refused claims the root keeps for `/status`.
+const REFUSED_CLAIMS_SHOWN: usize = 16;
+
+/// Seals placements with the cluster CA's key.
+struct CaGrants(Signer);
+
+impl GrantSign for CaGrants {
+    fn sign(&self, grant: &Grant) -> Sealed {
+        self.0.seal(Purpose::Placement, grant).unwrap_or_else(|e| {
+            // The node's parent will refuse it and it will ask again: loud, not fatal.
+            warn!(node = %grant.node, error = %e, "cannot seal a placement");
+            Sealed::default()
+        })
+    }
 }
 
 enum Event {
@@ -193,7 +216,7 @@ pub fn start(
         mesh_rx.clone(),
     ));
     let epoch = rand::random::<u64>() | 1;
-    let core = RootCore::new(
+    let mut core = RootCore::new(
         ROOT_NAME,
         "",
         cfg.tree,
@@ -202,12 +225,16 @@ pub fn start(
         epoch,
         now,
     );
+    let sealer = Signer::from_pem(&state.ca.key_pem()).map_err(|e| e.to_string())?;
+    let checker = GrantVerifier::new(&state.ca.cert_der())?;
+    core.set_grants(Arc::new(CaGrants(sealer)), Arc::new(checker));
     let jobs = JobBook::open(Some(&state.dir), now);
     let histories = jobs.histories();
     let (save_tx, save_rx) = tokio::sync::watch::channel(Kept::default());
     let writer = tokio::spawn(totals_writer(state.clone(), save_rx));
     let alarms = Arc::new(std::sync::Mutex::new(AlarmBook::open(Some(&state.dir))));
     let mut shell = Shell {
+        refused_claims: std::collections::VecDeque::new(),
         alarms: alarms.clone(),
         jobs,
         last_settle: 0,
@@ -256,6 +283,7 @@ pub fn start(
 }
 
 struct Shell {
+    refused_claims: std::collections::VecDeque<RefusedClaim>,
     core: RootCore,
     state: Arc<RootState>,
     epoch: u64,
@@ -451,6 +479,8 @@ impl Shell {
                     now_ms: now,
                     mesh_rx_bytes: self.mesh_rx.load(Ordering::Relaxed),
                     jobs: self.jobs.running().cloned().collect(),
+                    refused_claims_total: self.core.node.refused_claims_total(),
+                    refused_claims: self.refused_claims.iter().cloned().collect(),
                 };
                 let _ = reply.send(snap);
             }
@@ -481,6 +511,13 @@ impl Shell {
     }
 
     fn drain(&mut self) {
+        while let Some(r) = self.core.node.poll_refused_claim() {
+            warn!(by = %r.by, member = %r.member, reason = %r.reason, "refused a claim: orders for that node will not go that way");
+            if self.refused_claims.len() >= REFUSED_CLAIMS_SHOWN {
+                self.refused_claims.pop_front();
+            }
+            self.refused_claims.push_back(r);
+        }
         while let Some(action) = self.core.poll_action() {
             match action {
                 RootAction::ReplyJoin { ticket, msg } => {

@@ -221,6 +221,9 @@ struct StatusView {
     last_wave: Option<Value>,
     /// UDP bytes the root received on its children's links since it started.
     mesh_rx_bytes: u64,
+    /// Members the root's children claimed without the root's placement: how many since the
+    /// root started, and the latest ones (`by`, `member`, `reason`).
+    refused_claims: Value,
 }
 
 async fn status(State(api): State<Api>) -> Result<Json<StatusView>, ApiError> {
@@ -235,6 +238,12 @@ async fn status(State(api): State<Api>) -> Result<Json<StatusView>, ApiError> {
         nodes_stale: 0,
         depth: 0,
         mesh_rx_bytes: snap.mesh_rx_bytes,
+        refused_claims: json!({
+            "total": snap.refused_claims_total,
+            "recent": snap.refused_claims.iter().map(|r| json!({
+                "by": r.by, "member": r.member, "reason": r.reason,
+            })).collect::<Vec<_>>(),
+        }),
         last_wave: snap.last_wave.as_ref().map(|w| {
             json!({
                 "wave": w.wave,

@@ -15,6 +15,7 @@
 //! - A node that left the tree and does not come back within `stale_after_ms` is **stale**: kept in
 //!   the topology (and its counts in the totals) but marked as such.
 
+use banyan_protocol::seal::Sealed;
 use banyan_protocol::wire::{
     Join, JoinReason, Member, MembershipDelta, Msg, Peer, Placement as Placed,
 };
@@ -188,6 +189,11 @@ impl Placement {
             }
         }
         t
+    }
+
+    /// The mesh address a node gave when it joined.
+    pub fn addr_of(&self, name: &str) -> Option<String> {
+        self.nodes.get(name).map(|t| t.addr.clone())
     }
 
     /// Live (attached or placed) agents, the root excluded.
@@ -634,6 +640,7 @@ impl Placement {
                 gen,
                 root_epoch: self.epoch,
                 kept: None,
+                grant: Sealed::default(),
             }),
         ));
     }
@@ -680,6 +687,7 @@ impl Placement {
                 gen,
                 root_epoch: self.epoch,
                 kept: None,
+                grant: Sealed::default(),
             });
             placed.insert(h.join.name.clone(), answer.clone());
             self.decisions.push_back((h.ticket, answer));

@@ -741,6 +741,24 @@ impl Sim {
         if self.root.node.children().count() > 2 {
             return Err("the root has more than two children".into());
         }
+        // Every node here is honest: a refused claim would be a node left out of its ancestors'
+        // routing by the claim checks (they must accept every genuine subtree, in any order of
+        // attaches, moves and deaths).
+        for (i, a) in self.agents.iter().enumerate() {
+            if a.node.refused_claims_total() > 0 {
+                return Err(format!(
+                    "{} refused {} genuine claims of its children",
+                    Self::name_of(i),
+                    a.node.refused_claims_total()
+                ));
+            }
+        }
+        if self.root.node.refused_claims_total() > 0 {
+            return Err(format!(
+                "the root refused {} genuine claims",
+                self.root.node.refused_claims_total()
+            ));
+        }
         for &i in &live {
             let mut depth = 0u32;
             let mut cur = i;

@@ -10,10 +10,11 @@
 //! agents and `/status` shows three up).
 //!
 //! A second group plays an insider: "mallory" enrols properly with the join token, so it holds a
-//! certificate of the cluster, then lies inside well-formed messages (another node listed in the
-//! subtree it claims to bring, an absurd subtree height or placement generation). The certificate
-//! check at the door cannot catch those; the daemons must still neither crash nor hand mallory
-//! another node's place.
+//! certificate of the cluster and is placed by the root like any agent, then lies inside
+//! well-formed messages: another node listed as its child (without a grant, with a grant it
+//! sealed, with its own genuine grant, hanging from a node not below it), an absurd subtree height
+//! or placement generation. The certificate check at the door cannot catch those; the root's
+//! signed placements do: the daemons neither crash nor hand mallory another node's orders.
 //!
 //! A third group plays an insider against operator actions: mallory, placed as a parent, sends
 //! its child a replayed order, a genuine order with its targets changed, an order it sealed
@@ -42,7 +43,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use banyan_protocol::frame::{self, Greeting, MAX_FRAME};
 use banyan_protocol::identity::{self, ClusterCa, Fingerprint, Identity, JoinToken, NodeKey};
-use banyan_protocol::wire::{Attach, Join, JoinReason, Member, Msg, PROTOCOL_VERSION, ROOT_NAME};
+use banyan_protocol::seal::Sealed;
+use banyan_protocol::wire::{
+    Attach, Join, JoinReason, Member, Msg, Placement, PROTOCOL_VERSION, ROOT_NAME,
+};
 use banyan_tests::support::{self, binaries, http_request};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream};
@@ -955,6 +959,7 @@ async fn check_claiming_another_name(ep: &Endpoint, target: &Target) {
         gen: 1,
         height: 0,
         subtree: Vec::new(),
+        grant: Sealed::default(),
     })));
     let _stream = send_raw(&conn, &bytes, false).await;
     let r = refusal(&conn, what).await;
@@ -1018,28 +1023,79 @@ impl Drop for AttachOutcome {
     }
 }
 
-/// Enrols mallory and attaches it, under its own certified name, to the agent `parent` at
-/// `parent_addr`, claiming a subtree of `height` with `subtree` in it.
+/// Asks the root for a place as `name` (holding `id`, listening on `addr`), as an agent does:
+/// the answer carries the root's signed grant that a parent checks at attach.
+async fn join_root(
+    ep: &Endpoint,
+    id: &Identity,
+    root_mesh: SocketAddr,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<Placement> {
+    let config = quic_config(identity::client_config(id)?);
+    let conn = connect(ep, config, root_mesh, ROOT_NAME).await;
+    let mut bytes = greeting(PROTOCOL_VERSION).to_vec();
+    bytes.extend_from_slice(&encoded(&Msg::Join(Join {
+        name: name.into(),
+        addr: addr.to_string(),
+        reason: JoinReason::Fresh,
+        height: 0,
+        subtree: Vec::new(),
+        lost: Vec::new(),
+    })));
+    let (_send, mut recv) = send_raw(&conn, &bytes, true).await;
+    let reply = tokio::time::timeout(CLOSE_WAIT, read_reply(&mut recv))
+        .await
+        .context("no answer to the join")??;
+    conn.close(0u32.into(), b"placed");
+    match reply {
+        Msg::Placed(mut p) => {
+            // The root does not know the address agents reach it at; they use --root.
+            if p.parent.name == ROOT_NAME {
+                p.parent.addr = root_mesh.to_string();
+            }
+            Ok(p)
+        }
+        other => bail!("the root answered {name}'s join with {other:?}"),
+    }
+}
+
+/// The mesh address of a placement's parent.
+fn parent_addr(placed: &Placement) -> SocketAddr {
+    placed.parent.addr.parse().unwrap_or_else(|e| {
+        panic!(
+            "the root gave a parent address {:?}: {e}",
+            placed.parent.addr
+        )
+    })
+}
+
+/// Enrols mallory, has the root place it like any agent, and attaches it there under its own
+/// certified name with its genuine grant, claiming a subtree of `height` with `subtree` in it.
+/// Answers the parent's name beside the outcome.
 async fn attach_as_mallory(
     ep: &Endpoint,
     target: &Target,
-    parent: &str,
-    parent_addr: SocketAddr,
     height: u32,
     subtree: Vec<Member>,
-) -> AttachOutcome {
+) -> (String, AttachOutcome) {
     let mallory = enrol(ep, target, "mallory")
         .await
         .expect("enrolling with the right secret works");
+    let placed = join_root(ep, &mallory, target.root_mesh, "mallory", loopback(9))
+        .await
+        .expect("the root places mallory");
+    let parent = placed.parent.name.clone();
     let config = quic_config(identity::client_config(&mallory).expect("mutual TLS config"));
-    let conn = connect(ep, config, parent_addr, parent).await;
+    let conn = connect(ep, config, parent_addr(&placed), &parent).await;
     let mut bytes = greeting(PROTOCOL_VERSION).to_vec();
     bytes.extend_from_slice(&encoded(&Msg::Attach(Attach {
         name: "mallory".into(),
-        addr: "127.0.0.1:9".into(),
-        gen: 1,
+        addr: loopback(9).to_string(),
+        gen: placed.gen,
         height,
         subtree,
+        grant: placed.grant,
     })));
     let (mut send, mut recv) = send_raw(&conn, &bytes, false).await;
     match tokio::time::timeout(CLOSE_WAIT, read_reply(&mut recv)).await {
@@ -1059,15 +1115,17 @@ async fn attach_as_mallory(
             let reader = tokio::spawn(async move {
                 while let Ok(Some(_)) = recv.read_chunk(64 * 1024, true).await {}
             });
-            AttachOutcome::Accepted {
+            let outcome = AttachOutcome::Accepted {
                 conn,
                 heartbeats,
                 reader,
-            }
+            };
+            (parent, outcome)
         }
         Ok(Ok(other)) => panic!("{parent} answered mallory's attach with {other:?}"),
         _ => {
-            AttachOutcome::Refused(refusal(&conn, "mallory's attach with a claimed subtree").await)
+            let r = refusal(&conn, "mallory's attach with a claimed subtree").await;
+            (parent, AttachOutcome::Refused(r))
         }
     }
 }
@@ -1178,22 +1236,6 @@ fn truncated_greeting_is_refused_clearly() {
     );
 }
 
-/// A good agent with room for a child, and its mesh address.
-fn parent_with_room(cluster: &Cluster) -> (&'static str, SocketAddr) {
-    let (_, topology) = http(cluster.http, "GET", "/topology", None, None).expect("GET /topology");
-    let nodes = topology["nodes"].as_array().cloned().unwrap_or_default();
-    let (i, name) = GOOD
-        .iter()
-        .enumerate()
-        .find(|(_, g)| {
-            nodes
-                .iter()
-                .any(|n| n["name"] == **g && n["children"].as_array().is_some_and(|c| c.len() < 2))
-        })
-        .expect("some good agent has room for a child");
-    (name, cluster.agent_mesh[i])
-}
-
 /// Exposes a bug (see the report): the agent adds 1 to the subtree height a child announces,
 /// unchecked, so a certified node that attaches with `height: u32::MAX` makes its parent panic
 /// ("attempt to add with overflow" at agent/src/tree.rs) and exit. A parent must refuse such a
@@ -1201,18 +1243,10 @@ fn parent_with_room(cluster: &Cluster) -> (&'static str, SocketAddr) {
 #[test]
 fn absurd_height_in_an_attach_does_not_crash_the_parent() {
     let mut cluster = Cluster::start("huge-height");
-    let (parent, parent_addr) = parent_with_room(&cluster);
     let rt = runtime();
     let target = cluster.target();
     let ep = rt_endpoint(&rt);
-    let outcome = rt.block_on(attach_as_mallory(
-        &ep,
-        &target,
-        parent,
-        parent_addr,
-        u32::MAX,
-        Vec::new(),
-    ));
+    let (parent, outcome) = rt.block_on(attach_as_mallory(&ep, &target, u32::MAX, Vec::new()));
     if let AttachOutcome::Refused(r) = &outcome {
         eprintln!(
             "{parent} refused the attach: code {}, {:?}",
@@ -1256,6 +1290,7 @@ fn absurd_generation_in_a_join_does_not_crash_the_root() {
                 parent: "mallory".into(),
                 addr: "127.0.0.1:9".into(),
                 gen: u64::MAX,
+                grant: Sealed::default(),
             }],
             lost: Vec::new(),
         })));
@@ -1329,20 +1364,21 @@ async fn attach_with_channel(
     ep: &Endpoint,
     mallory: &Identity,
     name: &str,
-    parent: &str,
-    parent_addr: SocketAddr,
-    gen: u64,
+    placed: &Placement,
     own_addr: SocketAddr,
+    subtree: Vec<Member>,
 ) -> Result<(Connection, tokio::sync::mpsc::UnboundedSender<Msg>)> {
+    let parent = placed.parent.name.as_str();
     let config = quic_config(identity::client_config(mallory)?);
-    let conn = connect(ep, config, parent_addr, parent).await;
+    let conn = connect(ep, config, parent_addr(placed), parent).await;
     let mut bytes = greeting(PROTOCOL_VERSION).to_vec();
     bytes.extend_from_slice(&encoded(&Msg::Attach(Attach {
         name: name.into(),
         addr: own_addr.to_string(),
-        gen,
-        height: 0,
-        subtree: Vec::new(),
+        gen: placed.gen,
+        height: u32::from(!subtree.is_empty()),
+        subtree,
+        grant: placed.grant.clone(),
     })));
     let (mut send, mut recv) = send_raw(&conn, &bytes, false).await;
     match tokio::time::timeout(CLOSE_WAIT, read_reply(&mut recv)).await {
@@ -1366,7 +1402,161 @@ async fn attach_with_channel(
     Ok((conn, tx))
 }
 
-/// Mallory, certified and attached as a child of a good agent, answers for another node: a
+/// Waits for an action to end and answers its JSON.
+fn wait_action(cluster: &Cluster, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, a) = http(
+            cluster.http,
+            "GET",
+            &format!("/actions/{id}?wait_ms=5000"),
+            None,
+            None,
+        )
+        .expect("GET /actions/ID");
+        assert_eq!(status, 200, "{a}");
+        if a["state"] != "running" {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "the action never ended: {a}");
+    }
+}
+
+/// Mallory, certified and placed by the root like any agent, claims a good node as its own child
+/// so that the node's orders come to it (to drop or to watch): in its attach without a grant,
+/// then in membership changes with a grant it sealed itself, with its own genuine grant, and
+/// hanging from a node that is not below it. Its parent believes none of it and says so in its
+/// log (or in `/status` when the parent is the root); an order for the victim still goes the
+/// right way and the victim's genuine answer comes back.
+#[test]
+fn a_certified_node_cannot_claim_nodes_it_does_not_hold() {
+    use banyan_protocol::seal::{Purpose, Signer};
+    use banyan_protocol::wire::{Grant, MembershipDelta};
+
+    let mut cluster = Cluster::start("claims");
+    let rt = runtime();
+    let target = cluster.target();
+    let ep = rt_endpoint(&rt);
+    let mallory = rt
+        .block_on(enrol(&ep, &target, "mallory"))
+        .expect("mallory enrols");
+    let placed = rt
+        .block_on(join_root(
+            &ep,
+            &mallory,
+            target.root_mesh,
+            "mallory",
+            loopback(9),
+        ))
+        .expect("the root places mallory");
+    let parent = placed.parent.name.clone();
+    let victim = *GOOD
+        .iter()
+        .find(|g| **g != parent)
+        .expect("a good agent other than mallory's parent");
+    let claim = |grant: Sealed, parent: &str| Member {
+        name: victim.into(),
+        parent: parent.into(),
+        addr: loopback(9).to_string(),
+        // Newer than any real placement: a parent that took the claim would route by it.
+        gen: u64::MAX / 2,
+        grant,
+    };
+    let own_seal = Signer::from_pem(&mallory.key_pem)
+        .and_then(|s| {
+            s.seal(
+                Purpose::Placement,
+                &Grant {
+                    node: victim.into(),
+                    addr: loopback(9).to_string(),
+                    parent: "mallory".into(),
+                    gen: u64::MAX / 2,
+                },
+            )
+        })
+        .expect("mallory seals a grant of its own");
+    let (conn, up) = rt
+        .block_on(attach_with_channel(
+            &ep,
+            &mallory,
+            "mallory",
+            &placed,
+            loopback(9),
+            vec![claim(Sealed::default(), "mallory")],
+        ))
+        .expect("mallory attaches where it was placed (its own grant is genuine)");
+    for (grant, from) in [
+        (own_seal, "mallory"),
+        (placed.grant.clone(), "mallory"),
+        (Sealed::default(), "nobody-below-mallory"),
+    ] {
+        up.send(Msg::Membership(MembershipDelta {
+            upsert: vec![claim(grant, from)],
+            ..MembershipDelta::default()
+        }))
+        .expect("mallory's link is up");
+    }
+
+    // The parent shows each refusal: four claims of the victim, each with its reason.
+    let needles = [
+        "no placement grant",
+        "is not the root's",
+        "the root placed mallory under",
+        "not mallory nor a node placed below mallory",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = if parent == ROOT_NAME {
+            let (_, status) = http(cluster.http, "GET", "/status", None, None).expect("/status");
+            status["refused_claims"].to_string()
+        } else {
+            let i = GOOD
+                .iter()
+                .position(|g| *g == parent)
+                .expect("a good parent");
+            cluster.agents[i].stderr_text()
+        };
+        let missing: Vec<&&str> = needles.iter().filter(|n| !shown.contains(**n)).collect();
+        if missing.is_empty() {
+            assert!(
+                shown.contains(victim),
+                "{parent} does not name the claimed node {victim}: {shown}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{parent} does not show the refused claims {missing:?}: {shown}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    let body = serde_json::json!({"nodes": victim, "for_real": true, "timeout_ms": 20000,
+        "task": {"exec": {"argv": ["echo", "genuine"]}}})
+    .to_string();
+    let (status, started) = http(
+        cluster.http,
+        "POST",
+        "/actions",
+        Some(&cluster.admin),
+        Some(&body),
+    )
+    .expect("POST /actions");
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("an action id").to_string();
+    let action = wait_action(&cluster, &id);
+    let t = &action["targets"][victim];
+    assert_eq!(
+        t["state"], "ok",
+        "the order did not reach {victim}: {action}"
+    );
+    assert_eq!(t["result"]["stdout"], "genuine\n", "{action}");
+    conn.close(0u32.into(), b"mallory leaves");
+    drop(up);
+    cluster.assert_still_serves("after mallory's claims");
+}
+
+/// Mallory, certified and attached where the root placed it, answers for another node: a
 /// receipt sealed with its own key, and an error in that node's name, sprayed over every command
 /// id the root may have used. The root refuses both, keeps the target waiting, takes the real
 /// answer when it comes, and shows the refused ones beside it.
@@ -1377,31 +1567,24 @@ fn a_certified_node_cannot_forge_another_nodes_answer() {
     use banyan_protocol::wire::{Answer, Outcome};
 
     let mut cluster = Cluster::start("forged-answer");
-    let (parent, parent_addr) = parent_with_room(&cluster);
+    let rt = runtime();
+    let target = cluster.target();
+    let ep = rt_endpoint(&rt);
+    let ((conn, up), mallory, parent) = rt
+        .block_on(async {
+            let mallory = enrol(&ep, &target, "mallory").await?;
+            let placed = join_root(&ep, &mallory, target.root_mesh, "mallory", loopback(9)).await?;
+            let link =
+                attach_with_channel(&ep, &mallory, "mallory", &placed, loopback(9), Vec::new())
+                    .await?;
+            Ok::<_, anyhow::Error>((link, mallory, placed.parent.name))
+        })
+        .expect("mallory attaches where the root placed it");
     let victim = GOOD
         .iter()
         .find(|g| **g != parent)
         .copied()
         .unwrap_or("good3");
-    let rt = runtime();
-    let target = cluster.target();
-    let ep = rt_endpoint(&rt);
-    let ((conn, up), mallory) = rt
-        .block_on(async {
-            let mallory = enrol(&ep, &target, "mallory").await?;
-            let link = attach_with_channel(
-                &ep,
-                &mallory,
-                "mallory",
-                parent,
-                parent_addr,
-                1,
-                loopback(9),
-            )
-            .await?;
-            Ok::<_, anyhow::Error>((link, mallory))
-        })
-        .expect("mallory attaches under a good agent");
     let mallory_signer = Signer::from_pem(&mallory.key_pem).expect("mallory's key");
 
     let body = serde_json::json!({"nodes": victim, "for_real": true, "timeout_ms": 20000,
@@ -1485,7 +1668,7 @@ fn a_certified_node_cannot_forge_another_nodes_answer() {
 fn a_certified_parent_cannot_forge_replay_or_alter_orders() {
     use banyan_protocol::action::{ExecTask, NodeResult, Order, Receipt, Task};
     use banyan_protocol::seal::{Purpose, Signer};
-    use banyan_protocol::wire::{Answer, Command, CommandBody, Placement};
+    use banyan_protocol::wire::{Answer, Command, CommandBody};
 
     let dir = TempDir::new("insider-parent");
     let (root, root_mesh, http_addr, token, _admin) = spawn_root(&dir);
@@ -1507,34 +1690,17 @@ fn a_certified_parent_cannot_forge_replay_or_alter_orders() {
     // Mallory enrols, joins and attaches under the root, and listens for children.
     let (mallory, server, _up) = rt.block_on(async {
         let mallory = enrol(&ep, &target, mallory_name).await.expect("enrols");
-        let config = quic_config(identity::client_config(&mallory).expect("mTLS"));
-        let conn = connect(&ep, config, root_mesh, ROOT_NAME).await;
-        let mut bytes = greeting(PROTOCOL_VERSION).to_vec();
-        bytes.extend_from_slice(&encoded(&Msg::Join(Join {
-            name: mallory_name.into(),
-            addr: mallory_addr.to_string(),
-            reason: JoinReason::Fresh,
-            height: 0,
-            subtree: Vec::new(),
-            lost: Vec::new(),
-        })));
-        let (_s, mut recv) = send_raw(&conn, &bytes, true).await;
-        let placed = tokio::time::timeout(CLOSE_WAIT, read_reply(&mut recv))
+        let placed = join_root(&ep, &mallory, root_mesh, mallory_name, mallory_addr)
             .await
-            .expect("a placement")
             .expect("a placement");
-        let Msg::Placed(Placement { parent, gen, .. }) = placed else {
-            panic!("mallory's join answered {placed:?}");
-        };
-        assert_eq!(parent.name, ROOT_NAME, "mallory is the first node");
+        assert_eq!(placed.parent.name, ROOT_NAME, "mallory is the first node");
         let up = attach_with_channel(
             &ep,
             &mallory,
             mallory_name,
-            ROOT_NAME,
-            root_mesh,
-            gen,
+            &placed,
             mallory_addr,
+            Vec::new(),
         )
         .await
         .expect("mallory attaches under the root");
