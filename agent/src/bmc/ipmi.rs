@@ -132,31 +132,43 @@ impl Ipmi {
 /// What a failed ipmitool run means, from its messages.
 fn classify(stdout: &str, stderr: &str) -> ErrorKind {
     let all = format!("{stderr}\n{stdout}");
-    let has = |s: &str| all.contains(s);
-    // The last line that is not ipmitool's own chatter, for the message.
-    let detail = all
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty() && !l.starts_with("Loading IANA") && !l.starts_with("Running "))
-        .map(|l| excerpt(l, 160))
-        .unwrap_or_else(|| "ipmitool failed without a message".into());
-    if has("RAKP 2 HMAC is invalid")
-        || has("unauthorized name")
-        || has("RAKP 2 message indicates an error")
-        || has("Invalid user name")
-        || has("password is invalid")
-    {
-        ErrorKind::Credentials(format!("IPMI session refused: {detail}"))
-    } else if has("insufficient privilege") || has("Insufficient privilege") {
-        ErrorKind::Forbidden(detail)
-    } else if has("Address lookup for") {
-        ErrorKind::Unreachable(detail)
-    } else if has("Get Auth Capabilities error")
-        || has("No response from remote controller")
-        || has("Unable to establish IPMI v2")
-    {
-        ErrorKind::Unreachable(format!("no answer over RMCP+ (UDP): {detail}"))
+    // The first line holding one of `markers`, as the message's detail.
+    let line_with = |markers: &[&str]| {
+        all.lines()
+            .map(str::trim)
+            .find(|l| markers.iter().any(|m| l.contains(m)))
+            .map(|l| excerpt(l.trim_start_matches("> "), 160))
+    };
+    const REFUSED: &[&str] = &[
+        "RAKP 2 HMAC is invalid",
+        "unauthorized name",
+        "RAKP 2 message indicates an error",
+        "Invalid user name",
+        "password is invalid",
+    ];
+    const SILENT: &[&str] = &[
+        "Get Auth Capabilities error",
+        "No response from remote controller",
+        "Unable to establish IPMI v2",
+    ];
+    if let Some(line) = line_with(REFUSED) {
+        ErrorKind::Credentials(format!("the BMC refused the RMCP+ session: {line}"))
+    } else if let Some(line) = line_with(&["nsufficient privilege"]) {
+        ErrorKind::Forbidden(line)
+    } else if let Some(line) = line_with(&["Address lookup for"]) {
+        ErrorKind::Unreachable(line)
+    } else if let Some(line) = line_with(SILENT) {
+        ErrorKind::Unreachable(format!("no answer over RMCP+ (UDP): {line}"))
     } else {
+        // The last line that is not ipmitool's own chatter.
+        let detail = all
+            .lines()
+            .map(str::trim)
+            .rfind(|l| {
+                !l.is_empty() && !l.starts_with("Loading IANA") && !l.starts_with("Running ")
+            })
+            .map(|l| excerpt(l, 160))
+            .unwrap_or_else(|| "ipmitool failed without a message".into());
         ErrorKind::Failed(detail)
     }
 }

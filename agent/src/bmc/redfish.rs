@@ -628,7 +628,7 @@ impl Client {
             }
         }
         Err(ErrorKind::BadAnswer(format!(
-            "sent to {} away from the configured BMC; credentials are sent to {} only",
+            "{} is not on the configured BMC, and credentials are sent to {} only",
             excerpt(target, 80),
             self.origin
         )))
