@@ -1,5 +1,6 @@
 //! banyan-tests: integration tests and the simulator; this library holds the harnesses the tests share.
 
+pub mod bmc;
 pub mod browser;
 pub mod cluster;
 pub mod mpi;
