@@ -646,6 +646,9 @@ pub struct IpmiOptions {
     pub node_command: String,
     /// Whether the node is on when the BMC starts.
     pub powered_on: bool,
+    /// Serial over LAN: ipmi_sim connects the SOL payload to this TCP address (a guest's serial
+    /// port, or a test's listener), as `sol "tcp:ADDR:PORT" 115200` in lan.conf. `None`: no SOL.
+    pub sol: Option<SocketAddr>,
 }
 
 impl IpmiOptions {
@@ -658,6 +661,7 @@ impl IpmiOptions {
             site: Site::Loopback,
             node_command: "sleep 100000".into(),
             powered_on: false,
+            sol: None,
         }
     }
 }
@@ -733,8 +737,12 @@ impl IpmiSim {
             user = opts.user,
             password = opts.password,
         );
+        let sol = match opts.sol {
+            Some(addr) => format!("  sol \"tcp:{}:{}\" 115200\n", addr.ip(), addr.port()),
+            None => String::new(),
+        };
         let lan = dir.join("lan.conf");
-        fs::write(&lan, conf)?;
+        fs::write(&lan, conf + &sol)?;
         // The emulated BMC itself: one management controller at the BMC address, no sensors.
         let emu = dir.join("bmc.emu");
         fs::write(

@@ -1,7 +1,7 @@
 //! The BMC drivers (`banyan_agent::bmc`) against real emulators and hostile servers: sushy-tools'
 //! Redfish (eight systems, basic auth, TLS with a test CA), `ipmi_sim` whose chassis really stops
 //! and starts a process, and tiny HTTP servers that answer garbage, HTML, 500s, redirect loops
-//! and trickles.
+//! and trickles; BMCs inside a test host reachable from there only, and serial over LAN.
 //!
 //! The drivers run on a current-thread tokio runtime, as in the agent: the hostile servers run on
 //! that same thread, so a driver that blocked the runtime would starve them and fail the test.
@@ -610,4 +610,164 @@ fn ipmitool_never_sees_the_password_in_its_arguments() -> Result<()> {
     ensure!(argv.contains("-E") && argv.contains("-I lanplus"), "{argv}");
     ensure!(env.trim() == "env=pa55-in-env", "{env}");
     Ok(())
+}
+
+#[test]
+fn bmcs_inside_a_test_host_answer_only_there() -> Result<()> {
+    let Some(tools) = require()? else {
+        return Ok(());
+    };
+    if !Testnet::require()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("inside")?;
+    // A management network only one host reaches: both emulators on that host's own loopback.
+    let net = Testnet::up(1)?;
+    let site = Site::Host {
+        host: net.hosts()[0].clone(),
+        only_inside: true,
+    };
+    let mut opts = SushyOptions::new(&["inside-rf"]);
+    opts.site = site.clone();
+    let sushy = Sushy::start(&tools, &scratch.path().join("rf"), &opts)?;
+    let mut opts = IpmiOptions::new("inside-ipmi");
+    opts.site = site;
+    let sim = IpmiSim::start(&tools, &scratch.path().join("ipmi"), &opts)?;
+
+    // From inside the host both answer, with the credentials and (Redfish) through the test CA.
+    ensure!(sim
+        .ipmitool(&["chassis", "power", "status"])?
+        .contains("Chassis Power is off"));
+    let ca = sushy.ca_file.clone().context("TLS is on")?;
+    let probe = "import base64, ssl, sys, urllib.request\n\
+                 url, ca, user, pw = sys.argv[1:5]\n\
+                 auth = base64.b64encode((user + ':' + open(pw).read().strip()).encode()).decode()\n\
+                 req = urllib.request.Request(url + '/redfish/v1/Systems', headers={'Authorization': 'Basic ' + auth})\n\
+                 print(urllib.request.urlopen(req, context=ssl.create_default_context(cafile=ca), timeout=10).status)\n";
+    let out = net.exec(
+        0,
+        &[
+            "python3",
+            "-c",
+            probe,
+            &sushy.url(),
+            ca.to_str().context("UTF-8 path")?,
+            &sushy.user,
+            sushy.password_file.to_str().context("UTF-8 path")?,
+        ],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == "200",
+        "Redfish from inside the host: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // From the machine's own namespace neither is there.
+    runtime()?.block_on(async {
+        for ep in [sushy.endpoint("inside-rf", CALL)?, sim.endpoint(CALL)?] {
+            let err = bmc::connect(ep.clone())?
+                .power_state()
+                .await
+                .expect_err("a BMC inside a host is not reachable from outside");
+            let text = message_of(&err, &ep)?;
+            ensure!(matches!(err.kind, ErrorKind::Unreachable(_)), "{text}");
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn ipmi_sim_serves_serial_over_lan_from_a_tcp_port() -> Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let Some(tools) = require()? else {
+        return Ok(());
+    };
+    let scratch = Scratch::new("sol")?;
+    // The node's serial port: a TCP listener that answers each line upper-cased.
+    let console = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let console_addr = console.local_addr()?;
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = console.accept() {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let reply = format!("ECHO:{}", String::from_utf8_lossy(&buf[..n]).to_uppercase());
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut opts = IpmiOptions::new("sol-node");
+    opts.sol = Some(console_addr);
+    let sim = IpmiSim::start(&tools, scratch.path(), &opts)?;
+
+    // ipmitool's SOL wants a terminal: `script` gives it one. The password stays in the
+    // environment.
+    let password = Secret::from_file(&sim.password_file)?;
+    let command = format!(
+        "{} -I lanplus -C 3 -R 1 -N 1 -E -H {} -p {} -U {} sol activate",
+        tools.ipmitool.display(),
+        sim.addr.ip(),
+        sim.addr.port(),
+        sim.user
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("IPMI_PASSWORD", password.expose())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("running script(1) from util-linux")?;
+    let pid = child.id();
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Raw chunks: a console's prompt and echo end in '\r', not in a line end.
+        let mut stdout = stdout;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |want: &str| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            if seen.contains(want) {
+                return Ok(());
+            }
+        }
+        bail!("no {want:?} from the SOL session: {seen:?}")
+    };
+    let outcome = (|| -> Result<()> {
+        wait_for("SOL Session operational")?;
+        stdin.write_all(b"hello\r")?;
+        stdin.flush()?;
+        wait_for("ECHO:HELLO")?;
+        // ipmitool's escape: `~.` leaves the session.
+        stdin.write_all(b"~.")?;
+        stdin.flush()?;
+        wait_for("terminated ipmitool")
+    })();
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+    outcome
 }
