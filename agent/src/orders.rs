@@ -9,7 +9,7 @@
 //! Deterministic: time comes in as `now_ms`. The seen ids are kept until their order expires (plus
 //! the clock skew allowed), so memory is bounded by the orders of the last minutes.
 
-use banyan_protocol::action::{validate_order_id, NodeResult, Order, Receipt};
+use banyan_protocol::action::{validate_order_id, NodeResult, Order, OutputLines, Receipt};
 use banyan_protocol::nodeset::NodeSet;
 use banyan_protocol::seal::{Purpose, Sealed, Signer, Verifier};
 use std::collections::HashMap;
@@ -91,6 +91,14 @@ impl OrderGate {
     }
 
     /// Signs this node's result for an order.
+    /// Signs lines a running order printed (their node is this node, whatever they say).
+    pub fn seal_output(&self, mut lines: OutputLines) -> Result<Sealed, String> {
+        lines.node = self.name.clone();
+        self.signer
+            .seal(Purpose::Output, &lines)
+            .map_err(|e| e.to_string())
+    }
+
     pub fn receipt(&self, order_id: &str, result: NodeResult) -> Result<Sealed, String> {
         self.signer
             .seal(
@@ -158,6 +166,7 @@ mod tests {
                 shell: false,
                 user: None,
                 max_output: 1024,
+                stream: false,
             }),
         }
     }

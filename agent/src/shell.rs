@@ -4,6 +4,7 @@
 //! forward them as [`Event`]s; writes go through per-link channels. Everything the tree decides
 //! comes out of [`Node::poll_action`] and is carried out here, nowhere else.
 
+use crate::actions::stream::batch_lines;
 use crate::actions::{Executors, RunContext};
 use crate::config::ActionsConfig;
 use crate::enrol::{self, EnrolError};
@@ -15,7 +16,7 @@ use crate::sampler::Sampler;
 use crate::scrape::Scrapes;
 use crate::transport::{self, close, Framed, LinkError};
 use crate::tree::{Action, Node, Phase, TreeConfig};
-use banyan_protocol::action::{NodeResult, Task};
+use banyan_protocol::action::{NodeResult, OutputLines, Task};
 use banyan_protocol::identity::{ClientAuth, Identity, JoinToken};
 use banyan_protocol::seal::Sealed;
 use banyan_protocol::wire::{Answer, Attach, CommandBody, Msg, Peer, Query, ROOT_NAME};
@@ -78,6 +79,11 @@ enum Event {
         command: u64,
         order: String,
         result: NodeResult,
+    },
+    /// Lines a running order printed (it streams its output): send them up, signed.
+    OrderOutput {
+        command: u64,
+        lines: OutputLines,
     },
 }
 
@@ -350,6 +356,17 @@ impl Core {
                 info!(node = %self.cfg.name, order = %order, ok = result.ok, summary = %result.summary, "order done");
                 self.answer_order(command, &order, result);
             }
+            Event::OrderOutput { command, lines } => {
+                // Lines that come after the receipt are in it already.
+                if self.running.contains_key(&lines.order) {
+                    let answer = self
+                        .gate
+                        .seal_output(lines)
+                        .map(Answer::Output)
+                        .map_err(|e| format!("cannot sign output: {e}"));
+                    self.node.answer_command(now, command, answer);
+                }
+            }
         }
         Ok(())
     }
@@ -385,7 +402,22 @@ impl Core {
             return;
         }
         let timeout = Duration::from_millis(order.timeout_ms);
-        let (ctx, switch) = RunContext::new(order.for_real, timeout);
+        let (mut ctx, switch) = RunContext::new(order.for_real, timeout);
+        if order.for_real && matches!(&order.task, Task::Exec(e) if e.stream) {
+            let (tap, taken) = mpsc::unbounded_channel();
+            ctx.output = Some(tap);
+            let (tx, order_id, node) = (self.tx.clone(), order.id.clone(), self.cfg.name.clone());
+            tokio::spawn(batch_lines(taken, move |seq, stdout, stderr| {
+                let lines = OutputLines {
+                    order: order_id.clone(),
+                    node: node.clone(),
+                    seq,
+                    stdout,
+                    stderr,
+                };
+                let _ = tx.send(Event::OrderOutput { command, lines });
+            }));
+        }
         self.running.insert(order.id.clone(), switch);
         let run = self.executors.run(order.task, ctx);
         let tx = self.tx.clone();

@@ -54,6 +54,7 @@ fn exec_task(argv: &[&str], shell: bool, user: Option<&str>, max_output: u64) ->
         shell,
         user: user.map(str::to_string),
         max_output,
+        stream: false,
     })
 }
 

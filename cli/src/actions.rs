@@ -110,12 +110,22 @@ impl TargetState {
     }
 }
 
+/// What a running target printed so far.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Live {
+    pub stdout: String,
+    pub stderr: String,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Target {
     pub state: TargetState,
     pub result: Option<NodeResult>,
     pub error: Option<String>,
+    /// Lines printed so far while it runs (an `exec` that streams).
+    pub live: Option<Live>,
 }
 
 impl Action {
@@ -296,6 +306,9 @@ pub enum Layout {
     Grouped,
     /// Every line prefixed with its node, ordered by node, as `clush -L` does.
     ByNode,
+    /// The outputs were printed while the action ran ([`crate::follow::LivePrinter`]): only
+    /// the failures and the final line are left.
+    Streamed,
 }
 
 /// One action's results for people: the outputs (by kind), the failures, the final line, and
@@ -308,6 +321,7 @@ pub fn render_action(a: &Action, layout: Layout) -> String {
         _ => match layout {
             Layout::Grouped => out.push_str(&grouped::render(&grouped::group(a))),
             Layout::ByNode => out.push_str(&grouped::render_by_node(a)),
+            Layout::Streamed => {}
         },
     }
     let failures = render_failures(a);

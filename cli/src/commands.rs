@@ -15,7 +15,7 @@ use crate::admin::{self, AuditLine, GroupInfo, TokenInfo, Verified};
 use crate::api::{segment, Auth, CliError, Client, EXIT_OK};
 use crate::app::{ExecArgs, ServiceArgs};
 use crate::escape::one_line;
-use crate::follow::{follow, OnInterrupt, Progress};
+use crate::follow::{follow, LivePrinter, OnInterrupt, Progress};
 use crate::{nodes, times};
 
 /// Writes to stdout; a closed pipe (`banyan actions | head`) is not an error.
@@ -34,11 +34,14 @@ fn parse<T: DeserializeOwned>(client: &Client, path: &str, v: Value) -> Result<T
 
 /// `banyan exec`.
 pub fn exec(client: &Client, args: &ExecArgs) -> Result<u8, CliError> {
+    // -L on a real run prints lines as they come, so the agents send them as they come.
+    let stream = args.no_group && args.for_real && !args.json;
     let task = Task::Exec(ExecTask {
         argv: args.command.clone(),
         shell: args.shell,
         user: args.user.clone(),
         max_output: args.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
+        stream,
     });
     let layout = if args.no_group {
         Layout::ByNode
@@ -119,12 +122,16 @@ fn start(
         status: 202,
         detail: e,
     })?;
+    let streams = matches!(&task, Task::Exec(e) if e.stream);
+    let mut printer = LivePrinter::default();
     let (action, value) = follow(
         client,
         &started.id,
         Progress::detect(),
         OnInterrupt::AskToCancel,
+        streams.then_some(&mut printer),
     )?;
+    let layout = if streams { Layout::Streamed } else { layout };
     show_action(&action, &value, json, layout);
     Ok(Outcome::of(&action).exit_code())
 }
@@ -157,7 +164,7 @@ pub fn actions(
     };
     validate_order_id(id).map_err(CliError::Usage)?;
     let (action, value) = if watch {
-        follow(client, id, Progress::detect(), OnInterrupt::Detach)?
+        follow(client, id, Progress::detect(), OnInterrupt::Detach, None)?
     } else {
         let path = format!("/actions/{}", segment(id));
         let v = client.get(&path)?;

@@ -3,7 +3,7 @@
 //! Ctrl-C handled: on a terminal it asks whether to cancel the action; elsewhere it detaches and
 //! says how to follow the action later. A second Ctrl-C leaves at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::actions::{progress_line, Action, TargetState};
 use crate::api::{segment, CliError, Client, EXIT_INTERRUPTED};
+use crate::escape::printable;
 
 /// How long the root may hold one poll: short, so that Ctrl-C is seen within it.
 const WAIT_MS: u64 = 1_000;
@@ -89,12 +90,56 @@ impl Drop for Interrupts {
     }
 }
 
-/// Follows action `id` until it is over; returns its last state, parsed and as JSON.
+/// Prints each target's output as it comes, every line prefixed with the node's name (stdout
+/// lines on stdout, stderr lines on stderr), as `clush` without `-b` does: the lines a running
+/// target streams, then the rest of its output when its result comes.
+#[derive(Debug, Default)]
+pub struct LivePrinter {
+    /// Per node: how much of its stdout and stderr was printed.
+    printed: BTreeMap<String, (usize, usize)>,
+}
+
+impl LivePrinter {
+    /// The new lines of `action`, as (stdout text, stderr text), and remembers them as printed.
+    pub fn take(&mut self, action: &Action) -> (String, String) {
+        let (mut out, mut err) = (String::new(), String::new());
+        for (name, t) in &action.targets {
+            let (stdout, stderr) = match (&t.result, &t.live) {
+                (Some(r), _) => (r.stdout.as_str(), r.stderr.as_str()),
+                (None, Some(l)) => (l.stdout.as_str(), l.stderr.as_str()),
+                (None, None) => continue,
+            };
+            let done = self.printed.entry(name.clone()).or_default();
+            prefix_new_lines(name, stdout, &mut done.0, &mut out);
+            prefix_new_lines(name, stderr, &mut done.1, &mut err);
+        }
+        (out, err)
+    }
+}
+
+/// Appends the lines of `text` past `*from`, each prefixed with `node`, and moves `*from` to its
+/// end. Text that does not extend what was printed (it cannot, but a root may be odd) is skipped.
+fn prefix_new_lines(node: &str, text: &str, from: &mut usize, to: &mut String) {
+    let Some(new) = text.get(*from..) else {
+        return;
+    };
+    for line in new.lines() {
+        to.push_str(&printable(node));
+        to.push_str(": ");
+        to.push_str(&printable(line));
+        to.push('\n');
+    }
+    *from = text.len();
+}
+
+/// Follows action `id` until it is over; returns its last state, parsed and as JSON. With
+/// `live`, the targets' output is printed as it comes.
 pub fn follow(
     client: &Client,
     id: &str,
     progress: Progress,
     on_interrupt: OnInterrupt,
+    mut live: Option<&mut LivePrinter>,
 ) -> Result<(Action, Value), CliError> {
     let interrupts = Interrupts::register();
     let path = format!("/actions/{}", segment(id));
@@ -127,6 +172,18 @@ pub fn follow(
             Progress::Bar => Some(&*bar.get_or_insert_with(|| new_bar(action.targets.len()))),
             Progress::Lines => None,
         };
+        if let Some(printer) = live.as_deref_mut() {
+            let (out, err) = printer.take(&action);
+            let show = || {
+                print!("{out}");
+                let _ = std::io::stdout().flush();
+                eprint!("{err}");
+            };
+            match bar_ref {
+                Some(b) => b.suspend(show),
+                None => show(),
+            }
+        }
         for (name, t) in &action.targets {
             if t.state == TargetState::Pending || !seen.insert(name.clone()) {
                 continue;
@@ -224,4 +281,55 @@ fn ask_yes(question: &str) -> bool {
         return false;
     }
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::{Live, Target};
+    use banyan_protocol::action::NodeResult;
+
+    fn action(targets: Vec<(&str, Target)>) -> Action {
+        Action {
+            targets: targets
+                .into_iter()
+                .map(|(n, t)| (n.to_string(), t))
+                .collect(),
+            ..Action::default()
+        }
+    }
+
+    #[test]
+    fn each_line_is_printed_once_with_its_node() {
+        let mut p = LivePrinter::default();
+        let running = Target {
+            live: Some(Live {
+                stdout: "a\n".into(),
+                stderr: "warn\n".into(),
+            }),
+            ..Target::default()
+        };
+        let (out, err) = p.take(&action(vec![
+            ("cn1", running.clone()),
+            ("cn2", Target::default()),
+        ]));
+        assert_eq!(out, "cn1: a\n");
+        assert_eq!(err, "cn1: warn\n");
+        assert_eq!(
+            p.take(&action(vec![("cn1", running)])),
+            (String::new(), String::new())
+        );
+        // The result: the rest, the last line without its newline included.
+        let done = Target {
+            result: Some(NodeResult {
+                stdout: "a\nb\nc".into(),
+                stderr: "warn\n".into(),
+                ..NodeResult::default()
+            }),
+            ..Target::default()
+        };
+        let (out, err) = p.take(&action(vec![("cn1", done)]));
+        assert_eq!(out, "cn1: b\ncn1: c\n");
+        assert_eq!(err, "");
+    }
 }

@@ -259,7 +259,7 @@ fn exec_follows_the_action_and_groups_its_outputs() {
     assert_eq!(
         post.body,
         json!({"nodes": "@compute", "for_real": true, "timeout_ms": 90_000,
-               "task": {"exec": {"argv": ["uname", "-r"], "shell": false, "user": null, "max_output": 65536}}})
+               "task": {"exec": {"argv": ["uname", "-r"], "shell": false, "user": null, "max_output": 65536, "stream": false}}})
     );
     assert!(reqs.iter().any(|r| r.query.contains_key("wait_ms")
         && r.query.get("since").map(String::as_str) == Some("1")));

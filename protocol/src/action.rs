@@ -90,6 +90,10 @@ pub struct ExecTask {
     /// Cap on captured bytes per stream (stdout, stderr).
     #[serde(default = "default_max_output")]
     pub max_output: u64,
+    /// Also send complete lines of output up while the command runs ([`OutputLines`]), for
+    /// `banyan exec -L`; the result carries the whole (capped) output all the same.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 fn default_max_output() -> u64 {
@@ -192,6 +196,19 @@ pub struct Receipt {
     /// The node that carried it out (must match the signing certificate's name).
     pub node: String,
     pub result: NodeResult,
+}
+
+/// Lines a target printed while carrying out an order, signed with its node key like a receipt
+/// ([`crate::seal::Purpose::Output`]). `seq` counts a node's batches for one order from 0, so
+/// that the root takes each once and in order. Only complete lines travel; the last partial line
+/// comes with the result.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct OutputLines {
+    pub order: String,
+    pub node: String,
+    pub seq: u32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// What one target did (or, in a dry run, would do).
@@ -333,6 +350,7 @@ mod tests {
             shell: false,
             user: None,
             max_output: DEFAULT_MAX_OUTPUT,
+            stream: false,
         };
         assert!(t(vec![]).validate().is_err());
         assert!(t(vec![""]).validate().is_err());
@@ -361,7 +379,8 @@ mod tests {
                 argv: vec!["uname".into(), "-n".into()],
                 shell: false,
                 user: None,
-                max_output: DEFAULT_MAX_OUTPUT
+                max_output: DEFAULT_MAX_OUTPUT,
+                stream: false
             })
         );
         let s: Task =

@@ -27,6 +27,8 @@ pub enum Purpose {
     Receipt,
     /// A placement of a node in the tree, from the root.
     Placement,
+    /// Lines a target printed while an order runs ([`crate::action::OutputLines`]).
+    Output,
 }
 
 impl Purpose {
@@ -35,6 +37,7 @@ impl Purpose {
             Purpose::Order => b"banyan order v1\0",
             Purpose::Receipt => b"banyan receipt v1\0",
             Purpose::Placement => b"banyan placement v1\0",
+            Purpose::Output => b"banyan output v1\0",
         }
     }
 }

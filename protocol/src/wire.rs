@@ -286,6 +286,9 @@ pub enum Answer {
     Done,
     /// A target's [`crate::action::Receipt`], sealed with its node key.
     Receipt(Sealed),
+    /// Lines a target printed so far ([`crate::action::OutputLines`]), sealed with its node key;
+    /// not an answer that ends the target's part (its receipt does).
+    Output(Sealed),
 }
 
 /// Results of a command from some of its targets; the root merges them.

@@ -8,7 +8,7 @@
 //! [`ActionBook::answer`]) and the HTTP API reads it. Watchers (long polling) are woken through a
 //! version counter that rises with every change.
 
-use banyan_protocol::action::{NodeResult, Task};
+use banyan_protocol::action::{NodeResult, OutputLines, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,24 @@ pub struct TargetState {
     /// altered on the way), or an error some node on the way reported. The last few.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+    /// Complete lines the target printed so far, while it runs (an `exec` that streams); dropped
+    /// when its result, which holds the whole output, comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveOutput>,
 }
+
+/// What a running target printed so far.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct LiveOutput {
+    pub stdout: String,
+    pub stderr: String,
+    /// The next batch expected (batches are taken once, in order).
+    #[serde(skip)]
+    pub next: u32,
+}
+
+/// Most live output kept per target and stream; the result has the rest (up to its own cap).
+pub const LIVE_OUTPUT_MAX: usize = 4 << 20;
 
 /// An action as the API shows it (`GET /actions/ID`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -230,6 +247,7 @@ impl ActionBook {
         if t.state != TargetPhase::Pending {
             return;
         }
+        t.live = None;
         match answer {
             Ok(result) => {
                 t.state = if result.ok {
@@ -245,6 +263,34 @@ impl ActionBook {
                 t.state = TargetPhase::Failed;
                 t.error = Some(e);
             }
+        }
+        r.version = version;
+        self.bump();
+    }
+
+    /// Lines a pending target printed (checked by the caller). A batch out of order (a repeat,
+    /// or one after a lost one) is dropped: the result will carry it.
+    pub fn output(&mut self, id: &str, node: &str, lines: OutputLines) {
+        let version = self.version + 1;
+        let Some(r) = self.records.get_mut(id) else {
+            return;
+        };
+        let Some(t) = r.targets.get_mut(node) else {
+            return;
+        };
+        if t.state != TargetPhase::Pending {
+            return;
+        }
+        let live = t.live.get_or_insert_with(LiveOutput::default);
+        if lines.seq != live.next {
+            return;
+        }
+        live.next += 1;
+        if live.stdout.len() + lines.stdout.len() <= LIVE_OUTPUT_MAX {
+            live.stdout.push_str(&lines.stdout);
+        }
+        if live.stderr.len() + lines.stderr.len() <= LIVE_OUTPUT_MAX {
+            live.stderr.push_str(&lines.stderr);
         }
         r.version = version;
         self.bump();
@@ -403,6 +449,7 @@ mod tests {
                             result: None,
                             error: None,
                             refused: Vec::new(),
+                            live: None,
                         },
                     )
                 })

@@ -16,7 +16,7 @@ use banyan_agent::transport::{self, close, Framed, LinkError};
 use banyan_agent::tree::{
     Action, CommandReport, GrantSign, RefusedClaim, StreamedAnswer, TreeConfig, WaveDone,
 };
-use banyan_protocol::action::Receipt;
+use banyan_protocol::action::{OutputLines, Receipt};
 use banyan_protocol::identity::{validate_node_name, ClientAuth};
 use banyan_protocol::metric::MetricSet;
 use banyan_protocol::seal::{Purpose, Sealed, Signer};
@@ -577,22 +577,30 @@ impl Shell {
             return;
         };
         let checked = match a.answer {
-            Ok(Answer::Receipt(sealed)) => {
-                let mut reg = lock(&self.registry);
-                match reg.verifier(&a.node) {
-                    None => Err(format!(
-                        "no certificate on record for {}: its answer cannot be checked",
-                        a.node
-                    )),
-                    Some(v) => match v.open::<Receipt>(Purpose::Receipt, &sealed) {
-                        Err(e) => Err(format!("answer refused: {e}")),
-                        Ok(r) if r.node != a.node || r.order != action => Err(format!(
+            Ok(Answer::Receipt(sealed)) => self
+                .open_signed::<Receipt>(&a.node, Purpose::Receipt, &sealed)
+                .and_then(|r| {
+                    if r.node != a.node || r.order != action {
+                        Err(format!(
                             "answer refused: signed by {} for action {}, not by {} for {action}",
                             r.node, r.order, a.node
-                        )),
-                        Ok(r) => Ok(r.result),
-                    },
+                        ))
+                    } else {
+                        Ok(r.result)
+                    }
+                }),
+            Ok(Answer::Output(sealed)) => {
+                // Lines while it runs: shown, never an answer that settles the target.
+                match self.open_signed::<OutputLines>(&a.node, Purpose::Output, &sealed) {
+                    Ok(l) if l.node == a.node && l.order == action => {
+                        lock(&self.actions).output(&action, &a.node, l);
+                    }
+                    Ok(l) => {
+                        warn!(action = %action, node = %a.node, signed_by = %l.node, for_action = %l.order, "output refused: signed for another node or action")
+                    }
+                    Err(e) => warn!(action = %action, node = %a.node, error = %e, "output refused"),
                 }
+                return;
             }
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(e) => Err(format!("reported by the tree (unsigned): {e}")),
@@ -610,6 +618,25 @@ impl Shell {
                 warn!(action = %action, node = %a.node, error = %e, "action answer refused");
                 lock(&self.actions).refused_answer(&action, &a.node, e);
             }
+        }
+    }
+
+    /// Opens something `node` sealed with its node key, checked against the certificate on
+    /// record for it.
+    fn open_signed<T: serde::de::DeserializeOwned>(
+        &self,
+        node: &str,
+        purpose: Purpose,
+        sealed: &Sealed,
+    ) -> Result<T, String> {
+        let mut reg = lock(&self.registry);
+        match reg.verifier(node) {
+            None => Err(format!(
+                "no certificate on record for {node}: its answer cannot be checked"
+            )),
+            Some(v) => v
+                .open::<T>(purpose, sealed)
+                .map_err(|e| format!("answer refused: {e}")),
         }
     }
 

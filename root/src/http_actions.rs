@@ -296,6 +296,7 @@ async fn start_action(
                         result: None,
                         error: None,
                         refused: Vec::new(),
+                        live: None,
                     },
                 )
             })

@@ -7,7 +7,7 @@
 //! run, what the audit log holds); the timeouts are generous liveness bounds for a loaded
 //! two-core machine, never measured.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -404,6 +404,88 @@ fn tamper(path: &Path) -> Result<()> {
 
 /// Configured units (the agent's config describes start/stop/status), since PID 1 is not systemd
 /// on the machines this runs on; a real long-running program is started and stopped.
+/// A command that streams (`exec -L`) shows its complete lines while it runs: each target's
+/// first line is in `live` while the target is still pending, the result holds all of it and
+/// `live` is gone; the CLI prints every line once, prefixed with its node.
+#[test]
+fn exec_streams_lines_while_it_runs() -> Result<()> {
+    with_cluster(3, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        let admin = c.admin_token().to_string();
+        let all = c.all_nodes();
+        let body = json!({"nodes": all, "for_real": true, "task": {"exec": {
+            "argv": ["sh", "-c", "echo first; sleep 4; echo second"], "stream": true}}});
+        let id = start(c, &admin, body)?;
+        let mut seen_live: BTreeSet<String> = BTreeSet::new();
+        let mut since = 0u64;
+        let deadline = std::time::Instant::now() + SETTLE;
+        let end = loop {
+            let (status, v) = request(
+                c,
+                "GET",
+                &format!("/actions/{id}?wait_ms=5000&since={since}"),
+                None,
+                None,
+            )?;
+            ensure!(status == 200, "GET /actions/{id}: HTTP {status}: {v}");
+            for (node, t) in v["targets"].as_object().into_iter().flatten() {
+                if t["state"] == "pending" && t["live"]["stdout"] == "first\n" {
+                    seen_live.insert(node.clone());
+                }
+            }
+            if v["state"] != "running" {
+                break v;
+            }
+            since = v["version"].as_u64().unwrap_or(since);
+            ensure!(std::time::Instant::now() < deadline, "still running: {v}");
+        };
+        let want: BTreeSet<String> = names.iter().cloned().collect();
+        ensure!(
+            seen_live == want,
+            "only {seen_live:?} showed their first line while running: {end}"
+        );
+        for n in &names {
+            let t = &end["targets"][n];
+            ensure!(t["state"] == "ok", "{n}: {end}");
+            ensure!(t["result"]["stdout"] == "first\nsecond\n", "{n}: {end}");
+            ensure!(
+                t.get("live").is_none(),
+                "{n} still shows live output: {end}"
+            );
+        }
+
+        let (out, ok) = banyan_cli(
+            c,
+            &[
+                "--token",
+                &admin,
+                "exec",
+                &all,
+                "--for-real",
+                "-L",
+                "--",
+                "sh",
+                "-c",
+                "echo a; sleep 1; echo b",
+            ],
+        )?;
+        ensure!(ok, "{out}");
+        for n in &names {
+            let mine: Vec<&str> = out
+                .lines()
+                .filter(|l| l.starts_with(&format!("{n}: ")))
+                .filter(|l| l.ends_with(": a") || l.ends_with(": b"))
+                .collect();
+            ensure!(
+                mine == [format!("{n}: a"), format!("{n}: b")],
+                "{n}'s lines are not each printed once, in order:\n{out}"
+            );
+        }
+        Ok(())
+    })
+}
+
 #[test]
 fn services_start_stop_and_status_on_hosts() -> Result<()> {
     let systemd = fs::read_to_string("/proc/1/comm")

@@ -1774,6 +1774,7 @@ fn a_certified_parent_cannot_forge_replay_or_alter_orders() {
             shell: false,
             user: None,
             max_output: 1024,
+            stream: false,
         }),
     };
     let genuine = root_signer

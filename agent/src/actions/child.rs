@@ -22,6 +22,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
+
+use super::stream::Stream;
 use tokio::time::Instant;
 
 /// The only `PATH` a child sees.
@@ -128,6 +130,8 @@ impl Identity {
 pub enum Output {
     /// Into pipes read by the agent, at most this many bytes kept per stream.
     Capture(u64),
+    /// Captured as with `Capture`, and every kept byte also sent to the tap as it is read.
+    Stream(u64, super::OutputTap),
     /// Appended to a file (both streams).
     Append(PathBuf),
     Null,
@@ -180,9 +184,15 @@ pub async fn run(
         .envs(launch.identity.env())
         .current_dir(launch.cwd)
         .stdin(Stdio::null());
+    let mut tap = None;
     let cap = match &launch.output {
         Output::Capture(cap) => {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            usize::try_from(*cap).unwrap_or(usize::MAX)
+        }
+        Output::Stream(cap, to) => {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            tap = Some(to.clone());
             usize::try_from(*cap).unwrap_or(usize::MAX)
         }
         Output::Append(path) => {
@@ -220,6 +230,10 @@ pub async fn run(
     };
     let mut out = Drain::new(child.stdout.take(), cap);
     let mut err = Drain::new(child.stderr.take(), cap);
+    if let Some(tap) = tap {
+        out.tap = Some((tap.clone(), Stream::Stdout));
+        err.tap = Some((tap, Stream::Stderr));
+    }
 
     let mut status = None;
     let end = loop {
@@ -342,6 +356,8 @@ struct Drain<R> {
     cap: usize,
     truncated: bool,
     buf: Box<[u8]>,
+    /// Where kept bytes are copied as they are read, and which stream this is.
+    tap: Option<(super::OutputTap, Stream)>,
 }
 
 impl<R: AsyncRead + Unpin> Drain<R> {
@@ -352,6 +368,7 @@ impl<R: AsyncRead + Unpin> Drain<R> {
             data: Vec::new(),
             cap,
             truncated: false,
+            tap: None,
         }
     }
 
@@ -370,6 +387,12 @@ impl<R: AsyncRead + Unpin> Drain<R> {
                 let take = n.min(self.cap.saturating_sub(self.data.len()));
                 self.data.extend_from_slice(&self.buf[..take]);
                 self.truncated |= take < n;
+                if let Some((tap, stream)) = &self.tap {
+                    if take > 0 {
+                        // The receiver may be gone (the order's answer is on its way): fine.
+                        let _ = tap.send((*stream, self.buf[..take].to_vec()));
+                    }
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => self.pipe = None,

@@ -77,7 +77,10 @@ impl Exec {
             argv: &argv,
             identity: &identity,
             cwd: identity.workdir(),
-            output: Output::Capture(task.max_output),
+            output: match ctx.output.take() {
+                Some(tap) if task.stream => Output::Stream(task.max_output, tap),
+                _ => Output::Capture(task.max_output),
+            },
         };
         let done = match child::run(launch, deadline_after(ctx.timeout), &mut ctx.cancel).await {
             Ok(f) => f,

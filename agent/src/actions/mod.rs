@@ -26,6 +26,9 @@
 mod child;
 pub mod exec;
 pub mod service;
+pub mod stream;
+
+pub use stream::OutputTap;
 
 use crate::config::ActionsConfig;
 use banyan_protocol::action::{NodeResult, Task};
@@ -58,6 +61,8 @@ pub struct RunContext {
     pub timeout: Duration,
     /// Turns `true` to cancel. A sender dropped without sending never cancels.
     pub cancel: watch::Receiver<bool>,
+    /// Where a task that streams its output (`exec` with `stream`) copies it while it runs.
+    pub output: Option<OutputTap>,
 }
 
 impl RunContext {
@@ -69,6 +74,7 @@ impl RunContext {
                 for_real,
                 timeout,
                 cancel: rx,
+                output: None,
             },
             tx,
         )
@@ -263,6 +269,7 @@ mod tests {
             shell: false,
             user: None,
             max_output: 10,
+            stream: false,
         });
         let (ctx, _cancel) = RunContext::new(false, Duration::from_secs(1));
         let r = block_on(executors.run(exec, ctx.clone()));
@@ -291,6 +298,7 @@ mod tests {
             shell: false,
             user: None,
             max_output: 10,
+            stream: false,
         });
         let r = block_on(executors.run(invalid, ctx));
         assert!(!r.ok && r.summary == "no command given", "{r:?}");
