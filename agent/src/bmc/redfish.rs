@@ -52,6 +52,15 @@ struct Client {
     system: Mutex<Option<String>>,
 }
 
+/// A system resource as read.
+struct SystemDoc {
+    /// The path that answered (after redirects).
+    path: String,
+    value: Value,
+    /// For `If-Match` on a PATCH.
+    etag: Option<String>,
+}
+
 /// One answer, after redirects.
 struct Answer {
     /// The path that answered (after redirects).
@@ -84,6 +93,9 @@ impl Redfish {
     pub fn new(ep: Endpoint) -> Result<Redfish, BmcError> {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Never a proxy from the environment (ureq reads HTTP_PROXY and friends by default):
+            // BMC credentials go straight to the BMC, on the management network.
+            .proxy(None)
             .max_redirects(0)
             .user_agent(concat!("banyan/", env!("CARGO_PKG_VERSION")))
             .max_response_header_size(64 * 1024)
@@ -209,12 +221,12 @@ impl Bmc for Redfish {
 
     fn set_next_boot(&self, device: BootDevice) -> BmcFuture<'_, ()> {
         self.run(move |c, deadline| {
-            let (path, system) = c.system_answer(deadline)?;
+            let system = c.system_doc(deadline)?;
             let value = match device {
                 BootDevice::Pxe => "Pxe",
                 BootDevice::Disk => "Hdd",
             };
-            let boot = system.0.get("Boot");
+            let boot = system.value.get("Boot");
             if boot.is_none() {
                 return Err(ErrorKind::Unsupported(
                     "the system has no Boot property: this BMC cannot set the next boot device"
@@ -237,9 +249,9 @@ impl Bmc for Redfish {
             });
             let answer = c.request(
                 Method::Patch,
-                &path,
+                &system.path,
                 Some(&body),
-                system.1.as_deref(),
+                system.etag.as_deref(),
                 deadline,
             )?;
             c.expect_success(&answer, &format!("boot override {value}"))
@@ -342,14 +354,11 @@ fn choose_reset(kind: ResetKind, offered: Option<&[String]>) -> Result<&'static 
     // ForceOn does what On does for a node that is off; some BMCs offer only one of them.
     let candidates: &[&'static str] = match kind {
         ResetKind::On => &["On", "ForceOn"],
-        other => match other {
-            ResetKind::GracefulShutdown => &["GracefulShutdown"],
-            ResetKind::ForceOff => &["ForceOff"],
-            ResetKind::GracefulRestart => &["GracefulRestart"],
-            ResetKind::ForceRestart => &["ForceRestart"],
-            ResetKind::PowerCycle => &["PowerCycle"],
-            ResetKind::On => &["On"],
-        },
+        ResetKind::GracefulShutdown => &["GracefulShutdown"],
+        ResetKind::ForceOff => &["ForceOff"],
+        ResetKind::GracefulRestart => &["GracefulRestart"],
+        ResetKind::ForceRestart => &["ForceRestart"],
+        ResetKind::PowerCycle => &["PowerCycle"],
     };
     let Some(offered) = offered else {
         return Ok(candidates[0]);
@@ -385,41 +394,33 @@ fn string_list(v: &Value) -> Option<Vec<String>> {
 impl Client {
     /// The system's path and resource.
     fn system(&self, deadline: Instant) -> Result<(String, Value), ErrorKind> {
-        let (path, (value, _)) = self.system_answer(deadline)?;
-        Ok((path, value))
+        let doc = self.system_doc(deadline)?;
+        Ok((doc.path, doc.value))
     }
 
-    /// The system's path, resource and ETag.
-    #[allow(clippy::type_complexity)]
-    fn system_answer(
-        &self,
-        deadline: Instant,
-    ) -> Result<(String, (Value, Option<String>)), ErrorKind> {
+    /// The system resource, found first if need be.
+    fn system_doc(&self, deadline: Instant) -> Result<SystemDoc, ErrorKind> {
         let known = self.system.lock().map(|s| s.clone()).unwrap_or(None);
         let path = match known {
             Some(p) => p,
             None => self.find_system(deadline)?,
         };
-        let answer = self.request(Method::Get, &path, None, None, deadline);
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                // A system that moved (a BMC reset renumbering them) is looked for again next time.
-                if let Ok(mut s) = self.system.lock() {
-                    *s = None;
-                }
-                return Err(e);
-            }
-        };
+        let answer = self.request(Method::Get, &path, None, None, deadline)?;
         let value = match answer.status {
             200..=299 => self.json_of(&answer)?,
             404 => {
+                // Looked for again next time: a BMC may renumber its systems when it restarts.
                 if let Ok(mut s) = self.system.lock() {
                     *s = None;
                 }
-                return Err(ErrorKind::NotFound(format!(
-                    "no system at {path}: fix system_id for this node in root.toml, or leave it out to discover the system"
-                )));
+                return Err(ErrorKind::NotFound(match &self.ep.system_id {
+                    Some(_) => format!(
+                        "no system at {path}: fix system_id for this node in root.toml, or leave it out to discover the system"
+                    ),
+                    None => format!(
+                        "the system found at {path} is gone; it is looked for again on the next call"
+                    ),
+                }));
             }
             _ => return Err(self.status_error(&answer, &format!("GET {path}"))),
         };
@@ -427,7 +428,11 @@ impl Client {
         if let Ok(mut s) = self.system.lock() {
             *s = Some(answer.path.clone());
         }
-        Ok((answer.path, (value, answer.etag)))
+        Ok(SystemDoc {
+            path: answer.path,
+            value,
+            etag: answer.etag,
+        })
     }
 
     /// Finds the node's system: by `system_id`, or among the members of `/redfish/v1/Systems`.
