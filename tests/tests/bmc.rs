@@ -706,7 +706,16 @@ fn ipmi_sim_serves_serial_over_lan_from_a_tcp_port() -> Result<()> {
     });
     let mut opts = IpmiOptions::new("sol-node");
     opts.sol = Some(console_addr);
+    // A node already running when its BMC starts (as a test host's agent would be).
+    opts.powered_on = true;
     let sim = IpmiSim::start(&tools, scratch.path(), &opts)?;
+    ensure!(
+        sim.node_pid().is_some(),
+        "powered_on started no node process"
+    );
+    ensure!(sim
+        .ipmitool(&["chassis", "power", "status"])?
+        .contains("Chassis Power is on"));
 
     // ipmitool's SOL wants a terminal: `script` gives it one. The password stays in the
     // environment.
