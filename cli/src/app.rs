@@ -146,6 +146,8 @@ pub enum Command {
     Exec(ExecArgs),
     /// Start, stop, restart or show system services on a node set.
     Service(ServiceArgs),
+    /// Node power through the nodes' BMCs (Redfish or IPMI, configured in the root's root.toml).
+    Power(PowerArgs),
     /// Recent actions, or one action's results.
     #[command(after_help = "\
 Examples:
@@ -300,6 +302,46 @@ pub struct ServiceArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+#[command(after_help = "\
+`status` shows each node's power as its BMC says beside its agent's state in the tree, and changes
+nothing. `off` asks for a graceful shutdown and cuts the power when --timeout passes (at once with
+--force); `reset` restarts gracefully (--force: at once); `cycle` is off then on. Nodes already in
+the asked state succeed without a BMC call. A dry run (no --for-real) makes no BMC call at all.
+
+Examples:
+  banyan power status @rack1
+  banyan power off 'cn[1-4]' --for-real --timeout 2m
+  banyan power on 'cn[1-4]' --boot pxe --for-real
+  banyan power cycle cn12 --force --for-real
+
+Exit status: 0 every target succeeded, 1 some failed, 2 bad command line (or a node set, group or
+BMC config the root found bad), 3 refused (no token, or the token may not do this), 4 the root is
+unreachable, 130 interrupted (the action goes on).")]
+pub struct PowerArgs {
+    /// status, on, off, reset or cycle.
+    #[arg(value_name = "OP", value_parser = ["status", "on", "off", "reset", "cycle"])]
+    pub op: String,
+    /// The targets: `cn[1-4]`, `@rack1`.
+    #[arg(value_name = "NODESET")]
+    pub nodes: String,
+    /// No graceful step: cut or reset the power at once (off, reset, cycle).
+    #[arg(long)]
+    pub force: bool,
+    /// How long a graceful shutdown may take before the power is cut [default: 60s].
+    #[arg(long, value_name = "DUR", value_parser = times::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// The device to boot from next (on, reset, cycle).
+    #[arg(long, value_parser = ["pxe", "disk"])]
+    pub boot: Option<String>,
+    /// Really do it (without it: a dry run, except for status).
+    #[arg(long)]
+    pub for_real: bool,
+    /// Print the action's final JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 fn parse_service_op(s: &str) -> Result<ServiceOp, String> {
     s.parse()
 }
@@ -424,6 +466,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
     match command {
         Command::Exec(args) => commands::exec(&client, &args),
         Command::Service(args) => commands::service(&client, &args),
+        Command::Power(args) => commands::power(&client, &args),
         Command::Actions {
             id,
             watch,
@@ -556,6 +599,7 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
         Command::Nodeset(_)
         | Command::Exec(_)
         | Command::Service(_)
+        | Command::Power(_)
         | Command::Actions { .. }
         | Command::Cancel { .. }
         | Command::Audit { .. }

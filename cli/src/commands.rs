@@ -5,7 +5,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use banyan_protocol::action::{
-    validate_order_id, validate_unit_name, ExecTask, ServiceTask, Task, DEFAULT_MAX_OUTPUT,
+    validate_order_id, validate_unit_name, ExecTask, PowerOp, PowerTask, ServiceTask, Task,
+    DEFAULT_MAX_OUTPUT,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -13,7 +14,7 @@ use serde_json::{json, Value};
 use crate::actions::{render_action, render_list, Action, Layout, Outcome, Started, Summary};
 use crate::admin::{self, AuditLine, GroupInfo, TokenInfo, Verified};
 use crate::api::{segment, Auth, CliError, Client, EXIT_OK};
-use crate::app::{ExecArgs, ServiceArgs};
+use crate::app::{ExecArgs, PowerArgs, ServiceArgs};
 use crate::escape::one_line;
 use crate::follow::{follow, LivePrinter, OnInterrupt, Progress};
 use crate::{nodes, times};
@@ -80,6 +81,40 @@ pub fn service(client: &Client, args: &ServiceArgs) -> Result<u8, CliError> {
         task,
         args.for_real,
         args.timeout,
+        args.json,
+        Layout::Grouped,
+    )
+}
+
+/// `banyan power`: `status` reads, and is carried out without --for-real.
+pub fn power(client: &Client, args: &PowerArgs) -> Result<u8, CliError> {
+    let op = match args.op.as_str() {
+        "status" => PowerOp::Status,
+        "on" => PowerOp::On,
+        "off" => PowerOp::Off,
+        "reset" => PowerOp::Reset,
+        "cycle" => PowerOp::Cycle,
+        other => {
+            return Err(CliError::Usage(format!(
+                "unknown power operation {other:?}"
+            )))
+        }
+    };
+    let task = Task::Power(PowerTask {
+        op,
+        force: args.force,
+        grace_ms: args
+            .timeout
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        boot: args.boot.clone(),
+    });
+    let for_real = args.for_real || op == PowerOp::Status;
+    start(
+        client,
+        &args.nodes,
+        task,
+        for_real,
+        None,
         args.json,
         Layout::Grouped,
     )

@@ -55,6 +55,8 @@ pub enum Task {
     Service(ServiceTask),
     /// Stop carrying out the order `id` (its running command is killed).
     Cancel { id: String },
+    /// Ask or change the power of nodes through their BMCs (carried out by the root).
+    Power(PowerTask),
 }
 
 impl Task {
@@ -64,6 +66,7 @@ impl Task {
             Task::Exec(_) => "exec",
             Task::Service(_) => "service",
             Task::Cancel { .. } => "cancel",
+            Task::Power(_) => "power",
         }
     }
 
@@ -73,7 +76,72 @@ impl Task {
             Task::Exec(e) => e.validate(),
             Task::Service(s) => s.validate(),
             Task::Cancel { id } => validate_order_id(id),
+            Task::Power(p) => p.validate(),
         }
+    }
+}
+
+/// What to do with a node's power.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerOp {
+    /// The BMC's power state beside the agent's state in the tree; changes nothing.
+    Status,
+    On,
+    /// Graceful shutdown, forced when the grace time passes (at once with `force`).
+    Off,
+    /// Graceful restart, or a forced reset with `force`.
+    Reset,
+    /// Off, then on.
+    Cycle,
+}
+
+impl PowerOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerOp::Status => "status",
+            PowerOp::On => "on",
+            PowerOp::Off => "off",
+            PowerOp::Reset => "reset",
+            PowerOp::Cycle => "cycle",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PowerTask {
+    pub op: PowerOp,
+    /// No graceful step: cut or reset the power at once.
+    #[serde(default)]
+    pub force: bool,
+    /// How long a graceful shutdown may take before the power is cut (ms).
+    #[serde(default)]
+    pub grace_ms: Option<u64>,
+    /// The device to boot from next: `pxe` or `disk` (with on, reset, cycle).
+    #[serde(default)]
+    pub boot: Option<String>,
+}
+
+impl PowerTask {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(b) = &self.boot {
+            if b != "pxe" && b != "disk" {
+                return Err(format!("boot device {b:?}: pxe or disk"));
+            }
+            if matches!(self.op, PowerOp::Status | PowerOp::Off) {
+                return Err(format!(
+                    "--boot goes with on, reset or cycle, not {}",
+                    self.op.as_str()
+                ));
+            }
+        }
+        if self.force && matches!(self.op, PowerOp::Status | PowerOp::On) {
+            return Err(format!(
+                "--force goes with off, reset or cycle, not {}",
+                self.op.as_str()
+            ));
+        }
+        Ok(())
     }
 }
 

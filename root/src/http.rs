@@ -169,7 +169,7 @@ fn up(s: Status) -> bool {
     s.is_live()
 }
 
-fn status_word(s: Status) -> &'static str {
+pub(crate) fn status_word(s: Status) -> &'static str {
     match s {
         Status::Attached => "up",
         Status::Pending { .. } => "joining",

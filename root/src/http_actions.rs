@@ -209,7 +209,22 @@ async fn start_action(
         return Err(bad("cancel an action with DELETE /actions/ID".into()));
     }
     req.task.validate().map_err(&bad)?;
-    let timeout_ms = req.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    // Power: the BMC config is read now (edits apply to the next action) and must be usable.
+    let bmcs = match &req.task {
+        Task::Power(_) => {
+            Some(crate::bmcconf::BmcConfig::load(&api.state_dir).map_err(|e| bad(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let timeout_ms = match &req.task {
+        // The grace time is the caller's timeout; the action lasts that and the forced change.
+        Task::Power(p) => {
+            let mut p = p.clone();
+            p.grace_ms = p.grace_ms.or(req.timeout_ms);
+            u64::try_from(crate::power::action_timeout(&p).as_millis()).unwrap_or(u64::MAX)
+        }
+        _ => req.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+    };
     if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
         return Err(bad(format!(
             "timeout_ms {timeout_ms} is out of range: 1 ms to {MAX_TIMEOUT_MS} ms"
@@ -303,6 +318,32 @@ async fn start_action(
             .collect::<BTreeMap<_, _>>(),
     };
     lock(&api.root.actions).start(record);
+    if let (Task::Power(task), Some(config)) = (&order.task, bmcs) {
+        let mut task = task.clone();
+        task.grace_ms = task.grace_ms.or(req.timeout_ms);
+        let agents = snap
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), crate::http::status_word(n.status)))
+            .collect();
+        let job = crate::power::PowerJob {
+            id: id.clone(),
+            task,
+            for_real: order.for_real,
+            targets: names,
+            agents,
+            config,
+            deadline: std::time::Instant::now() + Duration::from_millis(timeout_ms),
+        };
+        tokio::spawn(crate::power::run(api.clone(), job));
+        tracing::info!(action = %id, who = %principal.name, targets = %folded, for_real = order.for_real, kind = "power", "action started");
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({"id": id, "targets": folded, "count": targets.len(), "for_real": order.for_real}),
+            ),
+        ));
+    }
     if !api
         .root
         .start_action(id.clone(), names, sealed, deadline_ms)

@@ -17,6 +17,7 @@ pub mod http;
 pub mod http_actions;
 pub mod jobs;
 pub mod placement;
+pub mod power;
 pub mod registry;
 pub mod state;
 pub mod tokens;
