@@ -640,32 +640,16 @@ impl Cluster {
             bail!("agent {name} is already running");
         }
         let log = self.log_path(&name, slot.starts + 1);
-        let (state_dir, metrics_file) = (slot.state_dir.clone(), slot.metrics_file.clone());
-        let root = self.mesh.to_string();
-        let mut args = vec![
-            "--name",
-            &name,
-            "--root",
-            &root,
-            "--token",
-            &self.join_token,
-            "--state-dir",
-            path_str(&state_dir)?,
-            "--metrics-file",
-            path_str(&metrics_file)?,
-            "--period",
-            &self.opts.period,
-        ];
-        let config_file = self.dir.join(format!("{name}.agent.toml"));
         if let Some(template) = &self.opts.agent_config {
+            let config_file = self.agent_config_file(i);
             let text = template
                 .replace("{name}", &name)
                 .replace("{dir}", path_str(&self.dir)?);
             fs::write(&config_file, text)
                 .with_context(|| format!("writing {}", config_file.display()))?;
-            args.push("--config");
-            args.push(path_str(&config_file)?);
         }
+        let args = self.agent_args(i)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut envs = Vec::new();
         if let Some(filter) = &self.opts.log_filter {
             envs.push(("BANYAN_LOG", filter.as_str()));
@@ -676,6 +660,56 @@ impl Cluster {
         slot.pid = Some(pid);
         slot.starts += 1;
         Ok(())
+    }
+
+    fn agent_config_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.agent.toml", self.name(i)))
+    }
+
+    /// Agent `i`'s arguments: its name, the root, the join token, its state dir, metrics file,
+    /// period and config file.
+    fn agent_args(&self, i: usize) -> Result<Vec<String>> {
+        let slot = self.agent(i)?;
+        let mut args = vec![
+            "--name".to_owned(),
+            self.name(i).to_owned(),
+            "--root".to_owned(),
+            self.mesh.to_string(),
+            "--token".to_owned(),
+            self.join_token.clone(),
+            "--state-dir".to_owned(),
+            path_str(&slot.state_dir)?.to_owned(),
+            "--metrics-file".to_owned(),
+            path_str(&slot.metrics_file)?.to_owned(),
+            "--period".to_owned(),
+            self.opts.period.clone(),
+        ];
+        if self.opts.agent_config.is_some() {
+            args.push("--config".to_owned());
+            args.push(path_str(&self.agent_config_file(i))?.to_owned());
+        }
+        Ok(args)
+    }
+
+    /// The command that runs agent `i` on its host exactly as the harness does (same name, state
+    /// dir, metrics file, config and `BANYAN_LOG`), as a program and its arguments:
+    /// `scripts/testnet exec HOST env [BANYAN_LOG=..] banyan-agent ARGS`. For a test that runs the
+    /// agent under something else, an emulated BMC's power say, after [`Cluster::terminate_agent`]
+    /// (the harness then counts it as stopped, not as failed). Its config file, if any, is the one
+    /// the harness wrote when it first started the agent.
+    pub fn agent_command_line(&self, i: usize) -> Result<Vec<String>> {
+        let mut cmd = vec![
+            path_str(&crate::testnet::script())?.to_owned(),
+            "exec".to_owned(),
+            self.name(i).to_owned(),
+            "env".to_owned(),
+        ];
+        if let Some(filter) = &self.opts.log_filter {
+            cmd.push(format!("BANYAN_LOG={filter}"));
+        }
+        cmd.push(path_str(&self.bins.agent)?.to_owned());
+        cmd.extend(self.agent_args(i)?);
+        Ok(cmd)
     }
 
     /// Kills agent `i` with SIGKILL, as a crash would.
