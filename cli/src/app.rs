@@ -305,12 +305,13 @@ pub struct ServiceArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 `status` shows each node's power as its BMC says beside its agent's state in the tree, and changes
-nothing. `off` asks for a graceful shutdown and cuts the power when --timeout passes (at once with
+nothing; `check` proves the configuration: each BMC reached, credentials accepted, system found. `off` asks for a graceful shutdown and cuts the power when --timeout passes (at once with
 --force); `reset` restarts gracefully (--force: at once); `cycle` is off then on. Nodes already in
 the asked state succeed without a BMC call. A dry run (no --for-real) makes no BMC call at all.
 
 Examples:
   banyan power status @rack1
+  banyan power check '@*'
   banyan power off 'cn[1-4]' --for-real --timeout 2m
   banyan power on 'cn[1-4]' --boot pxe --for-real
   banyan power cycle cn12 --force --for-real
@@ -319,8 +320,8 @@ Exit status: 0 every target succeeded, 1 some failed, 2 bad command line (or a n
 BMC config the root found bad), 3 refused (no token, or the token may not do this), 4 the root is
 unreachable, 130 interrupted (the action goes on).")]
 pub struct PowerArgs {
-    /// status, on, off, reset or cycle.
-    #[arg(value_name = "OP", value_parser = ["status", "on", "off", "reset", "cycle"])]
+    /// status, check, on, off, reset or cycle.
+    #[arg(value_name = "OP", value_parser = ["status", "check", "on", "off", "reset", "cycle"])]
     pub op: String,
     /// The targets: `cn[1-4]`, `@rack1`.
     #[arg(value_name = "NODESET")]

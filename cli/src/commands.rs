@@ -86,10 +86,11 @@ pub fn service(client: &Client, args: &ServiceArgs) -> Result<u8, CliError> {
     )
 }
 
-/// `banyan power`: `status` reads, and is carried out without --for-real.
+/// `banyan power`: `status` and `check` read, and are carried out without --for-real.
 pub fn power(client: &Client, args: &PowerArgs) -> Result<u8, CliError> {
     let op = match args.op.as_str() {
         "status" => PowerOp::Status,
+        "check" => PowerOp::Check,
         "on" => PowerOp::On,
         "off" => PowerOp::Off,
         "reset" => PowerOp::Reset,
@@ -108,7 +109,7 @@ pub fn power(client: &Client, args: &PowerArgs) -> Result<u8, CliError> {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         boot: args.boot.clone(),
     });
-    let for_real = args.for_real || op == PowerOp::Status;
+    let for_real = args.for_real || matches!(op, PowerOp::Status | PowerOp::Check);
     start(
         client,
         &args.nodes,

@@ -87,6 +87,9 @@ impl Task {
 pub enum PowerOp {
     /// The BMC's power state beside the agent's state in the tree; changes nothing.
     Status,
+    /// Whether the configuration works: each BMC reachable, the credentials accepted, the
+    /// system found, the resets it offers; changes nothing.
+    Check,
     On,
     /// Graceful shutdown, forced when the grace time passes (at once with `force`).
     Off,
@@ -100,6 +103,7 @@ impl PowerOp {
     pub fn as_str(self) -> &'static str {
         match self {
             PowerOp::Status => "status",
+            PowerOp::Check => "check",
             PowerOp::On => "on",
             PowerOp::Off => "off",
             PowerOp::Reset => "reset",
@@ -128,14 +132,14 @@ impl PowerTask {
             if b != "pxe" && b != "disk" {
                 return Err(format!("boot device {b:?}: pxe or disk"));
             }
-            if matches!(self.op, PowerOp::Status | PowerOp::Off) {
+            if matches!(self.op, PowerOp::Status | PowerOp::Check | PowerOp::Off) {
                 return Err(format!(
                     "--boot goes with on, reset or cycle, not {}",
                     self.op.as_str()
                 ));
             }
         }
-        if self.force && matches!(self.op, PowerOp::Status | PowerOp::On) {
+        if self.force && matches!(self.op, PowerOp::Status | PowerOp::Check | PowerOp::On) {
             return Err(format!(
                 "--force goes with off, reset or cycle, not {}",
                 self.op.as_str()

@@ -7,6 +7,8 @@
 //! action, then hands it here instead of sending an order down the tree, because the BMC network
 //! is reached from the root. What a target does:
 //!
+//! - `check`: the BMC reached, the credentials accepted, the system found, and the resets it
+//!   offers: what an operator runs after editing `root.toml`.
 //! - `status`: the BMC's power state beside the agent's state in the tree, with a word when they
 //!   disagree (BMC Off but the agent up: the BMC mapping is wrong; On but the agent lost: hung).
 //! - `on`, `off`, `reset`, `cycle`: a node already in the asked state succeeds without a call;
@@ -57,7 +59,7 @@ pub struct PowerJob {
 /// How long a power action may run: the grace time and the forced change after it.
 pub fn action_timeout(task: &PowerTask) -> Duration {
     match task.op {
-        PowerOp::Status => Duration::from_secs(30),
+        PowerOp::Status | PowerOp::Check => Duration::from_secs(30),
         _ => task
             .grace_ms
             .map_or(DEFAULT_GRACE, Duration::from_millis)
@@ -79,7 +81,7 @@ pub async fn run(api: Api, job: PowerJob) {
                 Err(_) => NodeResult::refused("the root is stopping"),
             };
             let result = NodeResult {
-                dry_run: !job.for_real && job.task.op != PowerOp::Status,
+                dry_run: !job.for_real && !reads_only(job.task.op),
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 ..result
             };
@@ -143,7 +145,7 @@ async fn one(api: &Api, job: &PowerJob, node: &str) -> NodeResult {
         target.endpoint.protocol,
         target.endpoint.address()
     );
-    if !job.for_real && job.task.op != PowerOp::Status {
+    if !job.for_real && !reads_only(job.task.op) {
         return NodeResult {
             ok: true,
             summary: format!("would {} through {via}", plan(&job.task)),
@@ -154,6 +156,23 @@ async fn one(api: &Api, job: &PowerJob, node: &str) -> NodeResult {
         Ok(b) => b,
         Err(e) => return NodeResult::refused(e.to_string()),
     };
+    if job.task.op == PowerOp::Check {
+        return match bmc.check().await {
+            Ok(r) => {
+                let resets: Vec<&str> = r.resets.iter().map(|k| k.as_str()).collect();
+                NodeResult {
+                    ok: true,
+                    summary: format!(
+                        "{via}: credentials accepted, system {}, power {}",
+                        r.system, r.power
+                    ),
+                    stdout: format!("BMC reached, offers {}\n", resets.join(", ")),
+                    ..NodeResult::default()
+                }
+            }
+            Err(e) => NodeResult::refused(e.to_string()),
+        };
+    }
     let now = match bmc.power_state().await {
         Ok(s) => s,
         Err(e) => return NodeResult::refused(e.to_string()),
@@ -173,6 +192,11 @@ async fn one(api: &Api, job: &PowerJob, node: &str) -> NodeResult {
     }
 }
 
+/// Operations that change nothing: carried out even without `for_real`.
+pub fn reads_only(op: PowerOp) -> bool {
+    matches!(op, PowerOp::Status | PowerOp::Check)
+}
+
 /// What the action would do, in words.
 fn plan(task: &PowerTask) -> String {
     let grace = task.grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis);
@@ -183,6 +207,7 @@ fn plan(task: &PowerTask) -> String {
         .unwrap_or_default();
     match (task.op, task.force) {
         (PowerOp::Status, _) => "read the power state".into(),
+        (PowerOp::Check, _) => "check the BMC".into(),
         (PowerOp::On, _) => format!("power on{boot}"),
         (PowerOp::Off, true) => "cut the power (ForceOff)".into(),
         (PowerOp::Off, false) => format!(
@@ -241,7 +266,7 @@ async fn change(
     };
     let wait = |want: PowerState, until: Instant| wait_for(api, &job.id, bmc, want, until);
     match task.op {
-        PowerOp::Status => Ok(now.to_string()),
+        PowerOp::Status | PowerOp::Check => Ok(now.to_string()),
         PowerOp::On | PowerOp::Off if *now == want_of(task.op) => Ok(format!("already {now}")),
         PowerOp::On => {
             if let Some(b) = boot {

@@ -138,6 +138,19 @@ system_id = "{{name}}"
             "the wrong password is not named for {four}:\n{out}"
         );
 
+        // check: every BMC reached with the credentials accepted, but the fourth's.
+        let (out, ok) = cli(c, &admin, &["check", &set(&names), "--json"])?;
+        ensure!(!ok, "check passed with a wrong password:\n{out}");
+        let v = first_json(&out)?;
+        for n in &good {
+            let summary = v["targets"][n]["result"]["summary"].as_str().unwrap_or("");
+            ensure!(
+                v["targets"][n]["state"] == "ok" && summary.contains("credentials accepted"),
+                "{n}: {v}"
+            );
+        }
+        ensure!(v["targets"][four]["state"] == "failed", "{v}");
+
         // A dry run calls no BMC.
         let before = posts(&sushy);
         let (out, ok) = cli(c, &admin, &["on", &set(&good)])?;
