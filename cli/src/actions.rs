@@ -506,7 +506,7 @@ pub(crate) mod tests {
     #[test]
     fn unknown_fields_and_kinds_do_not_break_the_cli() {
         let a: Action = serde_json::from_value(json!({
-            "id": "00000000000000aa", "kind": "power", "task": {"power": {"op": "cycle"}},
+            "id": "00000000000000aa", "kind": "teleport", "task": {"teleport": {"to": "mars"}},
             "state": "later", "targets": {"n1": {"state": "weird", "extra": 1}}, "new": true
         }))
         .unwrap();
