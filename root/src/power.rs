@@ -38,6 +38,10 @@ use tracing::{info, warn};
 pub const MAX_SESSIONS: usize = 32;
 /// How often a BMC is asked for its state while a change is awaited.
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How long a powered-off node's agent is given to be seen gone from the tree (its parent notices
+/// the silence within 3 s).
+const AGENT_LEAVES: Duration = Duration::from_secs(15);
+const AGENT_POLL: Duration = Duration::from_millis(500);
 /// Grace time of a shutdown when the caller gives none.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 /// Time given, after the grace time, to a forced change to show.
@@ -182,13 +186,48 @@ async fn one(api: &Api, job: &PowerJob, node: &str) -> NodeResult {
     }
     let changed = change(api, job, bmc.as_ref(), &now).await;
     match changed {
-        Ok(summary) => NodeResult {
-            ok: true,
-            summary,
-            stdout: format!("BMC {}, agent {agent}\n", want_of(job.task.op)),
-            ..NodeResult::default()
-        },
+        Ok(summary) => {
+            // The tree's side of it: an agent leaves with its node's power, and comes back.
+            let off = job.task.op == PowerOp::Off;
+            let until = if off {
+                (Instant::now() + AGENT_LEAVES).min(job.deadline)
+            } else {
+                job.deadline
+            };
+            let agent = agent_after(api, node, !off, until).await;
+            let said = match (off, agent) {
+                (true, "up") => "; the agent is still up: check this node's BMC address".into(),
+                (true, a) => format!(", agent {a}"),
+                (false, "up") => ", agent up".into(),
+                (false, a) => format!("; the agent is not back in the tree yet ({a})"),
+            };
+            NodeResult {
+                ok: true,
+                summary: format!("{summary}{said}"),
+                stdout: format!("BMC {}, agent {agent}\n", want_of(job.task.op)),
+                ..NodeResult::default()
+            }
+        }
         Err(why) => NodeResult::refused(why),
+    }
+}
+
+/// Waits until `node`'s agent is up in the tree (`up`) or is not (`!up`), or `until` passes;
+/// its state then.
+async fn agent_after(api: &Api, node: &str, up: bool, until: Instant) -> &'static str {
+    loop {
+        let word = match crate::http::snapshot_of(api).await {
+            Ok(snap) => snap
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .map_or("unknown", |n| crate::http::status_word(n.status)),
+            Err(_) => "unknown",
+        };
+        if (word == "up") == up || Instant::now() + AGENT_POLL > until {
+            return word;
+        }
+        tokio::time::sleep(AGENT_POLL).await;
     }
 }
 

@@ -194,12 +194,12 @@ system_id = "{{name}}"
         let v = first_json(&out)?;
         for n in &good[..2] {
             ensure!(
-                v["targets"][n]["result"]["summary"] == "already On",
+                v["targets"][n]["result"]["summary"] == "already On, agent up",
                 "{n} was powered on again: {v}"
             );
         }
         ensure!(
-            v["targets"][&good[2]]["result"]["summary"] == "powered on",
+            v["targets"][&good[2]]["result"]["summary"] == "powered on, agent up",
             "{v}"
         );
         let (out, ok) = cli(c, &admin, &["off", one, "--force", "--for-real"])?;
@@ -341,7 +341,12 @@ fn ipmi_power_stops_and_starts_the_nodes_real_agents() -> Result<()> {
             let node = &names[off];
             let (out, ok) = cli(c, &admin, &["off", node, "--force", "--for-real", "--json"])?;
             ensure!(ok, "{out}");
-            ensure!(summary_of(&out, node)? == "powered off (forced)", "{out}");
+            let summary = summary_of(&out, node)?;
+            ensure!(
+                summary.starts_with("powered off (forced), agent ")
+                    && !summary.contains("still up"),
+                "{summary}: {out}"
+            );
             ensure!(
                 sims[off].node_pid().is_none(),
                 "{node}'s agent still runs after its power was cut"
@@ -373,7 +378,10 @@ fn ipmi_power_stops_and_starts_the_nodes_real_agents() -> Result<()> {
             // counts after its boot adds to it.
             let (out, ok) = cli(c, &admin, &["on", node, "--for-real", "--json"])?;
             ensure!(ok, "{out}");
-            ensure!(summary_of(&out, node)? == "powered on", "{out}");
+            ensure!(
+                summary_of(&out, node)? == "powered on, agent up",
+                "the result does not say the agent is back: {out}"
+            );
             ensure!(
                 sims[off].node_pid().is_some(),
                 "powering {node} on started no agent"
