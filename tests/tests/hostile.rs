@@ -1627,22 +1627,7 @@ fn a_certified_node_cannot_forge_another_nodes_answer() {
         }));
     }
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let action = loop {
-        let (status, a) = http(
-            cluster.http,
-            "GET",
-            &format!("/actions/{id}?wait_ms=5000"),
-            None,
-            None,
-        )
-        .expect("GET /actions/ID");
-        assert_eq!(status, 200, "{a}");
-        if a["state"] != "running" {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "the action never ended: {a}");
-    };
+    let action = wait_action(&cluster, &id);
     let t = &action["targets"][victim];
     assert_eq!(t["state"], "ok", "{action}");
     assert_eq!(
