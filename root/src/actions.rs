@@ -63,7 +63,7 @@ pub struct LiveOutput {
     pub next: u32,
 }
 
-/// Most live output kept per target and stream; the result has the rest (up to its own cap).
+/// Most live output kept per target and stream, whatever the task's cap; the result has the rest.
 pub const LIVE_OUTPUT_MAX: usize = 4 << 20;
 
 /// An action as the API shows it (`GET /actions/ID`).
@@ -281,15 +281,22 @@ impl ActionBook {
         if t.state != TargetPhase::Pending {
             return;
         }
+        // No more than the task's own cap: a node sends only what it keeps for its result.
+        let cap = match &r.task {
+            Task::Exec(e) if e.stream => {
+                usize::try_from(e.max_output).map_or(LIVE_OUTPUT_MAX, |c| c.min(LIVE_OUTPUT_MAX))
+            }
+            _ => return,
+        };
         let live = t.live.get_or_insert_with(LiveOutput::default);
         if lines.seq != live.next {
             return;
         }
         live.next += 1;
-        if live.stdout.len() + lines.stdout.len() <= LIVE_OUTPUT_MAX {
+        if live.stdout.len() + lines.stdout.len() <= cap {
             live.stdout.push_str(&lines.stdout);
         }
-        if live.stderr.len() + lines.stderr.len() <= LIVE_OUTPUT_MAX {
+        if live.stderr.len() + lines.stderr.len() <= cap {
             live.stderr.push_str(&lines.stderr);
         }
         r.version = version;
@@ -455,6 +462,54 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    fn lines(node: &str, seq: u32, out: &str) -> OutputLines {
+        OutputLines {
+            order: "00000000000000b1".into(),
+            node: node.into(),
+            seq,
+            stdout: out.into(),
+            stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn live_lines_are_taken_once_in_order_within_the_cap_until_the_result() {
+        let (mut book, _) = ActionBook::open(None, 0);
+        let mut r = record("00000000000000b1", &["cn1"]);
+        r.task = Task::Exec(banyan_protocol::action::ExecTask {
+            argv: vec!["x".into()],
+            shell: false,
+            user: None,
+            max_output: 8,
+            stream: true,
+        });
+        book.start(r);
+        let live = |b: &ActionBook| {
+            b.get("00000000000000b1").unwrap().targets["cn1"]
+                .live
+                .as_ref()
+                .map(|l| l.stdout.clone())
+        };
+        book.output("00000000000000b1", "cn1", lines("cn1", 0, "a\n"));
+        book.output("00000000000000b1", "cn1", lines("cn1", 0, "a\n")); // a repeat
+        book.output("00000000000000b1", "cn1", lines("cn1", 2, "c\n")); // after a lost one
+        assert_eq!(live(&book).as_deref(), Some("a\n"));
+        book.output("00000000000000b1", "cn1", lines("cn1", 1, "0123456789\n")); // past the cap
+        book.output("00000000000000b1", "cn1", lines("cn1", 2, "b\n"));
+        assert_eq!(live(&book).as_deref(), Some("a\nb\n"));
+        book.answer("00000000000000b1", "cn1", Ok(ok()));
+        assert_eq!(live(&book), None, "the result replaces the live lines");
+        book.output("00000000000000b1", "cn1", lines("cn1", 3, "late\n"));
+        assert_eq!(live(&book), None, "lines after the result were taken");
+
+        // A task that does not stream takes no lines.
+        book.start(record("00000000000000b2", &["cn1"]));
+        book.output("00000000000000b2", "cn1", lines("cn1", 0, "a\n"));
+        assert!(book.get("00000000000000b2").unwrap().targets["cn1"]
+            .live
+            .is_none());
     }
 
     fn ok() -> NodeResult {
