@@ -80,10 +80,7 @@ pub async fn run(api: Api, job: PowerJob) {
         let (api, job, sessions) = (api.clone(), job.clone(), sessions.clone());
         tasks.spawn(async move {
             let started = Instant::now();
-            let result = match sessions.acquire().await {
-                Ok(_permit) => one(&api, &job, &node).await,
-                Err(_) => NodeResult::refused("the root is stopping"),
-            };
+            let result = one(&api, &job, &node, &sessions).await;
             let result = NodeResult {
                 dry_run: !job.for_real && !reads_only(job.task.op),
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -124,7 +121,8 @@ fn cancelled(api: &Api, id: &str) -> bool {
 }
 
 /// One target, start to end.
-async fn one(api: &Api, job: &PowerJob, node: &str) -> NodeResult {
+/// A BMC session is held only while the BMC is talked to, not while the agent is awaited.
+async fn one(api: &Api, job: &PowerJob, node: &str, sessions: &Semaphore) -> NodeResult {
     let agent = job.agents.get(node).copied().unwrap_or("unknown");
     let target = match job.config.resolve(node) {
         Ok(t) => t,
@@ -156,6 +154,9 @@ async fn one(api: &Api, job: &PowerJob, node: &str) -> NodeResult {
             ..NodeResult::default()
         };
     }
+    let Ok(session) = sessions.acquire().await else {
+        return NodeResult::refused("the root is stopping");
+    };
     let bmc = match bmc::connect(target.endpoint.clone()) {
         Ok(b) => b,
         Err(e) => return NodeResult::refused(e.to_string()),
@@ -185,6 +186,7 @@ async fn one(api: &Api, job: &PowerJob, node: &str) -> NodeResult {
         return status(&now, agent);
     }
     let changed = change(api, job, bmc.as_ref(), &now).await;
+    drop(session);
     match changed {
         Ok(summary) => {
             // The tree's side of it: an agent leaves with its node's power, and comes back.
