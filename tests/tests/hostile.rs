@@ -1402,6 +1402,23 @@ async fn attach_with_channel(
     Ok((conn, tx))
 }
 
+/// Starts `argv` for real on `node` as the admin; the action's id.
+fn start_exec(cluster: &Cluster, node: &str, argv: &[&str]) -> String {
+    let body = serde_json::json!({"nodes": node, "for_real": true, "timeout_ms": 20000,
+        "task": {"exec": {"argv": argv}}})
+    .to_string();
+    let (status, started) = http(
+        cluster.http,
+        "POST",
+        "/actions",
+        Some(&cluster.admin),
+        Some(&body),
+    )
+    .expect("POST /actions");
+    assert_eq!(status, 202, "{started}");
+    started["id"].as_str().expect("an action id").to_string()
+}
+
 /// Waits for an action to end and answers its JSON.
 fn wait_action(cluster: &Cluster, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1531,19 +1548,7 @@ fn a_certified_node_cannot_claim_nodes_it_does_not_hold() {
         thread::sleep(Duration::from_millis(200));
     }
 
-    let body = serde_json::json!({"nodes": victim, "for_real": true, "timeout_ms": 20000,
-        "task": {"exec": {"argv": ["echo", "genuine"]}}})
-    .to_string();
-    let (status, started) = http(
-        cluster.http,
-        "POST",
-        "/actions",
-        Some(&cluster.admin),
-        Some(&body),
-    )
-    .expect("POST /actions");
-    assert_eq!(status, 202, "{started}");
-    let id = started["id"].as_str().expect("an action id").to_string();
+    let id = start_exec(&cluster, victim, &["echo", "genuine"]);
     let action = wait_action(&cluster, &id);
     let t = &action["targets"][victim];
     assert_eq!(
@@ -1587,19 +1592,7 @@ fn a_certified_node_cannot_forge_another_nodes_answer() {
         .unwrap_or("good3");
     let mallory_signer = Signer::from_pem(&mallory.key_pem).expect("mallory's key");
 
-    let body = serde_json::json!({"nodes": victim, "for_real": true, "timeout_ms": 20000,
-        "task": {"exec": {"argv": ["sh", "-c", "sleep 2; echo genuine"]}}})
-    .to_string();
-    let (status, started) = http(
-        cluster.http,
-        "POST",
-        "/actions",
-        Some(&cluster.admin),
-        Some(&body),
-    )
-    .expect("POST /actions");
-    assert_eq!(status, 202, "{started}");
-    let id = started["id"].as_str().expect("an action id").to_string();
+    let id = start_exec(&cluster, victim, &["sh", "-c", "sleep 2; echo genuine"]);
 
     let forged = mallory_signer
         .seal(
