@@ -233,10 +233,15 @@ impl ActionBook {
         self.prune();
     }
 
-    /// A target's answer, already checked by the caller (a verified receipt's result, or the
-    /// reason there is none). Answers for a target that is not pending are ignored: the first
-    /// answer stands.
-    pub fn answer(&mut self, id: &str, node: &str, answer: Result<NodeResult, String>) {
+    /// Changes a pending target of action `id` with `f` (given the target, the task and whether a
+    /// cancel was asked); `f` answers whether it changed anything. Unknown actions and targets, and
+    /// targets that are not pending, are left alone: the first answer stands.
+    fn change_pending(
+        &mut self,
+        id: &str,
+        node: &str,
+        f: impl FnOnce(&mut TargetState, &Task, bool) -> bool,
+    ) {
         let version = self.version + 1;
         let Some(r) = self.records.get_mut(id) else {
             return;
@@ -244,80 +249,72 @@ impl ActionBook {
         let Some(t) = r.targets.get_mut(node) else {
             return;
         };
-        if t.state != TargetPhase::Pending {
+        if t.state != TargetPhase::Pending || !f(t, &r.task, r.cancel_requested) {
             return;
-        }
-        t.live = None;
-        match answer {
-            Ok(result) => {
-                t.state = if result.ok {
-                    TargetPhase::Ok
-                } else if r.cancel_requested && result.summary.contains("cancelled") {
-                    TargetPhase::Cancelled
-                } else {
-                    TargetPhase::Failed
-                };
-                t.result = Some(result);
-            }
-            Err(e) => {
-                t.state = TargetPhase::Failed;
-                t.error = Some(e);
-            }
         }
         r.version = version;
         self.bump();
+    }
+
+    /// A target's answer, already checked by the caller (a verified receipt's result, or the
+    /// reason there is none).
+    pub fn answer(&mut self, id: &str, node: &str, answer: Result<NodeResult, String>) {
+        self.change_pending(id, node, |t, _, cancel_requested| {
+            t.live = None;
+            match answer {
+                Ok(result) => {
+                    t.state = if result.ok {
+                        TargetPhase::Ok
+                    } else if cancel_requested && result.summary.contains("cancelled") {
+                        TargetPhase::Cancelled
+                    } else {
+                        TargetPhase::Failed
+                    };
+                    t.result = Some(result);
+                }
+                Err(e) => {
+                    t.state = TargetPhase::Failed;
+                    t.error = Some(e);
+                }
+            }
+            true
+        });
     }
 
     /// Lines a pending target printed (checked by the caller). A batch out of order (a repeat,
     /// or one after a lost one) is dropped: the result will carry it.
     pub fn output(&mut self, id: &str, node: &str, lines: OutputLines) {
-        let version = self.version + 1;
-        let Some(r) = self.records.get_mut(id) else {
-            return;
-        };
-        let Some(t) = r.targets.get_mut(node) else {
-            return;
-        };
-        if t.state != TargetPhase::Pending {
-            return;
-        }
-        // No more than the task's own cap: a node sends only what it keeps for its result.
-        let cap = match &r.task {
-            Task::Exec(e) if e.stream => {
-                usize::try_from(e.max_output).map_or(LIVE_OUTPUT_MAX, |c| c.min(LIVE_OUTPUT_MAX))
+        self.change_pending(id, node, |t, task, _| {
+            // No more than the task's own cap: a node sends only what it keeps for its result.
+            let cap = match task {
+                Task::Exec(e) if e.stream => usize::try_from(e.max_output)
+                    .map_or(LIVE_OUTPUT_MAX, |c| c.min(LIVE_OUTPUT_MAX)),
+                _ => return false,
+            };
+            let live = t.live.get_or_insert_with(LiveOutput::default);
+            if lines.seq != live.next {
+                return false;
             }
-            _ => return,
-        };
-        let live = t.live.get_or_insert_with(LiveOutput::default);
-        if lines.seq != live.next {
-            return;
-        }
-        live.next += 1;
-        if live.stdout.len() + lines.stdout.len() <= cap {
-            live.stdout.push_str(&lines.stdout);
-        }
-        if live.stderr.len() + lines.stderr.len() <= cap {
-            live.stderr.push_str(&lines.stderr);
-        }
-        r.version = version;
-        self.bump();
+            live.next += 1;
+            if live.stdout.len() + lines.stdout.len() <= cap {
+                live.stdout.push_str(&lines.stdout);
+            }
+            if live.stderr.len() + lines.stderr.len() <= cap {
+                live.stderr.push_str(&lines.stderr);
+            }
+            true
+        });
     }
 
-    /// An answer for a pending target that was not taken, and why.
+    /// An answer for a pending target that was not taken, and why (the last few are kept).
     pub fn refused_answer(&mut self, id: &str, node: &str, why: String) {
-        let version = self.version + 1;
-        let Some(r) = self.records.get_mut(id) else {
-            return;
-        };
-        let Some(t) = r.targets.get_mut(node) else {
-            return;
-        };
-        if t.state != TargetPhase::Pending || t.refused.len() >= 8 {
-            return;
-        }
-        t.refused.push(why);
-        r.version = version;
-        self.bump();
+        self.change_pending(id, node, |t, _, _| {
+            if t.refused.len() >= 8 {
+                return false;
+            }
+            t.refused.push(why);
+            true
+        });
     }
 
     /// The action is over: targets that never answered are unreachable. Returns the record for
