@@ -21,7 +21,13 @@
 //! status = ["/usr/local/bin/nova-alive"]              # optional: exit 0 = active
 //! pid_file = "/run/nova-compute.pid"
 //! user = "nova"                     # optional: run the commands as this user (default root)
+//!
+//! [bmc]
+//! gateway = true                    # this node talks to BMCs for the root (default false)
 //! ```
+//!
+//! A BMC gateway is a node on the BMC network (a management node) that makes the root's BMC calls
+//! for the nodes `root.toml` puts behind it; the BMC passwords it uses are files on this node.
 //!
 //! Units are configured under `[service.units.NAME]` rather than `[service.NAME]` so that a unit
 //! name can never be mistaken for a key of `[service]` (a unit called `allow`, or a misspelt
@@ -54,6 +60,15 @@ pub struct FileConfig {
 pub struct ActionsConfig {
     pub exec: ExecConfig,
     pub service: ServiceConfig,
+    pub bmc: BmcGatewayConfig,
+}
+
+/// `[bmc]`: whether this node makes BMC calls for the root.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BmcGatewayConfig {
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -257,6 +272,8 @@ struct RawFile {
     exec: ExecConfig,
     #[serde(default)]
     service: ServiceConfig,
+    #[serde(default)]
+    bmc: BmcGatewayConfig,
 }
 
 /// Reads the config at `path`, or at [`DEFAULT_PATH`] (where a missing file means the defaults).
@@ -294,6 +311,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, String> {
         actions: ActionsConfig {
             exec: raw.exec,
             service: raw.service,
+            bmc: raw.bmc,
         },
     })
 }

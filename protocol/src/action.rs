@@ -57,6 +57,9 @@ pub enum Task {
     Cancel { id: String },
     /// Ask or change the power of nodes through their BMCs (carried out by the root).
     Power(PowerTask),
+    /// One call to one BMC, made by a BMC gateway agent for the root (never asked through the
+    /// API: the root sends it while it carries out a [`Task::Power`]).
+    Bmc(BmcTask),
 }
 
 impl Task {
@@ -67,6 +70,7 @@ impl Task {
             Task::Service(_) => "service",
             Task::Cancel { .. } => "cancel",
             Task::Power(_) => "power",
+            Task::Bmc(_) => "bmc",
         }
     }
 
@@ -77,6 +81,7 @@ impl Task {
             Task::Service(s) => s.validate(),
             Task::Cancel { id } => validate_order_id(id),
             Task::Power(p) => p.validate(),
+            Task::Bmc(b) => b.validate(),
         }
     }
 }
@@ -144,6 +149,75 @@ impl PowerTask {
                 "--force goes with off, reset or cycle, not {}",
                 self.op.as_str()
             ));
+        }
+        Ok(())
+    }
+}
+
+/// One call a BMC gateway agent makes to one node's BMC, for the root. The BMC's address comes
+/// from the root's `root.toml`; its password and CA files are paths on the gateway, read there
+/// (a password never travels through the tree).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BmcTask {
+    /// The node whose BMC this is (for messages, and Redfish system discovery).
+    pub node: String,
+    /// `redfish` or `ipmi`.
+    pub protocol: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// On the gateway: owner-only, first line the password.
+    pub password_file: String,
+    /// Redfish: `https` (with `ca_file` or `insecure`) or `http`.
+    #[serde(default)]
+    pub scheme: String,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub system_id: Option<String>,
+    /// Longest time the call may take (ms).
+    pub timeout_ms: u64,
+    pub call: BmcCall,
+}
+
+/// What a [`BmcTask`] asks of the BMC.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum BmcCall {
+    /// The power state now.
+    PowerState,
+    /// Whether the BMC answers and takes the credentials.
+    Check,
+    /// A reset, named as Redfish names them (`On`, `ForceOff`, `GracefulShutdown`, ...).
+    Reset(String),
+    /// The device to boot from next (`pxe`, `disk`).
+    NextBoot(String),
+}
+
+impl BmcCall {
+    /// Whether the call changes the node (a dry run does not make it).
+    pub fn changes(&self) -> bool {
+        matches!(self, BmcCall::Reset(_) | BmcCall::NextBoot(_))
+    }
+}
+
+impl BmcTask {
+    pub fn validate(&self) -> Result<(), String> {
+        crate::identity::validate_node_name(&self.node).map_err(|e| e.to_string())?;
+        if self.protocol != "redfish" && self.protocol != "ipmi" {
+            return Err(format!(
+                "BMC protocol {:?}: redfish or ipmi",
+                truncate_for_error(&self.protocol)
+            ));
+        }
+        let bad_text = |t: &str| t.is_empty() || t.len() > 4096 || t.chars().any(char::is_control);
+        if bad_text(&self.host) || bad_text(&self.user) || bad_text(&self.password_file) {
+            return Err("a BMC task needs a host, a user and a password file".into());
+        }
+        if self.port == 0 || self.timeout_ms == 0 {
+            return Err("a BMC task needs a port and a timeout".into());
         }
         Ok(())
     }

@@ -10,7 +10,7 @@
 
 use banyan_protocol::action::{NodeResult, OutputLines, Task};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Actions kept in memory (and on disk): the most recent ones.
@@ -162,7 +162,13 @@ pub struct ActionBook {
     records: BTreeMap<String, ActionRecord>,
     changed: tokio::sync::watch::Sender<u64>,
     version: u64,
+    /// Orders the root sends for its own work (a BMC call through a gateway), by (order, node):
+    /// their answer goes to the waiting caller, not into a record.
+    waiters: HashMap<(String, String), Waiter>,
 }
+
+/// Where the answer to one of the root's own orders goes.
+pub type Waiter = tokio::sync::oneshot::Sender<Result<NodeResult, String>>;
 
 impl ActionBook {
     /// Opens the book kept in `<state>/actions/` (none: in memory). Actions that were running are
@@ -175,6 +181,7 @@ impl ActionBook {
             records: BTreeMap::new(),
             changed,
             version: 0,
+            waiters: HashMap::new(),
         };
         let mut interrupted = Vec::new();
         let Some(dir) = dir else {
@@ -256,9 +263,26 @@ impl ActionBook {
         self.bump();
     }
 
+    /// The answer of `node` to the root's own order `id` (sent outside any record): given to the
+    /// receiver once it comes, or the receiver fails when the order's deadline passes unanswered.
+    pub fn expect(
+        &mut self,
+        id: &str,
+        node: &str,
+    ) -> tokio::sync::oneshot::Receiver<Result<NodeResult, String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiters.insert((id.to_string(), node.to_string()), tx);
+        rx
+    }
+
     /// A target's answer, already checked by the caller (a verified receipt's result, or the
     /// reason there is none).
     pub fn answer(&mut self, id: &str, node: &str, answer: Result<NodeResult, String>) {
+        if let Some(waiter) = self.waiters.remove(&(id.to_string(), node.to_string())) {
+            // The caller may have given up waiting: nothing else wants the answer then.
+            let _ = waiter.send(answer);
+            return;
+        }
         self.change_pending(id, node, |t, _, cancel_requested| {
             t.live = None;
             match answer {
@@ -320,6 +344,8 @@ impl ActionBook {
     /// The action is over: targets that never answered are unreachable. Returns the record for
     /// the audit log.
     pub fn finish(&mut self, id: &str, now_ms: u64) -> Option<ActionRecord> {
+        // An own order past its deadline: its waiter hears that no answer came.
+        self.waiters.retain(|(order, _), _| order != id);
         let version = self.version + 1;
         let r = self.records.get_mut(id)?;
         if r.state != ActionState::Running {

@@ -12,6 +12,9 @@
 //! # port = 443                        # default 443 (https), 80 (scheme = "http"), 623 (ipmi)
 //! # system_id = "{name}"              # Redfish system id, a template too; default: discovered
 //! # gateway = "mgmt01"                # the agent that reaches these BMCs; default: the root
+//!                                     # (with a gateway, password_file and ca_file are absolute
+//!                                     # paths on the gateway, read there; its agent.toml has
+//!                                     # [bmc] gateway = true)
 //! # timeout = "10s"                   # longest time one BMC operation may take
 //!
 //! [[bmc]]
@@ -120,6 +123,7 @@ struct Section {
     port: u16,
     user: String,
     password: Secret,
+    password_file: PathBuf,
     tls: Tls,
     system_id: Option<Template>,
     gateway: Option<String>,
@@ -133,6 +137,9 @@ pub struct BmcTarget {
     pub endpoint: Endpoint,
     /// The agent that talks to this BMC, or `None` for the root itself.
     pub gateway: Option<String>,
+    /// Where the password is: on the root, or with a gateway on the gateway (whose agent reads
+    /// it; the endpoint's password is then empty, and its CA file a path there too).
+    pub password_file: PathBuf,
 }
 
 /// A `root.toml` that cannot be used.
@@ -244,6 +251,7 @@ impl BmcConfig {
                 timeout: section.timeout,
             },
             gateway: section.gateway.clone(),
+            password_file: section.password_file.clone(),
         })
     }
 }
@@ -275,6 +283,28 @@ fn check_section(raw: RawSection, dir: &Path) -> Result<Section, String> {
         RawProtocol::Redfish => Protocol::Redfish,
         RawProtocol::Ipmi => Protocol::Ipmi,
     };
+    let gateway = match raw.gateway {
+        Some(g) => {
+            banyan_protocol::identity::validate_node_name(&g)
+                .map_err(|e| format!("gateway = {g:?} is not an agent's name: {e}"))?;
+            Some(g)
+        }
+        None => None,
+    };
+    // Behind a gateway, the files are the gateway's: named absolutely, read there.
+    if let Some(g) = &gateway {
+        for (key, file) in [
+            ("password_file", Some(&raw.password_file)),
+            ("ca_file", raw.ca_file.as_ref()),
+        ] {
+            if let Some(f) = file.filter(|f| !f.is_absolute()) {
+                return Err(format!(
+                    "{key} = {:?}: behind gateway {g} it is a file on {g}: give its absolute path",
+                    f.display()
+                ));
+            }
+        }
+    }
     let nodes = match &raw.nodes {
         Some(expr) => {
             NodeSet::parse(expr).map_err(|e| format!("nodes = {expr:?} is not a node set: {e}"))?
@@ -360,7 +390,7 @@ fn check_section(raw: RawSection, dir: &Path) -> Result<Section, String> {
         }
         (Protocol::Redfish, _, Some(ca), false) => {
             let ca_file = dir.join(ca);
-            if !ca_file.is_file() {
+            if gateway.is_none() && !ca_file.is_file() {
                 return Err(format!("ca_file {} is not a file", ca_file.display()));
             }
             Tls::Verify { ca_file }
@@ -376,14 +406,10 @@ fn check_section(raw: RawSection, dir: &Path) -> Result<Section, String> {
     if raw.user.is_empty() || raw.user.starts_with('-') || raw.user.chars().any(char::is_control) {
         return Err(format!("user = {:?} is not a BMC user name", raw.user));
     }
-    let password = Secret::from_file(&dir.join(&raw.password_file)).map_err(|e| e.to_string())?;
-    let gateway = match raw.gateway {
-        Some(g) => {
-            banyan_protocol::identity::validate_node_name(&g)
-                .map_err(|e| format!("gateway = {g:?} is not an agent's name: {e}"))?;
-            Some(g)
-        }
-        None => None,
+    let password_file = dir.join(&raw.password_file);
+    let password = match gateway {
+        Some(_) => Secret::new(""),
+        None => Secret::from_file(&password_file).map_err(|e| e.to_string())?,
     };
     let timeout = match raw.timeout.as_deref() {
         Some(t) => parse_timeout(t).map_err(|e| format!("timeout = {t:?}: {e}"))?,
@@ -402,6 +428,7 @@ fn check_section(raw: RawSection, dir: &Path) -> Result<Section, String> {
         port,
         user: raw.user,
         password,
+        password_file,
         tls,
         system_id,
         gateway,
@@ -625,7 +652,6 @@ user = "admin"
 password_file = "pw"
 ca_file = "ca.pem"
 system_id = "{name}"
-gateway = "mgmt1"
 timeout = "5s"
 
 [[bmc]]
@@ -659,7 +685,7 @@ login1 = "10.9.0.11"
                 ca_file: dir.0.join("ca.pem")
             }
         );
-        assert_eq!(t.gateway.as_deref(), Some("mgmt1"));
+        assert_eq!(t.gateway, None);
         let t = config.resolve("r2n07").unwrap();
         assert_eq!(t.endpoint.host, "10.1.2.7");
         assert_eq!(t.endpoint.port, 6230);
@@ -751,6 +777,38 @@ login1 = "10.9.0.11"
             "[[bmc]]\nnodes = \"n[1-4]\"\naddress = \"{{name}}\"\n{BASE}\n[[bmc]]\nnodes = \"n4\"\naddress = \"{{name}}\"\n{BASE}"
         );
         assert!(error_of(&dir, &twice).contains("node n4 is also in [[bmc]] section 1"));
+    }
+
+    #[test]
+    fn files_behind_a_gateway_are_the_gateways() {
+        let dir = Dir::new("gw");
+        let head = "[[bmc]]\nnodes = \"n1\"\nprotocol = \"redfish\"\naddress = \"{name}\"\nuser = \"u\"\ngateway = \"mgmt1\"\n";
+        // Relative paths would mean the root's directory: refused, with what to give instead.
+        let err = error_of(
+            &dir,
+            &format!("{head}password_file = \"pw\"\ninsecure = true\n"),
+        );
+        assert!(err.contains("password_file = \"pw\": behind gateway mgmt1 it is a file on mgmt1: give its absolute path"), "{err}");
+        let err = error_of(
+            &dir,
+            &format!("{head}password_file = \"/etc/banyan/pw\"\nca_file = \"ca.pem\"\n"),
+        );
+        assert!(err.contains("ca_file = \"ca.pem\""), "{err}");
+        // Absolute paths are not read here (they are the gateway's): the config loads.
+        let c = dir
+            .parse(&format!(
+                "{head}password_file = \"/nonexistent/pw\"\nca_file = \"/nonexistent/ca.pem\"\n"
+            ))
+            .unwrap();
+        let t = c.resolve("n1").unwrap();
+        assert_eq!(t.gateway.as_deref(), Some("mgmt1"));
+        assert_eq!(t.password_file, PathBuf::from("/nonexistent/pw"));
+        assert_eq!(
+            t.endpoint.tls,
+            Tls::Verify {
+                ca_file: PathBuf::from("/nonexistent/ca.pem")
+            }
+        );
     }
 
     #[test]

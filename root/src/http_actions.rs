@@ -65,7 +65,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     banyan_agent::transport::unix_ms()
 }
 
@@ -208,6 +208,11 @@ async fn start_action(
     if matches!(req.task, Task::Cancel { .. }) {
         return Err(bad("cancel an action with DELETE /actions/ID".into()));
     }
+    if matches!(req.task, Task::Bmc(_)) {
+        return Err(bad(
+            "bmc tasks are sent by the root to BMC gateways; ask for a power action instead".into(),
+        ));
+    }
     req.task.validate().map_err(&bad)?;
     // Power: the BMC config is read now (edits apply to the next action) and must be usable.
     let bmcs = match &req.task {
@@ -330,6 +335,7 @@ async fn start_action(
             id: id.clone(),
             task,
             for_real: order.for_real,
+            who: principal.name.clone(),
             targets: names,
             agents,
             config,

@@ -9,6 +9,7 @@ pub mod actions;
 pub mod alarms;
 pub mod audit;
 pub mod bmcconf;
+pub mod bmcgateway;
 pub mod catalog;
 pub mod core;
 pub mod daemon;

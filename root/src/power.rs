@@ -17,12 +17,13 @@
 //!   (at once with `force`); `cycle` is the BMC's power cycle where it offers one, else off then on.
 //! - a dry run makes no BMC call at all: it says what would be done, through which BMC.
 //!
-//! Not here yet: agents named as BMC gateways (a node behind one fails with that reason), and
-//! the planned departure of a node's agent when its power goes off.
+//! A node whose `[[bmc]]` section names a `gateway` agent is driven the same way, each BMC call
+//! made by that agent ([`crate::bmcgateway`]).
 
 use crate::actions::{ActionRecord, ActionState};
 use crate::audit::AuditEvent;
-use crate::bmcconf::{BmcConfig, BmcTarget, NoBmc};
+use crate::bmcconf::{BmcConfig, NoBmc};
+use crate::bmcgateway::GatewayBmc;
 use crate::daemon::lock;
 use crate::http::Api;
 use banyan_agent::bmc::{self, Bmc, BootDevice, PowerState, ResetKind};
@@ -52,6 +53,8 @@ pub struct PowerJob {
     pub id: String,
     pub task: PowerTask,
     pub for_real: bool,
+    /// Who asked (named in the orders sent to BMC gateways).
+    pub who: String,
     pub targets: Vec<String>,
     /// Each target's agent in the tree (`up`, `joining`, `lost`, `stale`).
     pub agents: HashMap<String, &'static str>,
@@ -133,20 +136,27 @@ async fn one(api: &Api, job: &PowerJob, node: &str, sessions: &Semaphore) -> Nod
             ))
         }
     };
-    if let BmcTarget {
-        gateway: Some(g), ..
-    } = &target
-    {
-        return NodeResult::refused(format!(
-            "{node}'s BMC is reached through the agent {g}, and BMC gateways are not carried out yet: \
-             power it from the root's network (remove `gateway` from its [[bmc]] section)"
-        ));
+    let via = match &target.gateway {
+        Some(g) => format!(
+            "{} at {} through the gateway {g}",
+            target.endpoint.protocol,
+            target.endpoint.address()
+        ),
+        None => format!(
+            "{} at {}",
+            target.endpoint.protocol,
+            target.endpoint.address()
+        ),
+    };
+    if let Some(g) = &target.gateway {
+        // Checked now so that a dry run tells it too; each call checks again.
+        let word = job.agents.get(g).copied().unwrap_or("not in the tree");
+        if word != "up" {
+            return NodeResult::refused(format!(
+                "{node}: its BMC gateway, the agent {g}, is {word}: start that agent (or power this node from elsewhere)"
+            ));
+        }
     }
-    let via = format!(
-        "{} at {}",
-        target.endpoint.protocol,
-        target.endpoint.address()
-    );
     if !job.for_real && !reads_only(job.task.op) {
         return NodeResult {
             ok: true,
@@ -157,9 +167,12 @@ async fn one(api: &Api, job: &PowerJob, node: &str, sessions: &Semaphore) -> Nod
     let Ok(session) = sessions.acquire().await else {
         return NodeResult::refused("the root is stopping");
     };
-    let bmc = match bmc::connect(target.endpoint.clone()) {
-        Ok(b) => b,
-        Err(e) => return NodeResult::refused(e.to_string()),
+    let bmc: Arc<dyn Bmc> = match GatewayBmc::new(api.clone(), &target, &job.who, job.for_real) {
+        Some(through) => Arc::new(through),
+        None => match bmc::connect(target.endpoint.clone()) {
+            Ok(b) => b,
+            Err(e) => return NodeResult::refused(e.to_string()),
+        },
     };
     if job.task.op == PowerOp::Check {
         return match bmc.check().await {

@@ -8,6 +8,10 @@
 //! the test asserts final states, never times); a node already in the state succeeds without a
 //! call; a BMC with a wrong password and a node without a BMC fail alone, with their reason.
 //!
+//! Through a BMC gateway: BMCs reachable only inside one test host's namespace are powered
+//! through that host's agent (the root alone cannot reach them), and fail with the reason when
+//! that agent is down.
+//!
 //! And through IPMI, one `ipmi_sim` per node whose chassis is the node's real `banyan-agent`: a
 //! forced `off` kills the agent (the node leaves the tree, status says "BMC Off, agent lost"),
 //! `on` starts it again (it rejoins, the cluster's totals exact), `cycle` does both.
@@ -18,9 +22,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use banyan_tests::bmc::{
-    require, write_secret, IpmiOptions, IpmiSim, Scratch, Sushy, SushyOptions,
+    require, write_secret, IpmiOptions, IpmiSim, Scratch, Site, Sushy, SushyOptions,
 };
-use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster};
+use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster, ClusterOptions};
 use banyan_tests::support::http_request;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -450,5 +454,119 @@ fn ipmi_power_stops_and_starts_the_nodes_real_agents() -> Result<()> {
                 .collect();
             format!("the BMC-run agents' logs: {logs:?} (BANYAN_KEEP_LOGS keeps them)")
         })
+    })
+}
+
+#[test]
+fn a_gateway_agent_powers_bmcs_only_its_host_reaches() -> Result<()> {
+    let Some(tools) = require()? else {
+        return Ok(());
+    };
+    let opts = ClusterOptions {
+        agent_config: Some("[bmc]\ngateway = true\n".into()),
+        ..ClusterOptions::default()
+    };
+    Cluster::with_options(3, opts, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        let admin = c.admin_token().to_string();
+        let dir = Scratch::new("power-gateway")?;
+        // The BMC network: the first host's own loopback, which only that host reaches.
+        let gateway = names[0].clone();
+        let behind: Vec<String> = names[1..].to_vec();
+        let mut opts = SushyOptions::new(&behind);
+        opts.site = Site::Host {
+            host: c.hosts()[0].clone(),
+            only_inside: true,
+        };
+        let sushy = Sushy::start(&tools, &dir.path().join("sushy"), &opts)?;
+        let ca = sushy
+            .ca_file
+            .clone()
+            .context("a TLS emulator has a CA file")?;
+        let set = behind.join(",");
+        let section = |gw: &str| {
+            format!(
+                "[[bmc]]\nnodes = \"{set}\"\nprotocol = \"redfish\"\naddress = \"127.0.0.1\"\n\
+                 port = {}\nuser = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n\
+                 system_id = \"{{name}}\"\n{gw}",
+                sushy.addr.port(),
+                sushy.user,
+                sushy.password_file.display(),
+                ca.display()
+            )
+        };
+        let root_toml = c.root_state().join("root.toml");
+
+        // Without the gateway, the root cannot reach these BMCs.
+        fs::write(&root_toml, section(""))?;
+        let (out, ok) = cli(c, &admin, &["status", &set])?;
+        ensure!(!ok && out.contains("cannot connect"), "{out}");
+
+        // Through the gateway: status, a dry run that calls nothing, on, a forced reset.
+        fs::write(&root_toml, section(&format!("gateway = \"{gateway}\"\n")))?;
+        let (out, ok) = cli(c, &admin, &["status", &set, "--json"])?;
+        ensure!(ok, "{out}");
+        let everyone: Vec<&String> = behind.iter().collect();
+        for (n, line) in behind.iter().zip(lines_of(&out, &everyone)?) {
+            ensure!(line == "BMC Off, agent up", "{n}: {line:?}\n{out}");
+        }
+        let (out, ok) = cli(c, &admin, &["on", &set])?;
+        ensure!(ok, "{out}");
+        ensure!(
+            out.contains(&format!("through the gateway {gateway}")),
+            "the dry run does not say the gateway: {out}"
+        );
+        ensure!(
+            posts(&sushy).is_empty(),
+            "a dry run called the BMC: {:?}",
+            posts(&sushy)
+        );
+        let (out, ok) = cli(c, &admin, &["on", &set, "--for-real", "--json"])?;
+        ensure!(ok, "{out}");
+        for n in &behind {
+            ensure!(summary_of(&out, n)? == "powered on, agent up", "{n}: {out}");
+        }
+        let (out, ok) = cli(
+            c,
+            &admin,
+            &["reset", &behind[0], "--force", "--for-real", "--json"],
+        )?;
+        ensure!(ok, "{out}");
+        ensure!(
+            summary_of(&out, &behind[0])?.starts_with("ForceRestart done"),
+            "{out}"
+        );
+        let calls = posts(&sushy);
+        ensure!(
+            calls
+                .iter()
+                .filter(|r| r.contains("ComputerSystem.Reset"))
+                .count()
+                == 3,
+            "two power-ons and one reset were asked, the BMC saw: {calls:?}"
+        );
+        let (out, ok) = cli(c, &admin, &["status", &set, "--json"])?;
+        ensure!(ok, "{out}");
+        for (n, line) in behind.iter().zip(lines_of(&out, &everyone)?) {
+            ensure!(line == "BMC On, agent up", "{n}: {line:?}\n{out}");
+        }
+
+        // The gateway's agent stops: its nodes fail at once, with the reason.
+        c.terminate_agent(0)?;
+        c.wait_for(|t| !t.is_attached(&gateway), LEAVE)
+            .context("the gateway leaving the tree")?;
+        let (out, ok) = cli(c, &admin, &["status", &set, "--json"])?;
+        ensure!(!ok, "status passed without its gateway: {out}");
+        let v = first_json(&out)?;
+        for n in &behind {
+            let summary = v["targets"][n]["result"]["summary"].as_str().unwrap_or("");
+            ensure!(
+                v["targets"][n]["state"] == "failed"
+                    && summary.contains(&format!("its BMC gateway, the agent {gateway}, is ")),
+                "{n}: {v}"
+            );
+        }
+        Ok(())
     })
 }

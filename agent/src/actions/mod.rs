@@ -23,6 +23,7 @@
 //! - Everything it runs is bounded by `ctx.timeout` and stops promptly when `ctx.cancel` turns
 //!   true; children run in a session of their own with a clean environment ([`child`]).
 
+pub mod bmc;
 mod child;
 pub mod exec;
 pub mod service;
@@ -106,6 +107,7 @@ pub fn default_executors(cfg: &ActionsConfig, state_dir: Option<&Path>) -> Vec<A
     vec![
         Arc::new(exec::Exec::new(&cfg.exec)),
         Arc::new(service::Service::new(&cfg.service, state_dir)),
+        Arc::new(bmc::Bmc::new(&cfg.bmc)),
     ]
 }
 

@@ -401,6 +401,9 @@ pub enum ErrorKind {
     /// A local problem: a tool missing, a CA file unreadable, a task that panicked.
     #[error("{0}")]
     Local(String),
+    /// The call went through a BMC gateway agent, which failed it or could not be reached.
+    #[error("{0}")]
+    Gateway(String),
 }
 
 /// An HTTP header value or log field that is safe to show: at most `max` characters, one line.
