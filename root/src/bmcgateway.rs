@@ -96,11 +96,7 @@ impl GatewayBmc {
     async fn call(&self, call: BmcCall) -> Result<serde_json::Value, BmcError> {
         let g = &self.gateway;
         let word = match crate::http::snapshot_of(&self.api).await {
-            Ok(snap) => snap
-                .nodes
-                .iter()
-                .find(|n| n.name == *g)
-                .map_or("not in the tree", |n| crate::http::status_word(n.status)),
+            Ok(snap) => snap.word_of(g).unwrap_or("not in the tree"),
             Err(_) => "unknown (the root is stopping)",
         };
         if word != "up" {

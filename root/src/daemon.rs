@@ -7,6 +7,7 @@ use crate::actions::ActionBook;
 use crate::alarms::AlarmBook;
 use crate::audit::{AuditEvent, AuditLog};
 use crate::core::{Kept, RootAction, RootCore};
+use crate::departures::Departures;
 use crate::jobs::JobBook;
 use crate::placement::{NodeView, PlacementConfig};
 use crate::registry::Registry;
@@ -71,6 +72,27 @@ pub struct Snapshot {
     /// how many since the root started, and the latest few.
     pub refused_claims_total: u64,
     pub refused_claims: Vec<RefusedClaim>,
+    /// Nodes away because an operator powered them off (or is resetting them), with why.
+    pub departed: HashMap<String, String>,
+}
+
+impl Snapshot {
+    /// A node's state in one word: `up`, `joining`, `lost`, `stale`, or `off` for a node whose
+    /// agent left as planned ([`crate::departures`]).
+    pub fn word(&self, n: &NodeView) -> &'static str {
+        if !n.status.is_live() && self.departed.contains_key(&n.name) {
+            return "off";
+        }
+        crate::http::status_word(n.status)
+    }
+
+    /// The state word of the node `name`, or `None` for a node the tree does not know.
+    pub fn word_of(&self, name: &str) -> Option<&'static str> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| self.word(n))
+    }
 }
 
 /// Refused claims the root keeps for `/status`.
@@ -125,6 +147,8 @@ pub struct RootHandle {
     pub registry: Arc<Mutex<Registry>>,
     /// The audit log; the core appends actions' outcomes.
     pub audit: Arc<Mutex<AuditLog>>,
+    /// Departures operators planned (power actions), told apart from failures.
+    pub departures: Arc<Mutex<Departures>>,
 }
 
 impl RootHandle {
@@ -233,7 +257,9 @@ pub fn start(
     let (save_tx, save_rx) = tokio::sync::watch::channel(Kept::default());
     let writer = tokio::spawn(totals_writer(state.clone(), save_rx));
     let alarms = Arc::new(std::sync::Mutex::new(AlarmBook::open(Some(&state.dir))));
+    let departures = Arc::new(Mutex::new(Departures::default()));
     let mut shell = Shell {
+        departures: departures.clone(),
         refused_claims: std::collections::VecDeque::new(),
         alarms: alarms.clone(),
         jobs,
@@ -277,12 +303,14 @@ pub fn start(
             actions,
             registry,
             audit,
+            departures,
         },
         task,
     ))
 }
 
 struct Shell {
+    departures: Arc<Mutex<Departures>>,
     refused_claims: std::collections::VecDeque<RefusedClaim>,
     core: RootCore,
     state: Arc<RootState>,
@@ -468,10 +496,21 @@ impl Shell {
                 }
             }
             Event::Api(ApiRequest::Snapshot(reply)) => {
+                let nodes = self.core.placement.view();
+                let departed = {
+                    let mut d = lock(&self.departures);
+                    let planned: std::collections::HashSet<String> =
+                        d.planned().map(str::to_string).collect();
+                    for n in nodes.iter().filter(|n| planned.contains(&n.name)) {
+                        d.observe(&n.name, n.status.is_live(), now);
+                    }
+                    d.all_departed()
+                };
                 let snap = Snapshot {
                     root: ROOT_NAME.to_string(),
                     epoch: self.epoch,
-                    nodes: self.core.placement.view(),
+                    nodes,
+                    departed,
                     totals: self.core.totals(),
                     digests: self.core.node.latest_digests().clone(),
                     last_wave: self.last_wave.clone(),

@@ -191,7 +191,8 @@ async fn topology(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
                 "children": n.children,
                 "addr": n.addr,
                 "up": up(n.status),
-                "status": status_word(n.status),
+                "status": snap.word(n),
+                "departed": snap.departed.get(&n.name).filter(|_| !up(n.status)),
             })
         })
         .collect();
@@ -217,6 +218,8 @@ struct StatusView {
     nodes_joining: usize,
     nodes_lost: usize,
     nodes_stale: usize,
+    /// Nodes away because an operator powered them off: not failures.
+    nodes_off: usize,
     depth: u32,
     last_wave: Option<Value>,
     /// UDP bytes the root received on its children's links since it started.
@@ -236,6 +239,7 @@ async fn status(State(api): State<Api>) -> Result<Json<StatusView>, ApiError> {
         nodes_joining: 0,
         nodes_lost: 0,
         nodes_stale: 0,
+        nodes_off: 0,
         depth: 0,
         mesh_rx_bytes: snap.mesh_rx_bytes,
         refused_claims: json!({
@@ -255,6 +259,10 @@ async fn status(State(api): State<Api>) -> Result<Json<StatusView>, ApiError> {
         }),
     };
     for n in agents {
+        if snap.word(n) == "off" {
+            v.nodes_off += 1;
+            continue;
+        }
         match n.status {
             Status::Attached => {
                 v.nodes_up += 1;
@@ -518,7 +526,8 @@ async fn nodes(
             json!({
                 "name": n.name,
                 "up": up(n.status),
-                "status": status_word(n.status),
+                "status": snap.word(n),
+                "departed": snap.departed.get(&n.name).filter(|_| !up(n.status)),
                 "parent": n.parent,
                 "depth": n.depth,
                 "age_ms": d.map(|d| snap.now_ms.saturating_sub(d.sampled_ms)),

@@ -329,7 +329,7 @@ async fn start_action(
         let agents = snap
             .nodes
             .iter()
-            .map(|n| (n.name.clone(), crate::http::status_word(n.status)))
+            .map(|n| (n.name.clone(), snap.word(n)))
             .collect();
         let job = crate::power::PowerJob {
             id: id.clone(),

@@ -13,6 +13,7 @@ pub mod bmcgateway;
 pub mod catalog;
 pub mod core;
 pub mod daemon;
+pub mod departures;
 pub mod groups;
 pub mod http;
 pub mod http_actions;

@@ -198,8 +198,26 @@ async fn one(api: &Api, job: &PowerJob, node: &str, sessions: &Semaphore) -> Nod
     if job.task.op == PowerOp::Status {
         return status(&now, agent);
     }
+    // The agent is about to leave with the node's power: as planned, not as a failure.
+    let departs = matches!(job.task.op, PowerOp::Off | PowerOp::Reset | PowerOp::Cycle)
+        && now != PowerState::Off;
+    if departs {
+        let left = job.deadline.saturating_duration_since(Instant::now()) + AGENT_LEAVES;
+        let until = crate::http_actions::now_ms()
+            .saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+        let why = format!(
+            "power {} by {}, action {}",
+            job.task.op.as_str(),
+            job.who,
+            job.id
+        );
+        lock(&api.root.departures).plan(node, why, until);
+    }
     let changed = change(api, job, bmc.as_ref(), &now).await;
     drop(session);
+    if departs && changed.is_err() {
+        lock(&api.root.departures).cancel(node);
+    }
     match changed {
         Ok(summary) => {
             // The tree's side of it: an agent leaves with its node's power, and comes back.
@@ -232,11 +250,7 @@ async fn one(api: &Api, job: &PowerJob, node: &str, sessions: &Semaphore) -> Nod
 async fn agent_after(api: &Api, node: &str, up: bool, until: Instant) -> &'static str {
     loop {
         let word = match crate::http::snapshot_of(api).await {
-            Ok(snap) => snap
-                .nodes
-                .iter()
-                .find(|n| n.name == node)
-                .map_or("unknown", |n| crate::http::status_word(n.status)),
+            Ok(snap) => snap.word_of(node).unwrap_or("unknown"),
             Err(_) => "unknown",
         };
         if (word == "up") == up || Instant::now() + AGENT_POLL > until {

@@ -347,8 +347,7 @@ fn ipmi_power_stops_and_starts_the_nodes_real_agents() -> Result<()> {
             ensure!(ok, "{out}");
             let summary = summary_of(&out, node)?;
             ensure!(
-                summary.starts_with("powered off (forced), agent ")
-                    && !summary.contains("still up"),
+                summary == "powered off (forced), agent off",
                 "{summary}: {out}"
             );
             ensure!(
@@ -366,14 +365,31 @@ fn ipmi_power_stops_and_starts_the_nodes_real_agents() -> Result<()> {
             let (out, ok) = cli(c, &admin, &["status", &all, "--json"])?;
             ensure!(ok, "{out}");
             for (n, line) in names.iter().zip(lines_of(&out, &everyone)?) {
-                // Lost, or stale if the root has given up waiting for it meanwhile (8 s).
-                let want: &[&str] = if n == node {
-                    &["BMC Off, agent lost", "BMC Off, agent stale"]
+                // Off as planned: neither lost nor stale, however long it stays away.
+                let want = if n == node {
+                    "BMC Off, agent off"
                 } else {
-                    &["BMC On, agent up"]
+                    "BMC On, agent up"
                 };
-                ensure!(want.contains(&line.as_str()), "{n}: {line:?}\n{out}");
+                ensure!(line == want, "{n}: {line:?}\n{out}");
             }
+            let status = c.http_get("/status")?;
+            ensure!(
+                status["nodes_off"] == 1 && status["nodes_lost"] == 0 && status["nodes_stale"] == 0,
+                "a planned departure counted as a failure: {status}"
+            );
+            let listed = c.http_get("/nodes")?;
+            let entry = listed
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["name"] == node.as_str()))
+                .with_context(|| format!("{node} in /nodes: {listed}"))?;
+            ensure!(
+                entry["status"] == "off"
+                    && entry["departed"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with("power off by admin, action ")),
+                "{node} in /nodes: {entry}"
+            );
             // Its counts stay in the total while it is off.
             c.wait_for_counter(WORK, sum, FORM)
                 .with_context(|| format!("the total with {node} off"))?;
@@ -396,6 +412,8 @@ fn ipmi_power_stops_and_starts_the_nodes_real_agents() -> Result<()> {
             eprintln!("{node} was back in the tree {took:?} after its power came on");
             c.wait_for_counter(WORK, sum, FORM)
                 .with_context(|| format!("the total after {node} came back"))?;
+            let status = c.http_get("/status")?;
+            ensure!(status["nodes_off"] == 0, "back, yet still off: {status}");
             c.set_metric(off, WORK, 7.0)?;
             sum += 7.0;
             c.wait_for_counter(WORK, sum, FORM)
