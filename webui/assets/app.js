@@ -711,6 +711,7 @@
       h('h1', null, h('span', { id: 'node-name', class: 'mono' }, name), head),
       err.el,
       panel('Node', kv), h('p'),
+      nodePower(name), h('p'),
       panel('Digest over time (since this page opened)', h('div', { class: 'charts' }, Object.values(charts).map((c) => c.el))), h('p'),
       panel('All metrics of the node (fetched through the tree)', h('div', { class: 'toolbar' }, metricFilter), metrics.el));
     every(POLL_MS, async () => {
@@ -1241,6 +1242,10 @@
       return line + (e.user ? '  (as ' + e.user + ')' : '');
     }
     if (task.service) return ['service', task.service.op].concat(task.service.units || []).join(' ');
+    if (task.power) {
+      const p = task.power;
+      return ['power', p.op, p.force ? '--force' : '', p.boot ? '--boot ' + p.boot : ''].filter((w) => w).join(' ');
+    }
     if (task.cancel) return 'cancel ' + task.cancel.id;
     return Object.keys(task)[0] || '?';
   }
@@ -1301,7 +1306,7 @@
       countCol('Failed', 'failed', 'n-bad'),
       countCol('Unreach.', 'unreachable', 'n-lost'),
       countCol('Pending', 'pending', 'n-pending'),
-    ], (a) => a.id, { id: 'actions-table', sortCol: 0, sortDesc: true, empty: 'no action yet (banyan exec, banyan service)' });
+    ], (a) => a.id, { id: 'actions-table', sortCol: 0, sortDesc: true, empty: 'no action yet (banyan exec, service, power)' });
     table.el.classList.add('clickable');
     // A click anywhere on a row opens the action; the link in "What" is there for the keyboard.
     table.body.addEventListener('click', (ev) => {
@@ -1556,6 +1561,386 @@
     setTimeout(tick, 1000);
   }
 
+  // ----- Power -------------------------------------------------------------------------------------
+
+  // Power goes through the action path like any action (POST /actions with a `power` task, the
+  // token's scope, the audit log), carried out by the root against the BMCs of its root.toml.
+  // `status` only reads, and runs without for_real; on, off and reset run as a dry run first, whose
+  // preview the operator confirms by the node set and its size before the real action is sent.
+  const POWER_VERBS = { on: 'Power on', off: 'Power off', reset: 'Reset' };
+  // The root's words for a node outside every [[bmc]] section (root/src/power.rs).
+  const NO_BMC = /^no BMC configured/;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+  function powerTask(op, force) {
+    const p = { op };
+    if (force && (op === 'off' || op === 'reset')) p.force = true;
+    return { power: p };
+  }
+  const startAction = (nodes, task, forReal) => adminCall('/actions', { nodes, for_real: forReal, task });
+  const powerPill = (p) => ({ On: 'up', Off: 'clear', 'no BMC': 'stale', error: 'bad' }[p] || 'joining');
+
+  // Follows an action by long polls, calling onChange(record) whenever it changed, until it ends
+  // (its last record) or the page changes or alive() turns false (null).
+  async function followAction(id, onChange, alive) {
+    const mine = gen;
+    const live = () => mine === gen && (!alive || alive());
+    let ctl = null;
+    onLeave(() => { if (ctl) ctl.abort(); });
+    let since = null, seen = null;
+    while (live()) {
+      ctl = new AbortController();
+      try {
+        const q = since === null ? '' : `?wait_ms=25000&since=${since}`;
+        const r = await api('/actions/' + enc(id) + q, { signal: ctl.signal });
+        if (!live()) return null;
+        connOk();
+        if (r.version + r.state !== seen) { seen = r.version + r.state; onChange(r); }
+        since = r.version;
+        if (r.state !== 'running') return r;
+        // Answers from many BMCs come in bursts: one redraw per short while.
+        await sleep(250);
+      } catch (e) {
+        if (!live()) return null;
+        if (e instanceof ApiError && (e.status === 400 || e.status === 404)) throw e;
+        connBad(e);
+        await sleep(2000);
+      }
+    }
+    return null;
+  }
+
+  // Each target of an action: {node, state, text}, the text being its result's summary.
+  function targetRows(rec) {
+    return Object.entries(rec.targets || {}).map(([node, t]) => ({
+      node, state: t.state,
+      text: (t.result && t.result.summary) || t.error || (t.state === 'pending' ? 'waiting for the BMC…' : t.state),
+    }));
+  }
+  function tally(rec) {
+    const counts = { ok: 0, failed: 0, cancelled: 0, unreachable: 0, pending: 0 };
+    for (const t of Object.values(rec.targets || {})) counts[t.state] = (counts[t.state] || 0) + 1;
+    return counts;
+  }
+
+  // What a power result says of its node: {power, note}, or null while it is pending. The state
+  // comes from the result's line `BMC Off, agent up`; the note is what the summary adds to it.
+  function powerOf(t) {
+    if (!t || t.state === 'pending') return null;
+    const r = t.result;
+    const summary = (r && r.summary) || t.error || t.state;
+    if (t.state !== 'ok') return { power: NO_BMC.test(summary) ? 'no BMC' : 'error', note: summary, noBmc: NO_BMC.test(summary) };
+    const m = /^BMC (.+), agent (\S+)$/.exec(((r && r.stdout) || '').trim());
+    if (!m) return { power: '?', note: summary };
+    let note = summary;
+    if (summary.startsWith(m[0])) note = summary.slice(m[0].length).trim().replace(/^\((.*)\)$/, '$1');
+    return { power: m[1], note };
+  }
+
+  // The on / off / reset buttons: a dry run and its preview, a confirmation naming the node set
+  // and its size, then the real action followed live. o.target() is the node set to act on (or
+  // null); o.onResult(record, op) sees every change of a real action, o.onDone(record) its end.
+  function powerMenu(o) {
+    const btns = Object.fromEntries(Object.entries(POWER_VERBS).map(([op, label]) =>
+      [op, h('button', { type: 'button', id: 'power-' + op, class: op === 'on' ? null : 'danger' }, label + '…')]));
+    const force = h('input', { type: 'checkbox', id: 'power-force' });
+    const msg = h('div', { id: 'power-msg', role: 'status' });
+    const say = (text, bad) => { setText(msg, text); msg.className = bad ? 'error' : 'note'; };
+    const stepCols = (third) => [
+      { label: 'Node', name: true, sort: (t) => t.node, text: (t) => t.node, href: (t) => nodeHref(t.node) },
+      { label: 'State', sort: (t) => t.state, text: (t) => t.state, pill: (t) => phasePill(t.state) },
+      { label: third, name: true, text: (t) => t.text },
+    ];
+    const previewTitle = h('h2', { id: 'power-preview-title' });
+    const preview = new Table(stepCols('What would be done'), (t) => t.node, { id: 'power-preview-table', sortCol: 0, wrap: true, empty: 'waiting for the dry run…' });
+    const warn = h('p', { class: 'warn-text', id: 'power-preview-warn', hidden: true });
+    const confirm = h('button', { type: 'button', class: 'danger confirm', id: 'power-confirm', hidden: true });
+    const back = h('button', { type: 'button', id: 'power-back' }, 'Do nothing');
+    const previewBox = h('div', { id: 'power-preview', class: 'power-step', hidden: true },
+      previewTitle, h('p', { class: 'note' }, 'Dry run: no BMC was called and nothing changed.'), preview.el, warn,
+      h('div', { class: 'toolbar' }, confirm, back));
+    const progressTitle = h('h2', { id: 'power-progress-title' });
+    const progressState = h('span', { id: 'power-progress-state' });
+    const answered = h('span', { class: 'note', id: 'power-progress-count' });
+    const link = h('a', { id: 'power-action-link' }, 'action page');
+    const bar = new StackBar({ class: 'stack big' });
+    const progress = new Table(stepCols('Result'), (t) => t.node, { id: 'power-progress-table', sortCol: 0, wrap: true, empty: 'no target' });
+    const progressBox = h('div', { id: 'power-progress', class: 'power-step', hidden: true },
+      progressTitle, h('div', { class: 'toolbar' }, progressState, answered, link), bar.el, progress.el);
+
+    // A newer request makes the answers of an older one moot.
+    let seq = 0;
+    let planned = null;
+    let running = false;
+    const setBusy = (b) => { for (const x of Object.values(btns)) x.disabled = b; };
+    const needToken = () => { if (o.needToken) o.needToken(); };
+
+    async function dryRun(op) {
+      const nodes = o.target();
+      const verb = POWER_VERBS[op];
+      if (!nodes) { say('no node to act on', true); return; }
+      if (!token()) { say('paste a token first: every power request needs one', true); needToken(); return; }
+      const my = ++seq;
+      const task = powerTask(op, force.checked);
+      planned = null;
+      confirm.hidden = true;
+      warn.hidden = true;
+      progressBox.hidden = true;
+      setBusy(true);
+      say(`dry run: asking the root what ${verb.toLowerCase()} would do…`);
+      try {
+        const a = await startAction(nodes, task, false);
+        if (my !== seq) return;
+        setText(previewTitle, `${verb}${task.power.force ? ' (forced)' : ''}: ${a.targets} (${plural(a.count, 'node')})`);
+        preview.update([]);
+        previewBox.hidden = false;
+        const rec = await followAction(a.id, (r) => { if (my === seq) preview.update(targetRows(r)); }, () => my === seq);
+        if (!rec || my !== seq) return;
+        const rows = targetRows(rec);
+        const bad = rows.filter((t) => t.state !== 'ok');
+        if (bad.length === rows.length) {
+          say(`${verb} cannot be done on ${plural(rows.length, 'node')}: the reasons are above`, true);
+          return;
+        }
+        warn.hidden = bad.length === 0;
+        setText(warn, bad.length ? `${foldNodes(bad.map((t) => t.node))} would fail (${bad.length} of ${rows.length}): the reasons are above` : '');
+        planned = { op, task, targets: a.targets, count: a.count };
+        setText(confirm, `${verb} ${a.targets} (${plural(a.count, 'node')})`);
+        confirm.hidden = false;
+        say('dry run done; confirm to do it for real');
+      } catch (e) {
+        if (my !== seq) return;
+        say(refusal(e), true);
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) needToken();
+      } finally {
+        if (my === seq && !running) setBusy(false);
+      }
+    }
+
+    function showProgress(rec) {
+      const counts = tally(rec);
+      const total = Object.keys(rec.targets || {}).length;
+      replace(progressState, h('span', { class: 'pill ' + actionPill(rec.state) }, rec.state), ' ',
+        h('span', { class: 'pill ' + modePill(rec.for_real) }, modeText(rec.for_real)));
+      setText(answered, `${total - counts.pending} of ${total} answered` +
+        (counts.failed ? ` · ${counts.failed} failed` : '') + (counts.pending ? ` · waiting for ${counts.pending}` : ''));
+      bar.update(counts, total);
+      progress.update(targetRows(rec));
+    }
+
+    confirm.addEventListener('click', async () => {
+      if (!planned || running) return;
+      const p = planned;
+      const verb = POWER_VERBS[p.op];
+      const my = ++seq;
+      planned = null;
+      running = true;
+      confirm.hidden = true;
+      previewBox.hidden = true;
+      setBusy(true);
+      say(`${verb} ${p.targets}: sending it for real…`);
+      try {
+        const a = await startAction(p.targets, p.task, true);
+        setText(progressTitle, `${verb}${p.task.power.force ? ' (forced)' : ''}: ${a.targets} (${plural(a.count, 'node')})`);
+        link.setAttribute('href', actionHref(a.id));
+        progress.update([]);
+        progressBox.hidden = false;
+        say(`${verb} ${a.targets}: running`);
+        const rec = await followAction(a.id, (r) => { showProgress(r); if (o.onResult) o.onResult(r, p.op); });
+        if (!rec) return;
+        const c = tally(rec);
+        const failed = c.failed + c.unreachable + c.cancelled;
+        say(`${verb} ${a.targets}: ${rec.state}, ${c.ok} ok` + (failed ? `, ${failed} not` : ''), failed > 0);
+        if (o.onDone) o.onDone(rec);
+      } catch (e) {
+        say(refusal(e), true);
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) needToken();
+      } finally {
+        running = false;
+        if (my === seq) setBusy(false);
+      }
+    });
+    back.addEventListener('click', () => {
+      seq++;
+      planned = null;
+      previewBox.hidden = true;
+      if (!running) setBusy(false);
+      say('nothing was done');
+    });
+    for (const [op, b] of Object.entries(btns)) b.addEventListener('click', () => dryRun(op));
+
+    const el = h('div', { class: 'power-menu' },
+      h('div', { class: 'toolbar' }, btns.on, btns.off, btns.reset,
+        h('label', { class: 'check', title: 'off and reset: no graceful step, the power is cut or reset at once' }, force, ' force (off, reset at once)')),
+      msg, previewBox, progressBox);
+    return {
+      el,
+      // The node set changed: a preview of another set must not be confirmed. A real action
+      // already sent goes on and stays shown.
+      reset() {
+        if (running) return;
+        seq++;
+        planned = null;
+        previewBox.hidden = true;
+        setBusy(false);
+        say('');
+      },
+    };
+  }
+
+  function pagePower() {
+    const tok = tokenBox('the BMCs are not asked: every power request needs a token');
+    const filter = h('input', { class: 'mono', id: 'power-filter', size: 28, placeholder: 'node set, e.g. cn[1-32] (empty: all)', spellcheck: 'false' });
+    const count = h('span', { class: 'muted', id: 'power-count' });
+    const again = h('button', { type: 'button', id: 'power-refresh' }, 'Ask the BMCs again');
+    const filterErr = errorBox('power-filter-error');
+    const asked = h('div', { class: 'note', id: 'power-asked' });
+    const askErr = h('div', { class: 'error', id: 'power-error', role: 'alert' });
+    const rows = new Map();
+    let names = [];
+    const table = new Table([
+      { label: 'Node', name: true, sort: (r) => r.name, text: (r) => r.name, href: (r) => nodeHref(r.name) },
+      { label: 'BMC power', sort: (r) => r.power, text: (r) => r.power, pill: (r) => powerPill(r.power) },
+      { label: 'Agent', sort: (r) => r.agent, text: (r) => r.agent, pill: (r) => statusPill(r.agent) },
+      { label: 'Note', name: true, text: (r) => r.note },
+    ], (r) => r.name, { id: 'power-table', sortCol: 0, wrap: true, empty: 'no node matches' });
+    const target = () => (names.length ? foldNodes(names) : null);
+    const draw = () => table.update(names.map((n) => rows.get(n)));
+
+    // Results into the table as they come: a status action's, or a real action's (op).
+    const apply = (rec, op) => {
+      for (const [node, t] of Object.entries(rec.targets || {})) {
+        const r = rows.get(node);
+        if (!r) continue;
+        const p = powerOf(t);
+        if (p) { r.power = p.power; r.note = p.note; } else if (op) r.note = POWER_VERBS[op].toLowerCase() + ' in progress…';
+      }
+      draw();
+    };
+    let askSeq = 0;
+    const ask = async () => {
+      const my = ++askSeq;
+      const nodes = target();
+      setText(askErr, '');
+      if (!nodes) { setText(asked, ''); return; }
+      if (!token()) { setText(asked, 'no token: the BMCs were not asked'); return; }
+      setText(asked, `asking the BMCs of ${nodes}…`);
+      try {
+        const a = await startAction(nodes, { power: { op: 'status' } }, false);
+        if (my !== askSeq) return;
+        const rec = await followAction(a.id, (r) => { if (my === askSeq) apply(r, null); }, () => my === askSeq);
+        if (!rec || my !== askSeq) return;
+        const c = tally(rec);
+        setText(asked, `BMC states as of ${new Date().toLocaleTimeString()}: ${c.ok} of ${plural(Object.keys(rec.targets).length, 'node')} answered` +
+          (c.failed ? ` · ${c.failed} failed` : ''));
+        asked.setAttribute('data-action', rec.id);
+      } catch (e) {
+        if (my !== askSeq) return;
+        setText(asked, '');
+        setText(askErr, refusal(e));
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) tok.focus();
+      }
+    };
+    const menu = powerMenu({ target, onResult: apply, onDone: () => ask(), needToken: () => tok.focus() });
+
+    const saved = sessionStorage.getItem('banyan.powerFilter') || '';
+    filter.value = saved;
+    let expr = saved.trim();
+    replace(view,
+      h('h1', null, 'Power', h('span', { class: 'sub' }, 'each node\u2019s BMC beside its agent in the tree; every change is a dry run first')),
+      panel('Token', tok.el), h('p'),
+      h('div', { class: 'toolbar' }, filter, count, again, filterErr.el),
+      h('div', { class: 'grid' },
+        panel('Power state', asked, askErr, table.el),
+        panel('Change the power of these nodes', menu.el)));
+
+    const refresh = async () => {
+      const want = expr;
+      let nodes;
+      try {
+        nodes = await api('/nodes' + (want ? '?nodes=' + enc(want) : ''));
+      } catch (e) {
+        if (!(e instanceof ApiError && e.status === 400)) throw e;
+        if (want !== expr) return;
+        filterErr.show(e);
+        names = [];
+        menu.reset();
+        draw();
+        setText(count, '');
+        return;
+      }
+      if (want !== expr) return;
+      filterErr.show(null);
+      const before = names.join('\u0000');
+      names = nodes.map((n) => n.name).sort(naturalCmp);
+      for (const n of nodes) {
+        const r = rows.get(n.name) || { name: n.name, power: '–', note: '' };
+        r.agent = n.status;
+        rows.set(n.name, r);
+      }
+      draw();
+      setText(count, `${plural(nodes.length, 'node')} · ${nodes.filter((n) => n.status === 'up').length} up`);
+      // A new set of nodes: its BMCs are asked once (each ask is an audited action, not a poll).
+      if (names.join('\u0000') !== before) { menu.reset(); ask(); }
+    };
+    let timer = null;
+    filter.addEventListener('input', () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        expr = filter.value.trim();
+        sessionStorage.setItem('banyan.powerFilter', expr);
+        refresh().catch(connBad);
+      }, 250);
+    });
+    again.addEventListener('click', ask);
+    tok.onChange(ask);
+    every(POLL_MS, refresh);
+  }
+
+  // The node page's power panel: the node's BMC state, asked once when the page opens, and the
+  // same menu as the Power page for this one node.
+  function nodePower(name) {
+    const state = h('span', { id: 'node-power' });
+    const note = h('span', { class: 'note', id: 'node-power-note' });
+    const tok = tokenBox('this node\u2019s BMC is not asked: power requests need a token');
+    tok.el.hidden = !!token();
+    const show = (power, text) => {
+      replace(state, h('span', { class: 'pill ' + powerPill(power) }, power === 'no BMC' ? 'no BMC configured' : power));
+      setText(note, text || '');
+    };
+    let askSeq = 0;
+    const ask = async () => {
+      const my = ++askSeq;
+      if (!token()) { tok.el.hidden = false; show('–', 'no token'); return; }
+      tok.el.hidden = true;
+      show('…', 'asking the BMC');
+      try {
+        const a = await startAction(name, { power: { op: 'status' } }, false);
+        const rec = await followAction(a.id, () => {}, () => my === askSeq);
+        if (!rec || my !== askSeq) return;
+        const p = powerOf(rec.targets[name]) || { power: '?', note: rec.state };
+        show(p.power, p.note);
+        menu.el.hidden = !!p.noBmc;
+      } catch (e) {
+        if (my !== askSeq) return;
+        show('error', refusal(e));
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) tok.el.hidden = false;
+      }
+    };
+    const menu = powerMenu({
+      target: () => name,
+      onResult: (rec, op) => {
+        const p = powerOf((rec.targets || {})[name]);
+        if (p) show(p.power, p.note); else setText(note, POWER_VERBS[op].toLowerCase() + ' in progress…');
+      },
+      onDone: () => ask(),
+      needToken: () => { tok.el.hidden = false; tok.focus(); },
+    });
+    menu.el.hidden = true;
+    tok.onChange(ask);
+    ask();
+    return panel('Power', h('div', { class: 'toolbar' }, h('span', { class: 'muted' }, 'BMC power'), state, note), tok.el, menu.el);
+  }
+
   // ----- Audit -------------------------------------------------------------------------------------
 
   // An outcome `{state, targets: {ok: "cn[1-3]", failed: "cn4"}}` as one line.
@@ -1673,7 +2058,7 @@
     let arg = null;
     try { arg = rest.length ? decodeURIComponent(rest.join('/')) : null; } catch (_) { arg = null; }
     const nav = { '': 'overview', nodes: 'nodes', node: 'nodes', jobs: 'jobs', job: 'jobs', profile: 'jobs', topology: 'topology', alarms: 'alarms',
-      actions: 'actions', action: 'actions', audit: 'audit' }[page] || 'overview';
+      actions: 'actions', action: 'actions', power: 'power', audit: 'audit' }[page] || 'overview';
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('data-page') === nav);
     window.scrollTo(0, 0);
     if (page === 'nodes') pageNodes();
@@ -1685,6 +2070,7 @@
     else if (page === 'alarms') pageAlarms();
     else if (page === 'actions') pageActions();
     else if (page === 'action' && arg !== null) pageAction(arg);
+    else if (page === 'power') pagePower();
     else if (page === 'audit') pageAudit();
     else pageOverview();
     document.title = 'banyan · ' + (arg || nav);
