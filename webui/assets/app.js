@@ -343,7 +343,8 @@
   const nodeHref = (name) => '#/node/' + enc(name);
   const jobHref = (id) => '#/job/' + enc(id);
   const profileHref = (id) => '#/profile/' + enc(id);
-  const statusPill = (st) => ({ up: 'up', joining: 'joining', lost: 'lost', stale: 'stale' }[st] || 'bad');
+  // `off`: its agent left because an operator powered the node off (planned, not a failure).
+  const statusPill = (st) => ({ up: 'up', joining: 'joining', lost: 'lost', stale: 'stale', off: 'off' }[st] || 'bad');
 
   function card(label, id) {
     const v = h('div', { class: 'v', id });
@@ -525,7 +526,7 @@
 
   function pageOverview() {
     const c = {
-      up: card('Nodes up', 'ov-up'), joining: card('Joining'), lost: card('Lost'), stale: card('Stale', 'ov-stale'),
+      up: card('Nodes up', 'ov-up'), joining: card('Joining'), lost: card('Lost'), stale: card('Stale', 'ov-stale'), off: card('Powered off', 'ov-off'),
       depth: card('Tree depth', 'ov-depth'), wave: card('Last wave, age', 'ov-wave'), latency: card('Wave latency'),
       jobs: card('Jobs running', 'ov-njobs'), alarms: card('Alarms raised', 'ov-nalarms'),
     };
@@ -564,6 +565,7 @@
       c.joining.set(st.nodes_joining, st.nodes_joining ? 'warn' : '');
       c.lost.set(st.nodes_lost, st.nodes_lost ? 'warn' : '');
       c.stale.set(st.nodes_stale, st.nodes_stale ? 'bad' : '');
+      c.off.set(st.nodes_off || 0);
       c.depth.set(st.depth);
       const w = st.last_wave;
       c.wave.set(w ? dur(w.age_ms) : 'none', w && w.age_ms > 5000 ? 'bad' : '');
@@ -634,7 +636,7 @@
         const c = this.cells.get(node.name);
         if (!c) continue;
         const v = node.digest && node.status === 'up' ? node.digest[metric] : null;
-        const fill = node.status === 'up' ? heatColor(v) : node.status === 'stale' ? '#5a1f1c' : '#3b2a4d';
+        const fill = node.status === 'up' ? heatColor(v) : node.status === 'stale' ? '#5a1f1c' : node.status === 'off' ? '#20262d' : '#3b2a4d';
         if (c.rect.getAttribute('fill') !== fill) c.rect.setAttribute('fill', fill);
         setText(c.title, `${node.name} · ${node.status} · ${metric} ${pct(v)}`);
       }
@@ -656,7 +658,7 @@
       h('h1', null, 'Nodes'),
       h('div', { class: 'toolbar' }, filter, count, err.el),
       panel('Heat map', h('div', { class: 'toolbar' }, 'Colour by', metric,
-        h('span', { class: 'legend' }, '0%', h('span', { class: 'ramp' }), '100%', ' · lost/stale dark')), heat.svg),
+        h('span', { class: 'legend' }, '0%', h('span', { class: 'ramp' }), '100%', ' · lost/stale dark, powered off grey')), heat.svg),
       h('div', { style: null }, panel('All nodes', table.el)));
     let timer = null;
     filter.addEventListener('input', () => {
@@ -970,7 +972,7 @@
   // ----- Topology --------------------------------------------------------------------------------
 
   function pageTopology() {
-    const cards = { up: card('Up'), joining: card('Joining'), lost: card('Lost'), stale: card('Stale'), depth: card('Depth') };
+    const cards = { up: card('Up'), joining: card('Joining'), lost: card('Lost'), stale: card('Stale'), off: card('Powered off'), depth: card('Depth') };
     const box = h('div', { class: 'tree', id: 'tree' });
     const find = h('input', { class: 'mono', placeholder: 'find a node', id: 'tree-find' });
     const collapsed = new Set();
@@ -983,7 +985,7 @@
     replace(view, h('h1', null, 'Topology', h('span', { class: 'sub' }, 'the reduction tree; click a node\u2019s arrow to fold its subtree')),
       h('div', { class: 'cards' }, Object.values(cards).map((c) => c.el)),
       h('div', { class: 'toolbar' }, expandAll, collapseDeep, find, h('span', { class: 'legend' },
-        svgDot('up'), 'up', svgDot('joining'), 'joining', svgDot('lost'), 'lost (may return)', svgDot('stale'), 'stale')),
+        svgDot('up'), 'up', svgDot('joining'), 'joining', svgDot('lost'), 'lost (may return)', svgDot('stale'), 'stale', svgDot('off'), 'powered off')),
       box);
     function svgDot(st) { return s('svg', { width: 10, height: 10 }, s('circle', { cx: 5, cy: 5, r: 4, class: 'dot-' + st })); }
     expandAll.addEventListener('click', () => { collapsed.clear(); draw(); });
@@ -1086,13 +1088,14 @@
     every(2000, async () => {
       const t = await api('/topology');
       const next = JSON.stringify(t);
-      const counts = { up: 0, joining: 0, lost: 0, stale: 0 };
+      const counts = { up: 0, joining: 0, lost: 0, stale: 0, off: 0 };
       let depth = 0;
       for (const n of t.nodes) if (n.name !== t.root) { counts[n.status] = (counts[n.status] || 0) + 1; if (n.status === 'up') depth = Math.max(depth, n.depth); }
       cards.up.set(counts.up, 'ok');
       cards.joining.set(counts.joining, counts.joining ? 'warn' : '');
       cards.lost.set(counts.lost, counts.lost ? 'warn' : '');
       cards.stale.set(counts.stale, counts.stale ? 'bad' : '');
+      cards.off.set(counts.off);
       cards.depth.set(depth);
       if (next === sig) return;
       sig = next;
