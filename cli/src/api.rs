@@ -113,7 +113,7 @@ impl Client {
         &self.base
     }
 
-    fn bearer(&self, auth: Auth) -> Result<Option<String>, CliError> {
+    pub(crate) fn bearer(&self, auth: Auth) -> Result<Option<String>, CliError> {
         match (&self.token, auth) {
             (Token::Found { token, .. }, _) => Ok(Some(format!("Bearer {token}"))),
             (Token::None(why), Auth::Required) => Err(CliError::Refused {
@@ -145,10 +145,16 @@ impl Client {
                 url: self.base.clone(),
                 detail: format!("reading the answer to {url}: {e}"),
             })?;
+        self.answer(url, status, &text)
+    }
+
+    /// The root's answer `text` with `status` to a request for `url`: its JSON, or the error it
+    /// means.
+    pub(crate) fn answer(&self, url: &str, status: u16, text: &str) -> Result<Value, CliError> {
         let body: Value = if text.trim().is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).map_err(|e| CliError::BadAnswer {
+            serde_json::from_str(text).map_err(|e| CliError::BadAnswer {
                 url: url.to_string(),
                 status,
                 detail: format!(

@@ -148,6 +148,24 @@ pub enum Command {
     Service(ServiceArgs),
     /// Node power through the nodes' BMCs (Redfish or IPMI, configured in the root's root.toml).
     Power(PowerArgs),
+    /// A node's serial console (IPMI serial-over-LAN, through the root); `&.` leaves.
+    #[command(after_help = "\
+The first to attach may type; others see the same output, read-only, until the writer leaves.
+`&.` at the start of a line leaves. Every session is in the audit log (console.start, console.end).
+
+Examples:
+  banyan console cn12
+  banyan console cn12 --read-only
+
+Exit status: 0 after leaving, 1 the console could not be opened, 3 refused (no token, or the
+token's groups do not hold the node), 4 the root is unreachable.")]
+    Console {
+        /// The node.
+        node: String,
+        /// Watch only, even if nobody is typing.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Recent actions, or one action's results.
     #[command(after_help = "\
 Examples:
@@ -468,6 +486,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Exec(args) => commands::exec(&client, &args),
         Command::Service(args) => commands::service(&client, &args),
         Command::Power(args) => commands::power(&client, &args),
+        Command::Console { node, read_only } => crate::console::console(&client, &node, read_only),
         Command::Actions {
             id,
             watch,
@@ -601,6 +620,7 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
         | Command::Exec(_)
         | Command::Service(_)
         | Command::Power(_)
+        | Command::Console { .. }
         | Command::Actions { .. }
         | Command::Cancel { .. }
         | Command::Audit { .. }

@@ -13,6 +13,7 @@ pub mod api;
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod escape;
 pub mod follow;
 pub mod grouped;

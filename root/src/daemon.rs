@@ -149,6 +149,8 @@ pub struct RootHandle {
     pub audit: Arc<Mutex<AuditLog>>,
     /// Departures operators planned (power actions), told apart from failures.
     pub departures: Arc<Mutex<Departures>>,
+    /// Nodes' serial consoles open now.
+    pub consoles: Arc<crate::console::Consoles>,
 }
 
 impl RootHandle {
@@ -304,6 +306,7 @@ pub fn start(
             registry,
             audit,
             departures,
+            consoles: Arc::default(),
         },
         task,
     ))

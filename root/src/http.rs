@@ -64,6 +64,7 @@ impl IntoResponse for ApiError {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/topology", get(topology))
+        .route("/console/{node}", get(crate::console::attach))
         .route("/topo", get(topo))
         .route("/status", get(status))
         .route("/totals", get(totals))

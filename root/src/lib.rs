@@ -11,6 +11,7 @@ pub mod audit;
 pub mod bmcconf;
 pub mod bmcgateway;
 pub mod catalog;
+pub mod console;
 pub mod core;
 pub mod daemon;
 pub mod departures;

@@ -588,3 +588,198 @@ fn a_gateway_agent_powers_bmcs_only_its_host_reaches() -> Result<()> {
         Ok(())
     })
 }
+
+/// A running `banyan console`: its stdin, and everything it printed so far.
+struct ConsoleClient {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ConsoleClient {
+    fn start(c: &Cluster, token: &str, node: &str, extra: &[&str]) -> Result<ConsoleClient> {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        let cli = banyan_tests::support::binaries()?
+            .root
+            .parent()
+            .context("the binaries' directory")?
+            .join("banyan");
+        let mut child = Command::new(&cli)
+            .args([
+                "--root",
+                &format!("http://{}", c.http_addr()),
+                "--token",
+                token,
+            ])
+            .args(["console", node])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", cli.display()))?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for mut stream in [
+            Box::new(child.stdout.take().context("stdout")?) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().context("stderr")?),
+        ] {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut s) = seen.lock() {
+                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        Ok(ConsoleClient { child, stdin, seen })
+    }
+
+    fn seen(&self) -> String {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the client has printed `want` (a liveness bound, not a timing).
+    fn wait_for(&self, want: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if self.seen().contains(want) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!(
+            "the console never printed {want:?}; it printed {:?}",
+            self.seen()
+        )
+    }
+
+    fn type_(&mut self, keys: &str) -> Result<()> {
+        use std::io::Write;
+        self.stdin.write_all(keys.as_bytes())?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// Types the escape and waits for the client to exit; whether it exited 0.
+    fn leave(mut self) -> Result<bool> {
+        self.type_("\r&.")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        anyhow::bail!("the console did not leave on &.: {:?}", self.seen())
+    }
+}
+
+impl Drop for ConsoleClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn console_through_ipmi_sol_has_one_writer_and_is_audited() -> Result<()> {
+    use std::io::{Read, Write};
+    let Some(tools) = require()? else {
+        return Ok(());
+    };
+    with_cluster(1, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        let admin = c.admin_token().to_string();
+        let node = names[0].clone();
+        let dir = Scratch::new("console")?;
+        // The node's serial port: answers each chunk upper-cased, as a line discipline would not.
+        let serial = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let serial_addr = serial.local_addr()?;
+        std::thread::spawn(move || {
+            for mut stream in serial.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]).to_uppercase();
+                        let reply = format!("ECHO:{}", text.trim());
+                        if stream.write_all(reply.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let mut opts = IpmiOptions::new(&node);
+        opts.sol = Some(serial_addr);
+        opts.powered_on = true;
+        let sim = IpmiSim::start(&tools, &dir.path().join("ipmi"), &opts)?;
+        fs::write(
+            c.root_state().join("root.toml"),
+            format!(
+                "[[bmc]]\nnodes = \"{node}\"\nprotocol = \"ipmi\"\naddress = \"{}\"\nport = {}\n\
+                 user = \"{}\"\npassword_file = \"{}\"\n",
+                sim.addr.ip(),
+                sim.addr.port(),
+                sim.user,
+                sim.password_file.display()
+            ),
+        )?;
+
+        // The first client types; what it types reaches the node and the answer comes back.
+        let mut writer = ConsoleClient::start(c, &admin, &node, &[])?;
+        writer.wait_for("you may type")?;
+        writer.type_("hello\r")?;
+        writer.wait_for("ECHO:HELLO")?;
+        // A second watches: it sees the writer's session, and its keys are refused.
+        let mut reader = ConsoleClient::start(c, &admin, &node, &[])?;
+        reader.wait_for(&format!("read-only: {} is typing", "admin"))?;
+        writer.type_("second\r")?;
+        reader.wait_for("ECHO:SECOND")?;
+        reader.type_("zzz\r")?;
+        reader.wait_for(&format!("[banyan: read-only: admin is typing on {node}]"))?;
+        writer.type_("third\r")?;
+        writer.wait_for("ECHO:THIRD")?;
+        ensure!(
+            !writer.seen().contains("ECHO:ZZZ") && !reader.seen().contains("ECHO:ZZZ"),
+            "a read-only client's keys reached the node: {:?}",
+            writer.seen()
+        );
+        ensure!(writer.leave()?, "the writer's console did not exit 0");
+        ensure!(reader.leave()?, "the reader's console did not exit 0");
+
+        // No BMC for a node: a clear refusal, exit 1.
+        let (out, ok) = banyan_cli(c, &["--token", &admin, "console", "nosuchnode"])?;
+        ensure!(
+            !ok && out.contains("no BMC configured for nosuchnode"),
+            "{out}"
+        );
+
+        let audit = fs::read_to_string(c.root_state().join("audit.jsonl"))?;
+        for (event, role) in [
+            ("console.start", "writer"),
+            ("console.start", "reader"),
+            ("console.end", "writer"),
+            ("console.end", "reader"),
+        ] {
+            ensure!(
+                audit.lines().any(|l| l.contains(&format!("\"{event}\""))
+                    && l.contains(&format!("\"role\":\"{role}\""))
+                    && l.contains(&node)),
+                "no {event} of the {role} in the audit log:\n{audit}"
+            );
+        }
+        Ok(())
+    })
+}

@@ -17,6 +17,7 @@
 
 pub mod ipmi;
 pub mod redfish;
+pub mod sol;
 
 use std::fmt;
 use std::future::Future;
