@@ -1,4 +1,5 @@
-//! What the real-process tests share: where the daemons' binaries are (built once when missing),
+//! What the real-process tests share: where the daemons' binaries are (built once when missing or
+//! older than the sources they are built from),
 //! free ports, log tails, and one small HTTP client for the root's API.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,7 +18,7 @@ pub struct Binaries {
     pub agent: PathBuf,
 }
 
-/// Where the binaries are, building them once per test process when they are missing.
+/// Where the binaries are, building them once per test process when they are missing or stale.
 pub fn binaries() -> Result<Binaries> {
     // A failed build is remembered too: every test of the process then fails with the same message
     // instead of running cargo again.
@@ -59,14 +60,24 @@ fn find_binaries() -> Result<Binaries> {
     let bins = in_dir(&target.join("debug"));
     // The operator CLI (`banyan`, from banyan-cli) sits beside the daemons; tests run it from there.
     let cli = target.join("debug").join("banyan");
-    if present(&bins) && cli.is_file() {
-        return Ok(bins);
-    }
+    let oldest = [&bins.root, &bins.agent, &cli]
+        .iter()
+        .map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect::<Option<Vec<_>>>()
+        .and_then(|times| times.into_iter().min());
+    let newest_source = newest_source(&workspace);
+    let why = match (oldest, newest_source) {
+        (Some(built), Some(source)) if built >= source => return Ok(bins),
+        (Some(_), Some(_)) => "older than their sources",
+        (Some(_), None) => return Ok(bins),
+        (None, _) => "missing",
+    };
     // `cargo test -p banyan-tests` builds this crate's dependencies as libraries only, not their
-    // binaries, so on a fresh checkout they have to be built here.
+    // binaries: on a fresh checkout, or after an edit, they are built here (a test never runs a
+    // binary of another tree than its own).
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!(
-        "banyan-tests: building banyan-root, banyan-agent and banyan (missing in {})",
+        "banyan-tests: building banyan-root, banyan-agent and banyan ({why} in {})",
         target.display()
     );
     let status = Command::new(&cargo)
@@ -97,6 +108,41 @@ fn find_binaries() -> Result<Binaries> {
         );
     }
     Ok(bins)
+}
+
+/// When the newest file the three binaries are built from was changed: the sources of their
+/// crates, and the workspace's manifests and lock file.
+fn newest_source(workspace: &Path) -> Option<std::time::SystemTime> {
+    fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(t) = meta.modified() {
+                *newest = (*newest).max(Some(t));
+            }
+        }
+    }
+    let mut newest = None;
+    for krate in ["protocol", "agent", "root", "cli", "webui"] {
+        walk(&workspace.join(krate).join("src"), &mut newest);
+        if let Ok(t) =
+            fs::metadata(workspace.join(krate).join("Cargo.toml")).and_then(|m| m.modified())
+        {
+            newest = newest.max(Some(t));
+        }
+    }
+    walk(&workspace.join("webui").join("assets"), &mut newest);
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        if let Ok(t) = fs::metadata(workspace.join(file)).and_then(|m| m.modified()) {
+            newest = newest.max(Some(t));
+        }
+    }
+    newest
 }
 
 /// Percent-encodes everything but unreserved characters, as a browser does for a query value.

@@ -516,6 +516,23 @@ fn a_gateway_agent_powers_bmcs_only_its_host_reaches() -> Result<()> {
         };
         let root_toml = c.root_state().join("root.toml");
 
+        // A broken root.toml refuses the action whole, before any BMC call, saying where.
+        for (bad, want) in [
+            (section("colour = \"blue\"\n"), "unknown field `colour`"),
+            (
+                section("").replace("address = \"127.0.0.1\"", "address = \"{name}.-bmc\""),
+                "starts or ends with '-'",
+            ),
+        ] {
+            fs::write(&root_toml, bad)?;
+            let (out, ok) = cli(c, &admin, &["status", &set])?;
+            ensure!(
+                !ok && out.contains("root.toml") && out.contains(want),
+                "a bad root.toml ({want}) was not refused with its reason: {out}"
+            );
+        }
+        ensure!(posts(&sushy).is_empty(), "a refused action called the BMC");
+
         // Without the gateway, the root cannot reach these BMCs.
         fs::write(&root_toml, section(""))?;
         let (out, ok) = cli(c, &admin, &["status", &set])?;
