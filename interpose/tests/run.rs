@@ -8,7 +8,7 @@
 use banyan_protocol::frame::{self, Greeting};
 use banyan_protocol::ingest::{AgentReply, RankExit, RankMsg, INGEST_VERSION};
 use banyan_protocol::job::JobDesc;
-use banyan_protocol::metric::MetricSet;
+use banyan_protocol::metric::{MetricSet, Value};
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -29,18 +29,25 @@ struct FakeAgent {
     name: String,
     streams: Arc<Mutex<Vec<Stream>>>,
     stop: Arc<AtomicBool>,
+    /// Whether hellos are answered.
+    gate: Arc<AtomicBool>,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// A liveness deadline, not a timing claim: how long a process or a stream may take before the
+/// test calls it hung (generous, for a loaded machine).
+const LIVENESS: Duration = Duration::from_secs(30);
+
 impl FakeAgent {
     fn start() -> FakeAgent {
-        FakeAgent::with(200, Duration::ZERO)
+        FakeAgent::with(200, true)
     }
 
-    /// An agent that asks for an update every `period_ms` and answers a hello `welcome_after`
-    /// it came (reading nothing more from that stream meanwhile).
-    fn with(period_ms: u64, welcome_after: Duration) -> FakeAgent {
+    /// An agent that asks for an update every `period_ms`. It answers a hello at once if
+    /// `welcome` is set, else only once [`FakeAgent::welcome`] is called (reading nothing more
+    /// from that stream meanwhile).
+    fn with(period_ms: u64, welcome: bool) -> FakeAgent {
         let name = format!(
             "banyan-interpose-test-{}-{}",
             std::process::id(),
@@ -51,20 +58,19 @@ impl FakeAgent {
         listener.set_nonblocking(true).unwrap();
         let streams: Arc<Mutex<Vec<Stream>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (streams.clone(), stop.clone());
+        let gate = Arc::new(AtomicBool::new(welcome));
+        let (s, st, g) = (streams.clone(), stop.clone(), gate.clone());
         std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let s = s.clone();
+                        let (s, g) = (s.clone(), g.clone());
                         let index = {
                             let mut all = s.lock().unwrap();
                             all.push(Stream::default());
                             all.len() - 1
                         };
-                        std::thread::spawn(move || {
-                            serve(conn, &s, index, period_ms, welcome_after)
-                        });
+                        std::thread::spawn(move || serve(conn, &s, index, period_ms, &g));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -74,16 +80,22 @@ impl FakeAgent {
             name,
             streams,
             stop,
+            gate,
         }
+    }
+
+    /// Lets the agent answer the hellos it holds, and every later one.
+    fn welcome(&self) {
+        self.gate.store(true, Ordering::SeqCst);
     }
 
     fn socket(&self) -> String {
         format!("@{}", self.name)
     }
 
-    /// The streams once every one of them has ended (bounded wait).
+    /// The streams once every one of them has ended (within the liveness deadline).
     fn ended_streams(&self, at_least: usize) -> Vec<Stream> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + LIVENESS;
         loop {
             let all = self.streams.lock().unwrap().clone();
             if all.len() >= at_least && all.iter().all(|s| s.ended) {
@@ -91,7 +103,7 @@ impl FakeAgent {
             }
             assert!(
                 Instant::now() < deadline,
-                "streams did not end in time: {all:#?}"
+                "streams still open after {LIVENESS:?} (hung): {all:#?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -118,7 +130,7 @@ fn serve(
     streams: &Mutex<Vec<Stream>>,
     index: usize,
     period_ms: u64,
-    welcome_after: Duration,
+    gate: &AtomicBool,
 ) {
     conn.set_nonblocking(false).unwrap();
     let mut greeting = [0u8; 8];
@@ -132,7 +144,9 @@ fn serve(
                     assert!(s.hello.is_none(), "a second hello");
                     s.hello = Some((job, rank));
                     drop(all);
-                    std::thread::sleep(welcome_after);
+                    while !gate.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     let reply = frame::encode(&AgentReply::Welcome { period_ms }).unwrap();
                     // The process may already be gone (it sent everything at exit).
                     let _ = conn.write_all(&reply);
@@ -167,8 +181,9 @@ fn banyan_run() -> std::process::Command {
 fn a_wrapped_shell_reports_its_io_and_its_crash() {
     let agent = FakeAgent::start();
     let file = std::env::temp_dir().join(format!("banyan-interpose-test-{}", std::process::id()));
+    // The trailing `exit` keeps the shell from exec'ing its last command: three processes.
     let script = format!(
-        "head -c 100000 /dev/zero > {f}; cat {f} > /dev/null",
+        "head -c 100000 /dev/zero > {f}; cat {f} > /dev/null; exit 0",
         f = file.display()
     );
     let status = banyan_run()
@@ -188,7 +203,8 @@ fn a_wrapped_shell_reports_its_io_and_its_crash() {
     assert_eq!(status.code(), Some(0));
 
     // sh, head and cat: each process that loaded the library is one stream of rank 0.
-    let streams = agent.ended_streams(2);
+    let streams = agent.ended_streams(3);
+    assert_eq!(streams.len(), 3, "sh, head and cat: {streams:#?}");
     for s in &streams {
         let (job, rank) = s.hello.as_ref().expect("every stream says hello");
         assert_eq!(job.jobid, "test-1");
@@ -196,12 +212,23 @@ fn a_wrapped_shell_reports_its_io_and_its_crash() {
         assert!(job.command.contains("head -c 100000"), "{}", job.command);
         assert_eq!(s.exit, Some(RankExit::Exited(0)), "{s:#?}");
     }
+    // head reads 100,000 bytes of /dev/zero and writes them to the file through stdio (glibc's
+    // internal aliases, not counted: a known gap); cat reads them back and writes them to
+    // /dev/null with write(2). The shell itself reads and writes nothing.
     let written = counter_sum(&streams, "banyan_io_bytes_total{function=\"write\"}");
     let read = counter_sum(&streams, "banyan_io_bytes_total{function=\"read\"}");
-    assert!(written >= 100_000.0, "write bytes {written}: {streams:#?}");
-    assert!(read >= 100_000.0, "read bytes {read}: {streams:#?}");
-    assert!(counter_sum(&streams, "banyan_io_calls_total{function=\"write\"}") >= 1.0);
-    assert!(counter_sum(&streams, "banyan_proc_user_seconds_total") >= 0.0);
+    assert_eq!(written, 100_000.0, "write bytes: {streams:#?}");
+    assert_eq!(read, 200_000.0, "read bytes: {streams:#?}");
+    // Every process reports its resource use at exit: its peak memory is the kernel's (not known
+    // here), but no process runs in none.
+    for s in &streams {
+        assert!(
+            s.updates
+                .iter()
+                .any(|u| matches!(u.get("banyan_proc_max_rss_bytes"), Some(Value::Gauge(g)) if g.last > 0.0)),
+            "no peak memory: {s:#?}"
+        );
+    }
     drop(agent);
 
     // A shell that kills itself with SIGSEGV: the handler says so before the process dies.
@@ -220,11 +247,12 @@ fn a_wrapped_shell_reports_its_io_and_its_crash() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(139));
+    // `kill` is a builtin: the shell is the only process.
     let streams = agent.ended_streams(1);
-    assert!(
-        streams
-            .iter()
-            .any(|s| s.exit == Some(RankExit::Signaled(libc::SIGSEGV))),
+    assert_eq!(streams.len(), 1, "{streams:#?}");
+    assert_eq!(
+        streams[0].exit,
+        Some(RankExit::Signaled(libc::SIGSEGV)),
         "{streams:#?}"
     );
 }
@@ -329,21 +357,27 @@ impl Drop for Crasher {
     }
 }
 
-/// Runs the crasher under `banyan-run` against `agent`; its exit status and how long it took.
-fn run_crasher(
-    agent: &FakeAgent,
-    crasher: &Crasher,
-    args: [&str; 4],
-) -> (std::process::ExitStatus, Duration) {
-    let bin = crasher.bin();
-    let started = Instant::now();
-    let status = banyan_run()
+/// Runs the crasher under `banyan-run` against `agent` to its end; its exit status. A crasher
+/// still running after [`LIVENESS`] is killed and the test fails: the crash hung.
+fn run_crasher(agent: &FakeAgent, crasher: &Crasher, args: [&str; 4]) -> std::process::ExitStatus {
+    let mut child = banyan_run()
         .args(["-u", &agent.socket(), "-j", "crash-1", "--"])
-        .arg(&bin)
+        .arg(crasher.bin())
         .args(args)
-        .status()
+        .spawn()
         .unwrap();
-    (status, started.elapsed())
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the crasher {args:?} still ran after {LIVENESS:?}: its crash hung");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -351,8 +385,8 @@ fn a_rank_crashing_before_its_first_update_reports_its_counts_and_its_signal() {
     let crasher = Crasher::build();
     // The process dies within milliseconds, long before the reporter would connect on its own
     // (0.5 s) and send its first update.
-    let agent = FakeAgent::with(60_000, Duration::ZERO);
-    let (status, took) = run_crasher(&agent, &crasher, ["25", "0", "0", "segv"]);
+    let agent = FakeAgent::with(60_000, true);
+    let status = run_crasher(&agent, &crasher, ["25", "0", "0", "segv"]);
     assert_eq!(status.code(), Some(128 + libc::SIGSEGV));
     let streams = agent.ended_streams(1);
     assert_eq!(streams.len(), 1, "{streams:#?}");
@@ -368,7 +402,6 @@ fn a_rank_crashing_before_its_first_update_reports_its_counts_and_its_signal() {
         2500.0,
         "{s:#?}"
     );
-    assert!(took < Duration::from_secs(3), "the crash took {took:?}");
 }
 
 #[test]
@@ -376,8 +409,8 @@ fn a_rank_crashing_mid_period_reports_the_counts_since_its_last_update() {
     let crasher = Crasher::build();
     // The reporter connects at 0.5 s and sends the first 10 writes; the next update would be a
     // minute later, but the process aborts after 15 more writes at about 1.5 s.
-    let agent = FakeAgent::with(60_000, Duration::ZERO);
-    let (status, took) = run_crasher(&agent, &crasher, ["10", "1500", "15", "abort"]);
+    let agent = FakeAgent::with(60_000, true);
+    let status = run_crasher(&agent, &crasher, ["10", "1500", "15", "abort"]);
     assert_eq!(status.code(), Some(128 + libc::SIGABRT));
     let streams = agent.ended_streams(1);
     assert_eq!(streams.len(), 1, "{streams:#?}");
@@ -389,22 +422,19 @@ fn a_rank_crashing_mid_period_reports_the_counts_since_its_last_update() {
         [10.0, 15.0],
         "one periodic update, then the last one: {s:#?}"
     );
-    assert!(took < Duration::from_secs(5), "the crash took {took:?}");
 }
 
 #[test]
 fn a_rank_crashing_before_the_agent_answers_its_hello_still_reports_counts_and_signal() {
     let crasher = Crasher::build();
-    // The agent answers hellos 2 s late: the crash waits for that answer a moment only, then
-    // sends the update and the exit without it. (This agent reads on after failing to answer a
-    // process that is gone; the real one stops reading there.)
-    let agent = FakeAgent::with(60_000, Duration::from_secs(2));
-    let (status, took) = run_crasher(&agent, &crasher, ["25", "0", "0", "segv"]);
+    // The agent answers no hello until the process is gone: the crash waits for that answer a
+    // moment only, then sends the update and the exit without it (a crash that waited for the
+    // answer would never end). This agent then reads on after answering a process that is gone;
+    // the real one stops reading there.
+    let agent = FakeAgent::with(60_000, false);
+    let status = run_crasher(&agent, &crasher, ["25", "0", "0", "segv"]);
     assert_eq!(status.code(), Some(128 + libc::SIGSEGV));
-    assert!(
-        took < Duration::from_millis(1500),
-        "the crash took {took:?}"
-    );
+    agent.welcome();
     let streams = agent.ended_streams(1);
     assert_eq!(streams.len(), 1, "{streams:#?}");
     let s = &streams[0];
