@@ -74,17 +74,26 @@ pub fn ticks_per_second() -> f64 {
     }
     let (t0, n0) = (T0_TICKS.load(Relaxed), T0_NS.load(Relaxed));
     let (t1, n1) = (ticks(), mono_ns());
-    let span_ns = n1.saturating_sub(n0);
-    let span_ticks = t1.saturating_sub(t0);
-    if n0 == 0 || span_ns < 1_000 || span_ticks == 0 {
-        // Not started, or no span yet: a guess that is right within a factor of two or so.
-        return 2.5e9;
-    }
-    let rate = span_ticks as f64 * 1e9 / span_ns as f64;
-    if span_ns >= FREEZE_AFTER_NS {
+    let (rate, freeze) = rate_over((t0, n0), (t1, n1));
+    if freeze {
         FROZEN.store(rate.to_bits(), Relaxed);
     }
     rate
+}
+
+/// Ticks per second over the span from `(ticks, ns)` reading `start` to `now`, and whether the
+/// span is long enough to freeze it.
+fn rate_over(start: (u64, u64), now: (u64, u64)) -> (f64, bool) {
+    let span_ticks = now.0.saturating_sub(start.0);
+    let span_ns = now.1.saturating_sub(start.1);
+    if start.1 == 0 || span_ns < 1_000 || span_ticks == 0 {
+        // Not started, or no span yet: a guess that is right within a factor of two or so.
+        return (2.5e9, false);
+    }
+    (
+        span_ticks as f64 * 1e9 / span_ns as f64,
+        span_ns >= FREEZE_AFTER_NS,
+    )
 }
 
 #[cfg(test)]
@@ -92,13 +101,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_measured_rate_converts_ticks_to_about_real_time() {
+    fn the_rate_is_ticks_over_nanoseconds_and_freezes_after_the_span() {
+        // 3 GHz over 1 ms: measured, not yet frozen.
+        assert_eq!(
+            rate_over((1_000, 5_000_000), (3_001_000, 6_000_000)),
+            (3e9, false)
+        );
+        // 2.2 GHz over exactly the freezing span.
+        assert_eq!(
+            rate_over((0, 1), (220_000_000, 1 + FREEZE_AFTER_NS)),
+            (2.2e9, true)
+        );
+        // Not started, too short a span, or no ticks: the guess, never frozen.
+        assert_eq!(rate_over((5, 0), (3_000_005, 1_000_000)), (2.5e9, false));
+        assert_eq!(rate_over((0, 1_000), (3_000, 1_999)), (2.5e9, false));
+        assert_eq!(rate_over((7, 1_000), (7, 1_000_000)), (2.5e9, false));
+        // A clock read before the start (another thread's) is no span, not a negative one.
+        assert_eq!(rate_over((100, 2_000_000), (50, 1_000_000)), (2.5e9, false));
+    }
+
+    /// With the real clocks: once the process has lived past the span, the rate is frozen, so
+    /// every later report converts with the same rate (seconds never go backwards). Nothing here
+    /// depends on how long anything took: the sleep only makes the span at least that long.
+    #[test]
+    fn the_rate_is_frozen_once_the_process_lived_past_the_span() {
         start();
-        let (t0, n0) = (ticks(), mono_ns());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let (t1, n1) = (ticks(), mono_ns());
-        let secs = (t1 - t0) as f64 / ticks_per_second();
-        let real = (n1 - n0) as f64 / 1e9;
-        assert!((secs - real).abs() < real * 0.05, "{secs} s vs {real} s");
+        std::thread::sleep(std::time::Duration::from_nanos(FREEZE_AFTER_NS));
+        let first = ticks_per_second();
+        assert!(first.is_finite() && first > 0.0, "{first}");
+        let later = ticks_per_second();
+        assert_eq!(first.to_bits(), later.to_bits());
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(FROZEN.load(Relaxed), first.to_bits());
+        }
     }
 }
