@@ -18,6 +18,10 @@
 //!   or `chassis power off` / `on` (ipmitool), each waiting until every BMC reports the new state
 //!   (polling every second, as banyan does).
 //!
+//! - `banyan power status` of the same 8 Redfish systems served by a second sushy that only the
+//!   first test host reaches, through that host's agent as the BMC gateway (each BMC call an order
+//!   down the tree and a sealed receipt back), beside the direct status above.
+//!
 //! BMC calls per node are counted at the emulators: the HTTP requests in sushy's log, the chassis
 //! calls `ipmi_sim` made (one per ipmitool command that reached it). Every answer is checked (the
 //! state each node must be in); a wrong one stops the benchmark. It asserts nothing about time.
@@ -33,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use banyan_agent::bmc::Secret;
-use banyan_tests::bmc::{require, IpmiOptions, IpmiSim, Scratch, Sushy, SushyOptions};
+use banyan_tests::bmc::{require, IpmiOptions, IpmiSim, Scratch, Site, Sushy, SushyOptions};
 use banyan_tests::cluster::{banyan_cli, Cluster, ClusterOptions};
 use banyan_tests::testnet::Testnet;
 use serde_json::Value;
@@ -278,7 +282,12 @@ fn run() -> Result<()> {
     ensure!(Testnet::require()?, "test hosts unavailable");
     let n = 2 * PER_PROTOCOL;
     eprintln!("bench-power: starting a root and {n} agents on test hosts...");
-    let mut cluster = Cluster::start(n, ClusterOptions::default())?;
+    // Every agent may be a BMC gateway; root.toml names the first one for the gateway round.
+    let opts = ClusterOptions {
+        agent_config: Some("[bmc]\ngateway = true\n".into()),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start(n, opts)?;
     let result = bench(&mut cluster, &tools, &args);
     if result.is_err() {
         cluster.keep_logs();
@@ -466,6 +475,50 @@ fn bench(c: &mut Cluster, tools: &banyan_tests::bmc::BmcTools, args: &Args) -> R
         }
     }
 
+    // Through a gateway: the same 8 Redfish systems served by a sushy only the first test host
+    // reaches (on its own loopback), every BMC call an order to that host's agent.
+    let gateway = names[0].clone();
+    let mut inside = SushyOptions::new(redfish);
+    for s in &mut inside.systems {
+        s.power = "On";
+    }
+    inside.site = Site::Host {
+        host: c.hosts()[0].clone(),
+        only_inside: true,
+    };
+    let behind = Sushy::start(tools, &dir.path().join("sushy-gw"), &inside)?;
+    let mut toml = String::new();
+    for (name, uuid) in &behind.systems {
+        write!(
+            toml,
+            "[[bmc]]\nnodes = \"{name}\"\nprotocol = \"redfish\"\naddress = \"127.0.0.1\"\n\
+             port = {}\nuser = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n\
+             system_id = \"{uuid}\"\ngateway = \"{gateway}\"\n\n",
+            behind.addr.port(),
+            behind.user,
+            behind.password_file.display(),
+            behind.ca_file.as_ref().context("TLS sushy")?.display(),
+        )?;
+    }
+    fs::write(c.root_state().join("root.toml"), toml)?;
+    let mut s_b_gw = Series::new("banyan power status (redfish x8, gw)");
+    eprintln!(
+        "bench-power: status through a gateway, {} runs...",
+        args.runs
+    );
+    for run in 0..=args.runs {
+        let before = behind.requests().len();
+        let (wall, slowest, nodes) = banyan(c, &["status", &rf_set])?;
+        expect(&nodes, PER_PROTOCOL, true, "BMC On, agent up")?;
+        if run > 0 {
+            s_b_gw.wall_s.push(wall);
+            s_b_gw.slowest_s.push(slowest);
+            s_b_gw
+                .calls
+                .push((behind.requests().len() - before) as f64 / k);
+        }
+    }
+
     let profile = std::env::var("BANYAN_BENCH_PROFILE").unwrap_or_else(|_| "release".into());
     println!(
         "bench-power: 8 Redfish systems on one sushy-tools 2.2.0 (TLS, basic auth) and 8 ipmi_sim, \
@@ -479,6 +532,7 @@ fn bench(c: &mut Cluster, tools: &banyan_tests::bmc::BmcTools, args: &Args) -> R
     );
     for (s, unit) in [
         (&s_b_rf, "HTTP requests"),
+        (&s_b_gw, "HTTP requests"),
         (&s_sh_rf, "HTTP requests"),
         (&s_b_ip, "chassis calls"),
         (&s_sh_ip, "chassis calls"),
