@@ -51,6 +51,8 @@ struct Session {
     writer: Mutex<Option<(String, u64)>>,
     clients: Mutex<usize>,
     sol: Mutex<Option<Sol>>,
+    /// Set when the SOL client's output ended: a new client opens a new session.
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Deserialize)]
@@ -155,7 +157,7 @@ impl Consoles {
     ) -> Result<Arc<Session>, String> {
         {
             let sessions = lock_std(&self.sessions);
-            if let Some(s) = sessions.get(node) {
+            if let Some(s) = sessions.get(node).filter(|s| !s.is_over()) {
                 *lock_std(&s.clients) += 1;
                 return Ok(s.clone());
             }
@@ -169,6 +171,8 @@ impl Consoles {
         let (input, typed) = std::sync::mpsc::channel::<Vec<u8>>();
         let out = output.clone();
         let name = node.to_string();
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let over = ended.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             loop {
@@ -180,6 +184,7 @@ impl Consoles {
                 }
             }
             // An empty chunk: the session is over.
+            over.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = out.send(Arc::from(&[][..]));
             tracing::debug!(node = %name, "console output ended");
         });
@@ -197,9 +202,10 @@ impl Consoles {
             writer: Mutex::new(None),
             clients: Mutex::new(1),
             sol: Mutex::new(Some(sol)),
+            ended,
         });
         let mut sessions = lock_std(&self.sessions);
-        if let Some(s) = sessions.get(node) {
+        if let Some(s) = sessions.get(node).filter(|s| !s.is_over()) {
             // Another client opened it meanwhile: use that one, close ours.
             *lock_std(&s.clients) += 1;
             let theirs = s.clone();
@@ -229,6 +235,12 @@ impl Consoles {
             info!(node = %session.node, "console session closed");
             close(session);
         }
+    }
+}
+
+impl Session {
+    fn is_over(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -292,6 +304,13 @@ async fn serve<S>(
     let mut typed: u64 = 0;
     let mut buf = vec![0u8; 4096];
     let mut ok = wr.write_all(banner.as_bytes()).await.is_ok();
+    if session.is_over() {
+        // Ended before this client subscribed: it would wait for output that never comes.
+        let _ = wr
+            .write_all(b"[banyan: the console session ended]\r\n")
+            .await;
+        ok = false;
+    }
     while ok {
         tokio::select! {
             chunk = output.recv() => match chunk {
