@@ -100,11 +100,17 @@ impl Target {
         if !path_ok {
             return Err(TargetError::BadPath(path.to_string()));
         }
-        Ok(Target {
+        let target = Target {
             host,
             port,
             path: path.to_string(),
-        })
+        };
+        // The normal form is what is stored (the agent's state dir) and parsed again at restart:
+        // it must pass the same limit, or a target accepted today is refused tomorrow.
+        if target.url().len() > MAX_TARGET_LEN {
+            return Err(TargetError::TooLong);
+        }
+        Ok(target)
     }
 
     /// The host as written (lower case; IPv6 in brackets).
@@ -136,6 +142,22 @@ impl fmt::Display for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_whose_url_is_too_long_is_refused_up_front() {
+        // Found by fuzzing: 250 bytes as HOST:PORT, 266 as the URL that is saved and read back.
+        let host = "h".repeat(MAX_TARGET_LEN - 6);
+        let text = format!("{host}:91");
+        assert!(text.len() <= MAX_TARGET_LEN);
+        assert_eq!(Target::parse(&text), Err(TargetError::TooLong));
+        let fits = format!(
+            "{}:91",
+            "h".repeat(MAX_TARGET_LEN - "http://:91/metrics".len())
+        );
+        let t = Target::parse(&fits).expect("a URL of exactly the limit");
+        assert_eq!(t.url().len(), MAX_TARGET_LEN);
+        assert_eq!(Target::parse(&t.url()), Ok(t));
+    }
 
     #[test]
     fn the_proxy_form_and_a_url_are_one_target() {
