@@ -301,10 +301,17 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, String> {
                 format!(" line {line}, column {column}")
             })
             .unwrap_or_default();
+        // toml's message may span lines ("invalid table header\nexpected ..."): one line here.
+        let message: Vec<&str> = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         format!(
             "invalid config {}:{place}: {}",
             path.display(),
-            e.message().trim()
+            message.join("; ")
         )
     })?;
     Ok(FileConfig {
@@ -340,6 +347,15 @@ mod tests {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_line() {
+        // Found by fuzzing: toml's message for a broken table header has two lines.
+        let e = parse_err("[exec]\n[a b]\n");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("line 2, column 4"), "{e}");
+        assert!(e.contains("invalid table header; expected"), "{e}");
     }
 
     #[test]
