@@ -31,6 +31,10 @@ pub struct SimConfig {
     pub placement: PlacementConfig,
     /// Count messages and bytes that reach the root (costs an encode per message).
     pub measure_root_ingress: bool,
+    /// Check the invariants that hold at every instant after every event (see
+    /// [`Sim::check_event`]); the first one broken is reported by [`Sim::check`]. On by default;
+    /// it costs a walk up the tree from the node that handled the event.
+    pub check_every_event: bool,
 }
 
 impl SimConfig {
@@ -43,6 +47,7 @@ impl SimConfig {
             tree: TreeConfig::default(),
             placement: PlacementConfig::default(),
             measure_root_ingress: false,
+            check_every_event: true,
         }
     }
 }
@@ -136,6 +141,11 @@ pub struct Sim {
     pub ingress: Ingress,
     /// Per command id: how many of its targets it has reached, and when the last one got it.
     reached: HashMap<u64, (usize, u64)>,
+    /// The true sum of every agent's counter, kept as the counters move.
+    true_sum: f64,
+    /// Events handled and checked, and the first invariant an event broke.
+    pub events_checked: u64,
+    violation: Option<String>,
 }
 
 impl Sim {
@@ -172,6 +182,9 @@ impl Sim {
             epoch: 1,
             ingress: Ingress::default(),
             reached: HashMap::new(),
+            true_sum: 0.0,
+            events_checked: 0,
+            violation: None,
         };
         sim.reschedule(End::Root);
         sim
@@ -242,7 +255,9 @@ impl Sim {
     pub fn bump_all(&mut self, by: impl Fn(usize) -> f64) {
         for i in 0..self.agents.len() {
             if self.agents[i].alive {
-                self.agents[i].value += by(i);
+                let by = by(i);
+                self.agents[i].value += by;
+                self.true_sum += by;
                 let mut own = MetricSet::new();
                 own.set_counter(COUNTER, self.agents[i].value);
                 self.agents[i].node.set_own(own);
@@ -254,6 +269,7 @@ impl Sim {
     pub fn bump(&mut self, i: usize, by: f64) {
         if self.agents[i].alive {
             self.agents[i].value += by;
+            self.true_sum += by;
             let mut own = MetricSet::new();
             own.set_counter(COUNTER, self.agents[i].value);
             self.agents[i].node.set_own(own);
@@ -370,7 +386,17 @@ impl Sim {
             self.queue.pop();
             self.now = at;
             if let Some(ev) = self.events.remove(&seq) {
+                let end = ev.handler();
                 self.dispatch(ev);
+                if self.cfg.check_every_event && self.violation.is_none() {
+                    self.events_checked += 1;
+                    if let Err(e) = self.check_event(end) {
+                        self.violation = Some(format!(
+                            "at t={} ms, after an event at {end:?}: {e}",
+                            self.now
+                        ));
+                    }
+                }
             }
         }
         self.now = t;
@@ -725,8 +751,71 @@ impl Sim {
 
     // ----- Invariants --------------------------------------------------------------------------
 
-    /// Checks the tree's invariants over every live agent; returns what is wrong.
+    /// The invariants that hold at every instant, even in the middle of a heal, checked at the
+    /// node `end` that just handled an event (only its state changed): it has at most two
+    /// children; it refused no claim (every node here is honest); following the parents the live
+    /// agents believe in, from it, never comes back to it (no cycle); and, at the root, the total
+    /// is never above the true one (nothing is counted twice, whatever is in flight).
+    fn check_event(&self, end: End) -> Result<(), String> {
+        let node = match end {
+            End::Root => &self.root.node,
+            End::Agent(i) => {
+                if !self.agents[i].alive {
+                    return Ok(());
+                }
+                &self.agents[i].node
+            }
+        };
+        let c = node.children().count();
+        if c > 2 {
+            return Err(format!("{} has {c} children", node.name()));
+        }
+        if node.refused_claims_total() > 0 {
+            return Err(format!(
+                "{} refused {} genuine claims",
+                node.name(),
+                node.refused_claims_total()
+            ));
+        }
+        match end {
+            End::Agent(i) => {
+                let mut cur = i;
+                for _ in 0..=self.agents.len() {
+                    let Some(parent) = self.agents[cur].node.parent() else {
+                        return Ok(());
+                    };
+                    match self.names.get(&parent.name) {
+                        Some(&p) if p == i => {
+                            return Err(format!("{} is its own ancestor", node.name()))
+                        }
+                        Some(&p) if self.agents[p].alive => cur = p,
+                        _ => return Ok(()),
+                    }
+                }
+                Err(format!("a cycle above {}", node.name()))
+            }
+            End::Root => {
+                let (got, want) = (self.root_total(), self.true_sum);
+                if got > want + 1e-6 * want.max(1.0) {
+                    return Err(format!(
+                        "the root's total {got} is above the true total {want}: counted twice"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks the tree's invariants over every live agent; returns what is wrong. These hold once
+    /// the tree is quiescent (healed, the counters' last values reported): every live agent is
+    /// attached on a path its parents agree with up to the root, at most two children each, no
+    /// cycle, the root's model agrees, the depth within ceil(log2(N+1)) + 2, no claim refused,
+    /// and (with `check_totals`) the root's total equals the true total. An invariant broken by
+    /// any event since the start (see [`SimConfig::check_every_event`]) is reported first.
     pub fn check(&mut self, check_totals: bool) -> Result<TreeShape, String> {
+        if let Some(v) = &self.violation {
+            return Err(v.clone());
+        }
         let live = self.live();
         let n = live.len();
         let bound = ((n as f64 + 1.0).log2().ceil() as u32) + 2;
@@ -830,6 +919,21 @@ impl Sim {
     }
 }
 
+impl Ev {
+    /// The node whose state handling this event changes.
+    fn handler(&self) -> End {
+        match self {
+            Ev::Timer(end) => *end,
+            Ev::JoinArrive { .. } => End::Root,
+            Ev::AttachArrive { parent, .. } | Ev::Up { parent, .. } => *parent,
+            Ev::JoinReply { to, .. } => End::Agent(*to),
+            Ev::AttachReply { child, .. }
+            | Ev::ConnectFailed { child, .. }
+            | Ev::Down { child, .. } => End::Agent(*child),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct TreeShape {
     pub live: usize,
@@ -850,6 +954,30 @@ fn phase_name(p: &Phase) -> &'static str {
 mod tests {
     use super::*;
     use banyan_protocol::wire::Answer;
+
+    /// The checks after every event catch a broken invariant when it happens, not only if it
+    /// outlives the scenario's step: here the root counts 1,000 too many for a moment.
+    #[test]
+    fn a_double_count_is_caught_at_the_event_that_makes_it() {
+        let mut sim = Sim::new(SimConfig::new(3));
+        sim.add_agents(10);
+        sim.run_for(10_000);
+        sim.bump_all(|_| 1.0);
+        sim.run_for(3_000);
+        assert!(sim.check(true).is_ok(), "{:?}", sim.check(true));
+        let checked = sim.events_checked;
+        assert!(checked > 0);
+        let mut extra = MetricSet::new();
+        extra.set_counter(COUNTER, 1_000.0);
+        sim.root().node.set_own(extra);
+        sim.run_for(1_000);
+        // Gone again from the root's own state; still reported.
+        sim.root().node.set_own(MetricSet::new());
+        sim.run_for(1_000);
+        let err = sim.check(true).expect_err("the double count");
+        assert!(err.contains("counted twice"), "{err}");
+        assert!(sim.events_checked > checked);
+    }
 
     /// Virtual time, so exact: with a fixed latency a command takes one latency per level down,
     /// and every answer one more per level up.

@@ -4,6 +4,7 @@
 use banyan_tests::sim::{Sim, SimConfig};
 use rand::seq::SliceRandom;
 use rand::Rng;
+use std::collections::BTreeSet;
 
 /// Runs a scenario and panics with the seed and step on the first broken invariant.
 fn scenario(n: usize, seed: u64, steps: usize, max_fail: f64, flaps: usize) {
@@ -94,7 +95,17 @@ fn an_inner_node_killed_is_replaced_without_deepening_the_tree() {
         .into_iter()
         .find(|i| sim.node(*i).depth() == 1)
         .expect("a child of the root");
-    let orphans: Vec<String> = sim.node(victim).children().map(str::to_string).collect();
+    // Each orphan with its children (every orphan of a depth-1 node in a full tree has two).
+    let orphans: Vec<(usize, BTreeSet<String>)> = sim
+        .node(victim)
+        .children()
+        .map(|o| {
+            let i: usize = o[1..].parse().unwrap();
+            (i, sim.node(i).children().map(str::to_string).collect())
+        })
+        .collect();
+    assert_eq!(orphans.len(), 2, "seed {seed}: {orphans:?}");
+    assert!(orphans.iter().all(|(_, c)| c.len() == 2), "{orphans:?}");
     sim.kill(victim);
     let healed = sim.run_until_cond(50, 10_000, |s| s.check(true).is_ok());
     let after = sim
@@ -107,10 +118,11 @@ fn an_inner_node_killed_is_replaced_without_deepening_the_tree() {
         before.max_depth,
         after.max_depth
     );
-    // Subtrees intact: each orphan still has the children it had.
-    for o in orphans {
-        let i: usize = o[1..].parse().unwrap();
-        assert!(sim.node(i).children().count() > 0, "{o} lost its subtree");
+    // Subtrees intact: each orphan still has exactly the children it had (only leaves ever move,
+    // and no leaf of a depth-7 tree of 254 is an orphan's child).
+    for (i, before) in orphans {
+        let after: BTreeSet<String> = sim.node(i).children().map(str::to_string).collect();
+        assert_eq!(after, before, "seed {seed}: {}'s children", Sim::name_of(i));
     }
 }
 
