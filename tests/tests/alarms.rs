@@ -134,3 +134,108 @@ fn an_alarm_is_raised_and_cleared_as_values_cross_it_and_survives_a_root_restart
         Ok(())
     })
 }
+
+/// Starts a rank of job `job` in host `i` that runs on in the background (the cluster stops it).
+fn spawn_rank(c: &mut Cluster, i: usize, job: &str, args: &[&str]) -> Result<u32> {
+    let log = c.dir().join(format!("rank-{job}-{i}.log"));
+    let mut all = vec!["--job", job, "--rank"];
+    let rank = i.to_string();
+    all.push(&rank);
+    all.extend_from_slice(args);
+    c.testnet()
+        .spawn(i, std::path::Path::new(FAKE_RANK), &all, &[], &log)
+        .with_context(|| format!("starting a rank of {job} in host {i}"))
+}
+
+const FAKE_RANK: &str = env!("CARGO_BIN_EXE_fake-rank");
+
+/// Every operator on every kind of value, each compared with the value the alarm reads, known
+/// exactly: a counter's sum, a gauge's mean over the nodes, a histogram's mean observation.
+#[test]
+fn alarms_compare_counters_gauges_and_histograms_with_each_operator() -> Result<()> {
+    if !Testnet::require()? {
+        return Ok(());
+    }
+    with_cluster(2, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        // main: the counter sums to 3 + 4 = 7, the gauge's mean is (1 + 3) / 2 = 2.
+        c.set_metric(0, "test_alarm_done_total", 3.0)?;
+        c.set_metric(1, "test_alarm_done_total", 4.0)?;
+        c.set_metric(0, LEVEL, 1.0)?;
+        c.set_metric(1, LEVEL, 3.0)?;
+        // Job H: every update of rank 0 observes 3 and 5, of rank 1 observes 4; whatever the
+        // number of updates merged, the mean observation is 4.
+        let run = ["--updates", "600", "--every-ms", "100"];
+        spawn_rank(
+            c,
+            0,
+            "H",
+            &[
+                &run[..],
+                &["--observe", "test_wait=3", "--observe", "test_wait=5"],
+            ]
+            .concat(),
+        )?;
+        spawn_rank(
+            c,
+            1,
+            "H",
+            &[&run[..], &["--observe", "test_wait=4"]].concat(),
+        )?;
+        let token = c.admin_token().to_string();
+        // (name, target, metric, operation, threshold, the value read, raised?)
+        let cases = [
+            ("c>", "main", "test_alarm_done_total", ">", 6.0, 7.0, true),
+            ("c<", "main", "test_alarm_done_total", "<", 7.0, 7.0, false),
+            ("c=", "main", "test_alarm_done_total", "=", 7.0, 7.0, true),
+            ("g>", "main", LEVEL, ">", 2.0, 2.0, false),
+            ("g<", "main", LEVEL, "<", 2.5, 2.0, true),
+            ("g=", "main", LEVEL, "=", 2.0, 2.0, true),
+            ("h>", "H", "test_wait", ">", 3.5, 4.0, true),
+            ("h<", "H", "test_wait", "<", 4.0, 4.0, false),
+            ("h=", "H", "test_wait", "=", 4.0, 4.0, true),
+        ];
+        for (name, target, metric, op, value, _, _) in cases {
+            let add = json!({"name": name, "target": target, "metric": metric,
+                "operation": op, "value": value});
+            let (status, body) = send(c, "POST", "/alarms/add", Some(&token), Some(&add))?;
+            assert_eq!(status, 200, "{add}: {body}");
+        }
+        let (list, _) = c.poll("every alarm to read its value", SETTLE, |c| {
+            let l = c.http_get("/alarms/list")?;
+            let all_read = cases.iter().all(|(name, target, _, _, _, read, _)| {
+                alarm(&l, target, name).is_some_and(|a| a["current"] == *read)
+            });
+            Ok(all_read.then_some(l))
+        })?;
+        for (name, target, _, op, value, read, raised) in cases {
+            let a = alarm(&list, target, name).ok_or_else(|| anyhow!("no {name}: {list}"))?;
+            assert_eq!(a["active"], raised, "{read} {op} {value}: {a}");
+            let kind = match op {
+                ">" => "More",
+                "<" => "Less",
+                _ => "Equal",
+            };
+            assert_eq!(a["operator"][kind], value, "{a}");
+            assert_eq!(a["raised_at"].is_u64(), raised, "{a}");
+        }
+        // /alarms lists exactly the raised ones, by target.
+        let raised = c.http_get("/alarms")?;
+        for target in ["main", "H"] {
+            let mut got: Vec<&str> = raised[target]
+                .as_array()
+                .map(|l| l.iter().filter_map(|a| a["name"].as_str()).collect())
+                .unwrap_or_default();
+            got.sort_unstable();
+            let mut want: Vec<&str> = cases
+                .iter()
+                .filter(|k| k.1 == target && k.6)
+                .map(|k| k.0)
+                .collect();
+            want.sort_unstable();
+            assert_eq!(got, want, "raised on {target}: {raised}");
+        }
+        Ok(())
+    })
+}

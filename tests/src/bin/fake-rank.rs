@@ -4,9 +4,11 @@
 //!
 //! `fake-rank [--socket @banyan-agent] --job ID [--rank N] [--size N] [--command TEXT]
 //!            [--updates N] [--every-ms MS] [--count NAME=V]... [--gauge NAME=V]...
+//!            [--observe NAME=V]...
 //!            [--exit ok|none|signal:N|abort] [--garbage] [--swarm N]`
 //!
-//! Each update adds every `--count` value to its counter and samples every `--gauge`. It prints
+//! Each update adds every `--count` value to its counter, samples every `--gauge`, and observes
+//! every `--observe` value in its histogram. It prints
 //! `welcome` or `refused: REASON` (and exits 3), and `done` at the end. `--swarm N` runs N ranks
 //! (numbered from `--rank`) on N connections at once, and prints `last-exit-ms T`, when the last
 //! of them said it ended (for the benchmark of job-end latency).
@@ -14,7 +16,7 @@
 use banyan_protocol::frame::{self, Greeting};
 use banyan_protocol::ingest::{AgentReply, RankExit, RankMsg, DEFAULT_SOCKET, INGEST_VERSION};
 use banyan_protocol::job::JobDesc;
-use banyan_protocol::metric::MetricSet;
+use banyan_protocol::metric::{Histogram, MetricSet, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -28,6 +30,7 @@ struct Args {
     every: Duration,
     counts: Vec<(String, f64)>,
     gauges: Vec<(String, f64)>,
+    observes: Vec<(String, f64)>,
     exit: String,
     garbage: bool,
     swarm: u32,
@@ -49,6 +52,7 @@ fn parse() -> Result<Args, String> {
         every: Duration::from_millis(200),
         counts: Vec::new(),
         gauges: Vec::new(),
+        observes: Vec::new(),
         exit: "ok".into(),
         garbage: false,
         swarm: 0,
@@ -75,6 +79,7 @@ fn parse() -> Result<Args, String> {
             }
             "--count" => a.counts.push(pair(value()?)?),
             "--gauge" => a.gauges.push(pair(value()?)?),
+            "--observe" => a.observes.push(pair(value()?)?),
             "--exit" => a.exit = value()?,
             "--garbage" => a.garbage = true,
             "--swarm" => a.swarm = value()?.parse().map_err(|_| "bad --swarm")?,
@@ -221,6 +226,11 @@ fn run(a: Args) -> Result<ExitCode, String> {
             .unwrap_or(0);
         for (n, v) in &a.gauges {
             delta.set_gauge(n, *v, now);
+        }
+        for (n, v) in &a.observes {
+            let mut h = Histogram::default();
+            h.observe(*v);
+            delta.merge_value(n, &Value::Histogram(h));
         }
         send(&mut s, &RankMsg::Update { delta })?;
         std::thread::sleep(a.every);
