@@ -58,16 +58,28 @@ fn on_host(c: &Cluster, host: usize, cmd: &[&str]) -> Result<Output> {
     mpi::run_bounded(&mut command, Duration::from_secs(120))
 }
 
-/// The only profile the root has written, once it is there.
+/// The profile of the one job the launcher ran, once no job runs any more: exactly one profile,
+/// whatever processes the launcher started (a second job, or a job per process, fails here).
 fn the_profile(c: &Cluster) -> Result<Value> {
-    let (id, _) = c.poll("a profile", SETTLE, |c| {
-        let list = c.http_get("/profiles")?;
-        Ok(list
+    let (list, _) = c.poll("a profile and no running job", SETTLE, |c| {
+        let running = c.http_get("/job/list")?;
+        let running = running
             .as_array()
-            .and_then(|l| l.first())
-            .and_then(|j| j["jobid"].as_str())
-            .map(str::to_string))
+            .ok_or_else(|| anyhow!("/job/list: {running}"))?
+            .iter()
+            .filter_map(|j| j["jobid"].as_str())
+            .any(|id| id != "main" && !id.starts_with("Node: "));
+        let list = c.http_get("/profiles")?;
+        let some = list.as_array().is_some_and(|l| !l.is_empty());
+        Ok((some && !running).then_some(list))
     })?;
+    let ids: Vec<&str> = list
+        .as_array()
+        .map(|l| l.iter().filter_map(|j| j["jobid"].as_str()).collect())
+        .unwrap_or_default();
+    let [id] = ids[..] else {
+        bail!("one job ran, the root wrote {} profiles: {list}", ids.len());
+    };
     let enc: String = id
         .bytes()
         .map(|b| match b {
@@ -106,8 +118,9 @@ fn check_mpi(profile: &Value, report: &Value, ranks: u64) -> Result<()> {
             bail!("{f}: counted (calls, sent, received) {got:?}, the program did {expected:?}\nprofile: {profile}");
         }
     }
-    if profile["ranks"]["ended"].as_u64() < Some(ranks) || profile["ranks"]["crashed"] != 0 {
-        bail!("ranks: {}", profile["ranks"]);
+    let want = serde_json::json!({"started": ranks, "ended": ranks, "crashed": 0, "lost": 0});
+    if profile["ranks"] != want {
+        bail!("ranks: {}, want {want}", profile["ranks"]);
     }
     Ok(())
 }
