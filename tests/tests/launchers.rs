@@ -88,8 +88,9 @@ fn slurm_runs_four_tasks() -> Result<()> {
     succeeded("srun -n 4 hostname", &out)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
+    // One node runs the four tasks: four times its one name.
     ensure!(
-        lines.len() == 4 && lines.iter().all(|l| !l.trim().is_empty()),
+        lines.len() == 4 && !lines[0].trim().is_empty() && lines.iter().all(|l| *l == lines[0]),
         "srun -n 4 hostname printed {} lines: {text:?}\n{}",
         lines.len(),
         slurm.log_tails()
