@@ -1,9 +1,11 @@
 //! `banyan-run` and the preloaded library against a fake agent speaking the ingest protocol.
 //!
 //! The fake agent listens on an abstract socket name unique to the test, answers every hello
-//! with a welcome, and keeps what each stream (each process) said. The wrapped commands are
-//! `/bin/sh`, `head` and `cat`, and one small C program built with `cc` (the C compiler the Rust
-//! toolchain links with) for a crash at a chosen moment.
+//! with a welcome (or holds the welcomes until the test lets it), and keeps what each stream (each
+//! process) said. The wrapped commands are `/bin/sh`, `head` and `cat`, and one small C program
+//! built with `cc` (the C compiler the Rust toolchain links with) for a crash at a chosen moment.
+//! Nothing here asserts how long anything took: waits are bounded by a generous liveness deadline
+//! ([`LIVENESS`]) that only turns a hang into a failure.
 
 use banyan_protocol::frame::{self, Greeting};
 use banyan_protocol::ingest::{AgentReply, RankExit, RankMsg, INGEST_VERSION};
