@@ -365,7 +365,8 @@ mod tests {
             Duration::from_millis(300),
         )
         .unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(10));
+        // Liveness, not timing: stopped long before the 30 s sleep would have ended.
+        assert!(started.elapsed() < Duration::from_secs(20));
         let text = format!("{err:#}");
         assert!(text.contains("did not finish"), "{text}");
         assert!(text.contains("started"), "{text}");
