@@ -318,6 +318,6 @@ mod tests {
             ctx,
         );
         is_send_static(&fut);
-        assert_eq!(executors.kinds(), ["exec", "service"]);
+        assert_eq!(executors.kinds(), ["exec", "service", "bmc"]);
     }
 }
