@@ -1,5 +1,6 @@
 //! The Prometheus text parser, as a scrape of an exporter feeds it. No panic; what parses becomes
-//! a metric set that renders a valid exposition, and rendering is a fixed point from there.
+//! a metric set that renders a valid exposition, with and without the root's extra labels, and
+//! what that parses to renders validly again.
 #![no_main]
 
 use banyan_protocol::exposition::{parse_document, render, to_metric_set};
@@ -21,6 +22,10 @@ fuzz_target!(|data: &[u8]| {
     let once = render(&set, &|_| None, &[]);
     let back = parse_document(&once)
         .unwrap_or_else(|e| panic!("rendered text does not parse: {e}\n{once}"));
+    // Not a fixed point in general: a hostile untyped `x_sum` with a `quantile` label renders
+    // untyped and comes back as a summary's. What comes back must still render validly.
     let twice = render(&to_metric_set(&back.samples, 1), &|_| None, &[]);
-    assert_eq!(once, twice, "rendering is not a fixed point");
+    if let Err(e) = parse_document(&twice) {
+        panic!("re-rendered text does not parse: {e}\n{twice}");
+    }
 });
