@@ -4,9 +4,14 @@
 //! Set-up: a real cluster, 16 agents on test hosts (network namespaces) and the root on this
 //! machine, because the root powers only nodes of its cluster; one sushy-tools emulator serving 8
 //! systems (TLS with a test CA, basic auth) for the first 8 nodes, one `ipmi_sim` per node on the
-//! loopback for the other 8 (their "node" is a `sleep`, not the agent: the agents stay up, so
-//! `status` after an `off` reads "BMC Off, agent up", which changes nothing to the timing). The
-//! BMCs are in the root's `root.toml`, as an operator would write it.
+//! loopback for the other 8, whose chassis is the node's real agent (an off stops it, an on starts
+//! it, as on a real machine). The Redfish nodes' agents are not powered by sushy: they stay up, so
+//! banyan's `off` there waits its full 15 s for the agent to leave before it says "the agent is
+//! still up". The BMCs are in the root's `root.toml`, as an operator would write it.
+//!
+//! banyan's `off` and `on` end when the BMC reports the state *and* the node's agent has left or
+//! rejoined the tree (detection within 3 s, a rejoin a few seconds); the shell loops wait for the
+//! BMCs only.
 //!
 //! Timed, per run, with the tools taking turns so that the machine's other load falls on both:
 //! - `banyan power status NODES --json`, the CLI process end to end (POST /actions, the audit
@@ -305,12 +310,27 @@ fn bench(c: &mut Cluster, tools: &banyan_tests::bmc::BmcTools, args: &Args) -> R
         s.power = "On";
     }
     let sushy = Sushy::start(tools, &dir.path().join("sushy"), &sushy_opts)?;
+    // Each IPMI node's power is its agent: the harness's process stops and the BMC, powered on
+    // from the start, runs the same command line in its chassis, so that an off really takes the
+    // agent out of the tree and an on brings it back, as on a real machine.
     let mut sims = Vec::new();
-    for name in ipmi {
+    for (i, name) in names.iter().enumerate().skip(PER_PROTOCOL) {
+        let agent: Vec<String> = c
+            .agent_command_line(i)?
+            .iter()
+            .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
+            .collect();
+        let boot = dir.path().join(format!("boot-{name}"));
+        fs::write(&boot, format!("#!/bin/sh\nexec {}\n", agent.join(" ")))?;
+        fs::set_permissions(&boot, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        c.terminate_agent(i)?;
         let mut opts = IpmiOptions::new(name);
+        opts.node_command = format!("'{}'", boot.display());
         opts.powered_on = true;
         sims.push(IpmiSim::start(tools, &dir.path().join(name), &opts)?);
     }
+    c.wait_healthy(&names, FORM)
+        .context("the agents run by the IPMI BMCs joining")?;
     // Each system by its id (sushy redirects a name to it), on both sides.
     let mut toml = String::new();
     for (name, uuid) in &sushy.systems {
@@ -568,7 +588,9 @@ fn bench(c: &mut Cluster, tools: &banyan_tests::bmc::BmcTools, args: &Args) -> R
             "note: sushy applies each power change 1-11 s (random) after the reset, by design, and \
              both sides poll each second until every BMC reports it: the Redfish change timings \
              are the emulator's delay (the slowest of 8 draws, twice), not banyan's or the loop's \
-             work. ipmi_sim changes at once."
+             work, plus, for banyan, 15 s waiting for agents that sushy does not stop. ipmi_sim \
+             changes at once; banyan's ipmi figure includes each agent leaving the tree and \
+             rejoining it, which the loops do not wait for."
         );
     }
     Ok(())
