@@ -9,7 +9,8 @@
 //!
 //! The action path's rules hold: a token whose scope covers the node (a viewer may not attach),
 //! and the audit log has `console.start` and `console.end` (who, node, writer or reader, how long,
-//! bytes typed) for every client, and `console.refused` for refusals. What is not here: consoles
+//! bytes typed) for every client, `console.request` before a session is opened or joined, and
+//! `console.refused` for refusals. What is not here: consoles
 //! behind a BMC gateway and Redfish serial consoles (refused with that reason).
 
 use crate::audit::AuditEvent;
@@ -112,12 +113,19 @@ pub async fn attach(
             format!("{node}'s BMC is reached through the gateway {g}: consoles through a gateway are not carried out yet"),
         ));
     }
+    let read_only = q.read_only.is_some_and(|v| v != "0" && v != "false");
+    // Audit first: opening a SOL session is an act on the BMC (it ends anyone else's session there).
+    audit(
+        &api,
+        AuditEvent::new(now, principal.name.clone(), peer.clone(), "console.request")
+            .targets(&targets)
+            .args(json!({"node": node, "read_only": read_only})),
+    )?;
     let consoles = api.root.consoles.clone();
     let session = consoles
         .session(&node, target.endpoint)
         .await
         .map_err(|e| refuse(StatusCode::BAD_GATEWAY, "console unavailable", e))?;
-    let read_only = q.read_only.is_some_and(|v| v != "0" && v != "false");
     let upgrade = hyper::upgrade::on(&mut req);
     let who = principal.name.clone();
     tokio::spawn(async move {

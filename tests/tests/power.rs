@@ -784,6 +784,14 @@ fn console_through_ipmi_sol_has_one_writer_and_is_audited() -> Result<()> {
         );
 
         let audit = fs::read_to_string(c.root_state().join("audit.jsonl"))?;
+        ensure!(
+            audit
+                .lines()
+                .filter(|l| l.contains("\"console.request\"") && l.contains(&node))
+                .count()
+                == 2,
+            "not one console.request per client before its session:\n{audit}"
+        );
         for (event, role) in [
             ("console.start", "writer"),
             ("console.start", "reader"),
