@@ -184,6 +184,35 @@ impl Site {
     }
 }
 
+/// `word` quoted for `/bin/sh`.
+pub fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// Makes node `i`'s power its agent, for an [`IpmiSim`] whose chassis runs the node: writes
+/// `dir/boot-NAME`, which runs `before` (a shell line, e.g. a reboot's reset of the node's
+/// counters; empty for none) then the node's agent exactly as the harness starts it, on its test
+/// host. Returns the script's path quoted for `IpmiOptions::node_command`.
+pub fn agent_boot_script(
+    c: &crate::cluster::Cluster,
+    i: usize,
+    dir: &Path,
+    before: &str,
+) -> Result<String> {
+    let agent: Vec<String> = c
+        .agent_command_line(i)?
+        .iter()
+        .map(|w| sh_quote(w))
+        .collect();
+    let path = dir.join(format!("boot-{}", c.name(i)));
+    fs::write(
+        &path,
+        format!("#!/bin/sh\n{before}\nexec {}\n", agent.join(" ")),
+    )?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(sh_quote(path.to_str().context("a UTF-8 path")?))
+}
+
 /// Writes `secret` to `path`, readable by its owner only (as banyan demands of password files).
 pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
     let mut f = fs::OpenOptions::new()

@@ -17,12 +17,11 @@
 //! `on` starts it again (it rejoins, the cluster's totals exact), `cycle` does both.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use banyan_tests::bmc::{
-    require, write_secret, IpmiOptions, IpmiSim, Scratch, Site, Sushy, SushyOptions,
+    agent_boot_script, require, sh_quote, write_secret, IpmiOptions, IpmiSim, Scratch, Site, Sushy,
+    SushyOptions,
 };
 use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster, ClusterOptions};
 use banyan_tests::support::http_request;
@@ -231,36 +230,6 @@ system_id = "{{name}}"
     })
 }
 
-/// `word` quoted for `/bin/sh`.
-fn sh_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-/// Writes `dir/boot-NAME`, what powering node `i` on runs: a fresh boot, whose counters start
-/// from zero (the node's metrics file emptied, as a reboot clears the kernel's counts; see
-/// ARCHITECTURE.md, known gaps, for absolute counters that outlive a restart), then the node's
-/// agent, exactly as the harness starts it, on its test host.
-fn boot_script(c: &Cluster, i: usize, dir: &Path) -> Result<PathBuf> {
-    let name = c.name(i);
-    let metrics = c.dir().join(format!("{name}.metrics"));
-    let agent: Vec<String> = c
-        .agent_command_line(i)?
-        .iter()
-        .map(|w| sh_quote(w))
-        .collect();
-    let path = dir.join(format!("boot-{name}"));
-    fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\n: >{}\nexec {}\n",
-            sh_quote(metrics.to_str().context("a UTF-8 path")?),
-            agent.join(" ")
-        ),
-    )?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-    Ok(path)
-}
-
 /// Each node's `stdout` line of a `power ... --json` answer, by node.
 fn lines_of(out: &str, nodes: &[&String]) -> Result<Vec<String>> {
     let v = first_json(out)?;
@@ -299,10 +268,15 @@ fn ipmi_power_stops_and_starts_the_nodes_real_agents() -> Result<()> {
         // powered on from the start, runs the same command line in its chassis.
         let mut sims = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            let boot = boot_script(c, i, dir.path())?;
+            // A fresh boot: the node's counters start from zero (its metrics file emptied, as a
+            // reboot clears the kernel's counts; see ARCHITECTURE.md, known gaps, for absolute
+            // counters that outlive a restart).
+            let metrics = c.dir().join(format!("{name}.metrics"));
+            let reset = format!(": >{}", sh_quote(metrics.to_str().context("a UTF-8 path")?));
+            let boot = agent_boot_script(c, i, dir.path(), &reset)?;
             c.terminate_agent(i)?;
             let mut opts = IpmiOptions::new(name);
-            opts.node_command = sh_quote(boot.to_str().context("a UTF-8 path")?);
+            opts.node_command = boot;
             opts.powered_on = true;
             sims.push(IpmiSim::start(&tools, &dir.path().join(name), &opts)?);
         }

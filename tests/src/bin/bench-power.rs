@@ -42,7 +42,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use banyan_agent::bmc::Secret;
-use banyan_tests::bmc::{require, IpmiOptions, IpmiSim, Scratch, Site, Sushy, SushyOptions};
+use banyan_tests::bmc::{
+    agent_boot_script, require, IpmiOptions, IpmiSim, Scratch, Site, Sushy, SushyOptions,
+};
 use banyan_tests::cluster::{banyan_cli, Cluster, ClusterOptions};
 use banyan_tests::testnet::Testnet;
 use serde_json::Value;
@@ -315,17 +317,10 @@ fn bench(c: &mut Cluster, tools: &banyan_tests::bmc::BmcTools, args: &Args) -> R
     // agent out of the tree and an on brings it back, as on a real machine.
     let mut sims = Vec::new();
     for (i, name) in names.iter().enumerate().skip(PER_PROTOCOL) {
-        let agent: Vec<String> = c
-            .agent_command_line(i)?
-            .iter()
-            .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
-            .collect();
-        let boot = dir.path().join(format!("boot-{name}"));
-        fs::write(&boot, format!("#!/bin/sh\nexec {}\n", agent.join(" ")))?;
-        fs::set_permissions(&boot, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let boot = agent_boot_script(c, i, dir.path(), "")?;
         c.terminate_agent(i)?;
         let mut opts = IpmiOptions::new(name);
-        opts.node_command = format!("'{}'", boot.display());
+        opts.node_command = boot;
         opts.powered_on = true;
         sims.push(IpmiSim::start(tools, &dir.path().join(name), &opts)?);
     }
