@@ -1147,47 +1147,47 @@ fn expand(segments: &[Segment<'_>], name: &mut String, out: &mut Vec<NodeName>) 
 
 /// A name cut into `texts[0] nums[0] texts[1] nums[1] ... texts[k]`.
 struct Cut<'a> {
-    texts: Vec<String>,
+    texts: Vec<&'a str>,
     nums: Vec<&'a str>,
 }
 
+/// Text between two numbers is one slice of the name (text runs and digit runs too long to count
+/// with are adjacent), so cutting allocates nothing but the two vectors.
 fn cut(name: &str) -> Cut<'_> {
-    let mut texts = vec![String::new()];
+    let mut texts = Vec::new();
     let mut nums = Vec::new();
     let bytes = name.as_bytes();
+    let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
         let run = digit_run(&bytes[i..]);
         if run == 0 {
-            let text_len = bytes[i..]
+            i += bytes[i..]
                 .iter()
                 .take_while(|b| !b.is_ascii_digit())
                 .count();
-            push_text(&mut texts, &name[i..i + text_len]);
-            i += text_len;
         } else if run > MAX_DIGITS {
             // Too long to count with; keep it as text.
-            push_text(&mut texts, &name[i..i + run]);
             i += run;
         } else {
+            texts.push(&name[start..i]);
             nums.push(&name[i..i + run]);
-            texts.push(String::new());
             i += run;
+            start = i;
         }
     }
+    texts.push(&name[start..]);
     Cut { texts, nums }
-}
-
-fn push_text(texts: &mut [String], s: &str) {
-    if let Some(last) = texts.last_mut() {
-        last.push_str(s);
-    }
 }
 
 /// Digit strings (at most `MAX_DIGITS` long) split into groups that one bracket can write: padded
 /// strings by width, together with unpadded ones of the same length (`099,100` is `099-100`), and
 /// the remaining unpadded strings. Each group is sorted by value.
 fn padding_groups<'a>(nums: &[&'a str]) -> Vec<Vec<(u64, &'a str)>> {
+    if let [only] = nums {
+        // The common case of names that share nothing: no grouping to do.
+        return vec![vec![(only.parse().unwrap_or(u64::MAX), *only)]];
+    }
     let widths: BTreeSet<usize> = nums
         .iter()
         .filter(|s| is_padded(s))
@@ -1241,8 +1241,10 @@ fn fold_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     // Each output term with the first name it expands to, for ordering.
     let mut terms: Vec<(String, String)> = Vec::new();
 
+    // Hash maps, not ordered ones: the terms are sorted once at the end, and a million names with
+    // a million keys made ordered-map lookups (each comparing vectors of strings) the whole cost.
     // Pass 1: key = (texts, all numbers but the last) -> last numbers.
-    let mut by_last: BTreeMap<(Vec<String>, Vec<&str>), Vec<&str>> = BTreeMap::new();
+    let mut by_last: HashMap<(Vec<&str>, Vec<&str>), Vec<&str>> = HashMap::new();
     for name in names {
         let Cut { texts, mut nums } = cut(name);
         match nums.pop() {
@@ -1252,8 +1254,8 @@ fn fold_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
 
     // Pass 2: key = (texts, numbers but the last two, last bracket) -> second-to-last numbers.
-    type Key<'k> = (Vec<String>, Vec<&'k str>, String, &'k str);
-    let mut by_second: BTreeMap<Key<'_>, Vec<&str>> = BTreeMap::new();
+    type Key<'k> = (Vec<&'k str>, Vec<&'k str>, String, &'k str);
+    let mut by_second: HashMap<Key<'_>, Vec<&str>> = HashMap::new();
     for ((texts, nums), lasts) in by_last {
         for group in padding_groups(&lasts) {
             let last = bracket(&group);
@@ -1295,7 +1297,7 @@ fn fold_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// Interleaves `texts` with `nums` followed by `tail` (the folded numbers).
-fn assemble(texts: &[String], nums: &[&str], tail: &[&str]) -> String {
+fn assemble(texts: &[&str], nums: &[&str], tail: &[&str]) -> String {
     let mut out = String::new();
     for (i, text) in texts.iter().enumerate() {
         out.push_str(text);
