@@ -14,6 +14,7 @@ pub mod collect;
 pub mod config;
 pub mod enrol;
 pub mod grants;
+pub mod incarnation;
 pub mod ingest;
 pub mod jobs;
 pub mod orders;

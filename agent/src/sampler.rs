@@ -28,8 +28,10 @@ impl Sampler {
         }
     }
 
-    /// One wave's sample of this node. Counters are cumulative since the agent started.
-    pub fn sample(&mut self, now_ms: u64) -> MetricSet {
+    /// One wave's sample of this node, and the part of it read from the metrics file. The
+    /// collectors' counters are cumulative since the agent started; the file's are whatever the
+    /// file says, so they do not restart with the agent (the tree's `carried` part).
+    pub fn sample(&mut self, now_ms: u64) -> (MetricSet, MetricSet) {
         self.waves += 1;
         let mut set = MetricSet::new();
         set.set_counter("banyan_agent_waves_total", self.waves as f64);
@@ -40,11 +42,16 @@ impl Sampler {
         );
         set.set_gauge("banyan_agent_up", 1.0, now_ms);
         self.collectors.collect_into(now_ms, &mut set);
+        let mut file = MetricSet::new();
         if let Some(path) = &self.metrics_file {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
                     self.file_error_reported = false;
-                    parse_text(&text, now_ms, &mut set);
+                    parse_text(&text, now_ms, &mut file);
+                    // The file's value wins over a collector's of the same name, as it always has.
+                    for (name, value) in &file.values {
+                        set.values.insert(name.clone(), value.clone());
+                    }
                 }
                 Err(e) => {
                     if !self.file_error_reported {
@@ -54,7 +61,7 @@ impl Sampler {
                 }
             }
         }
-        set
+        (set, file)
     }
 }
 

@@ -182,8 +182,9 @@ impl Scrapes {
     }
 
     /// Adds every target's latest good scrape to `own`. A series the node collects itself is left
-    /// as the node measured it: an exporter cannot overwrite or double it.
-    pub fn merge_into(&self, own: &mut MetricSet) {
+    /// as the node measured it: an exporter cannot overwrite or double it. The series added go to
+    /// `carried` too: an exporter's counters do not restart with the agent.
+    pub fn merge_into(&self, own: &mut MetricSet, carried: &mut MetricSet) {
         let mut scraped = MetricSet::new();
         for s in self.targets.values() {
             if let Some(set) = &lock(&s.latest).set {
@@ -191,7 +192,10 @@ impl Scrapes {
             }
         }
         for (name, value) in scraped.values {
-            own.values.entry(name).or_insert(value);
+            if let std::collections::btree_map::Entry::Vacant(slot) = own.values.entry(name) {
+                carried.values.insert(slot.key().clone(), value.clone());
+                slot.insert(value);
+            }
         }
     }
 }
@@ -359,9 +363,15 @@ mod tests {
         }
         let mut own = MetricSet::new();
         own.set_counter("banyan_agent_waves_total", 3.0);
-        scrapes.merge_into(&mut own);
+        let mut carried = MetricSet::new();
+        scrapes.merge_into(&mut own, &mut carried);
         assert_eq!(own.counter("banyan_agent_waves_total"), 3.0);
         assert_eq!(own.counter("other_total"), 7.0);
+        assert_eq!(
+            carried.values.keys().collect::<Vec<_>>(),
+            ["other_total"],
+            "only what the exporter added is carried across a restart"
+        );
         // A second agent start on the same state dir scrapes the same target.
         let again = Scrapes::open(Some(&dir), &[], Duration::from_millis(200));
         assert_eq!(

@@ -9,6 +9,7 @@ use crate::actions::{Executors, RunContext};
 use crate::config::ActionsConfig;
 use crate::enrol::{self, EnrolError};
 use crate::grants::GrantVerifier;
+use crate::incarnation::Incarnation;
 use crate::ingest::RankEvent;
 use crate::jobs::LocalJobs;
 use crate::orders::{claimed_id, OrderGate};
@@ -162,6 +163,13 @@ pub async fn run(
         transport::unix_ms(),
     );
     node.set_grant_check(Arc::new(grants));
+    let incarnation = cfg.state_dir.as_deref().map(|dir| {
+        let (inc, life) = Incarnation::open(dir);
+        if let Some(life) = life {
+            node.resume(transport::unix_ms(), life);
+        }
+        inc
+    });
     let mut core = Core {
         node,
         sampler: Sampler::new(cfg.metrics_file.clone(), transport::unix_ms()),
@@ -171,6 +179,7 @@ pub async fn run(
             Duration::from_millis(cfg.tree.period_ms),
         ),
         jobs: LocalJobs::new(),
+        incarnation,
         ranks: HashMap::new(),
         gate,
         executors,
@@ -195,6 +204,9 @@ struct Core {
     sampler: Sampler,
     scrapes: Scrapes,
     jobs: LocalJobs,
+    /// The state dir's record of what this run handed up, for the next run (none without a
+    /// state dir).
+    incarnation: Option<Incarnation>,
     /// Ranks connected now: connection -> job id.
     ranks: HashMap<u64, String>,
     /// Checks orders and signs receipts.
@@ -238,8 +250,9 @@ impl Core {
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => {
                     let now = self.now();
                     if now >= self.node.next_wave_at() {
-                        let mut own = self.sampler.sample(now);
-                        self.scrapes.merge_into(&mut own);
+                        let (mut own, mut carried) = self.sampler.sample(now);
+                        self.scrapes.merge_into(&mut own, &mut carried);
+                        self.node.set_carried(&carried);
                         self.jobs.merge_into(&mut own);
                         let mut digest = crate::sampler::digest_of(&self.cfg.name, &own, now);
                         digest.scrape_errors = self.scrapes.errors();
@@ -443,6 +456,11 @@ impl Core {
     }
 
     fn drain(&mut self) {
+        // Before a report leaves: the next run must know of it even if this one is killed now.
+        if let Some(inc) = &mut self.incarnation {
+            let node = &self.node;
+            inc.keep(node.last_seq(), || node.previous_life());
+        }
         while let Some(action) = self.node.poll_action() {
             match action {
                 Action::SendJoin(join) => {

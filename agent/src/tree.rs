@@ -28,6 +28,12 @@
 //!   keeps of that child to match (it keeps its children's last [`SENT_HISTORY`] reports for that).
 //!   Without that word an orphan owes its last report, which can lose increments that were in
 //!   flight, never count them twice.
+//! - **Restarts.** Counters the agent takes as absolute values (a scraped exporter's, the metrics
+//!   file's) do not start from zero when the agent restarts, unlike its collectors' own. Each
+//!   report remembers that *carried* part ([`Node::set_carried`]); the shell keeps the last
+//!   reports' carried parts in the state dir ([`PreviousLife`]), and a restarted agent
+//!   ([`Node::resume`]) joins as an orphan of its old parent and owes exactly the carried part of
+//!   the report that parent kept, as an orphan owes its net.
 //! - **Membership.** Each node knows the members of each child's subtree (for routing commands)
 //!   and forwards changes of the union upward immediately, so the root always has the topology.
 //! - **Claims are checked.** A child is believed only about nodes the root placed below it: its
@@ -207,12 +213,23 @@ pub struct HandoverStats {
     pub not_rewound: u64,
 }
 
-/// A report sent up: its number, its net values, and which children's reports it held.
+/// A report sent up: its number, its net values, which children's reports it held, and its
+/// carried part (cumulative series that a restart of the agent does not reset).
 #[derive(Debug, Clone)]
 struct Sent {
     seq: u64,
     net: MetricSet,
     holds: Vec<Hold>,
+    carried: MetricSet,
+}
+
+/// What a killed or stopped agent leaves for its next start on the same boot: the parent it was
+/// attached to and the carried part of its last reports there, by number. The next incarnation
+/// owes the one that parent kept.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreviousLife {
+    pub parent: String,
+    pub sent: Vec<(u64, MetricSet)>,
 }
 
 /// A parent left behind whose keeping of us is not settled yet: what we sent it, by number.
@@ -364,6 +381,8 @@ pub struct Node {
     /// (the parent that was told may be the one that died).
     recent_lost: VecDeque<(u64, Lost)>,
     own: MetricSet,
+    /// The part of `own` that a restart does not reset (cumulative series only).
+    carried: MetricSet,
     /// Digests sampled here or received from children since the last report sent up.
     digests: Vec<Digest>,
     /// Root only: the latest digest of every node.
@@ -447,6 +466,7 @@ impl Node {
             lost_in_join: 0,
             recent_lost: VecDeque::new(),
             own: MetricSet::new(),
+            carried: MetricSet::new(),
             digests: Vec::new(),
             latest_digests: HashMap::new(),
             frozen: MetricSet::new(),
@@ -636,6 +656,63 @@ impl Node {
     /// Replaces this node's own sample; it goes into the next report.
     pub fn set_own(&mut self, own: MetricSet) {
         self.own = own;
+    }
+
+    /// The series of the own sample that an agent restart does not reset (counters it reads as
+    /// absolute values); each report remembers them for [`Node::previous_life`].
+    pub fn set_carried(&mut self, carried: &MetricSet) {
+        self.carried = carried.cumulative();
+    }
+
+    /// The number of the last report sent (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// What the next incarnation of this agent must owe if it is killed now: the carried part of
+    /// the reports sent to the current parent, or to the lost one not settled yet. None when
+    /// nothing is carried (or before the first parent).
+    pub fn previous_life(&self) -> Option<PreviousLife> {
+        // Between parents, what is owed is still what the lost one kept.
+        let (parent, sent) = match (&self.phase, &self.unsettled) {
+            (Phase::Attached { parent, .. }, _) => (&parent.name, &self.sent),
+            (_, Some(lost)) => (&lost.parent, &lost.sent),
+            _ => return None,
+        };
+        if sent.iter().all(|s| s.carried.is_empty()) {
+            return None;
+        }
+        Some(PreviousLife {
+            parent: parent.clone(),
+            sent: sent.iter().map(|s| (s.seq, s.carried.clone())).collect(),
+        })
+    }
+
+    /// Starts a restarted agent from what its previous incarnation left: it joins as an orphan of
+    /// that parent and, once placed, owes the carried part of the report the parent kept (or of
+    /// its last report without word from the root). Report numbers go on from the old ones.
+    /// Only before the first join.
+    pub fn resume(&mut self, now: u64, life: PreviousLife) {
+        if self.role != Role::Agent || self.seq != 0 || self.unsettled.is_some() {
+            return;
+        }
+        self.seq = life.sent.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+        let parent = life.parent;
+        self.unsettled = Some(Unsettled {
+            parent: parent.clone(),
+            sent: life
+                .sent
+                .into_iter()
+                .map(|(seq, carried)| Sent {
+                    seq,
+                    net: carried.cumulative(),
+                    holds: Vec::new(),
+                    // Killed again before it is placed: the next run still owes the same.
+                    carried,
+                })
+                .collect(),
+        });
+        self.rejoin(now, JoinReason::ParentLost { parent });
     }
 
     /// Replaces this node's own values between waves and, when this wave already went up, sends
@@ -835,6 +912,7 @@ impl Node {
             seq: self.seq,
             net: report.net.clone(),
             holds: report.holds.clone(),
+            carried: self.carried.clone(),
         });
         self.send_parent(now, Msg::Report(report));
     }
@@ -2035,6 +2113,112 @@ mod tests {
             .expect("placed");
         assert_eq!(x.net().counter("work_total"), 15.0);
         assert_eq!(x.handovers().exact, 1);
+    }
+
+    /// Own values of a node whose `scraped_total` comes from an exporter (carried across a
+    /// restart) and `work_total` from its own collectors (counting from its start).
+    fn sample(node: &mut Node, scraped: f64, work: f64) {
+        let mut own = counter(work);
+        own.set_counter("scraped_total", scraped);
+        let mut carried = MetricSet::new();
+        carried.set_counter("scraped_total", scraped);
+        node.set_own(own);
+        node.set_carried(&carried);
+    }
+
+    #[test]
+    fn a_restarted_agent_owes_exactly_the_carried_part_its_parent_kept() {
+        let mut x = attached("x", "p", 0);
+        for (i, scraped) in [100.0, 130.0, 170.0].into_iter().enumerate() {
+            let now = 1000 * (i as u64 + 1);
+            x.handle_parent_msg(now, Msg::Heartbeat { depth: 0 });
+            sample(&mut x, scraped, 5.0 * (i as f64 + 1.0));
+            x.on_timeout(now);
+        }
+        let seqs: Vec<u64> = sent_reports(&mut x).iter().map(|(s, _, _)| *s).collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        let life = x.previous_life().expect("something is carried");
+        assert_eq!(life.parent, "p");
+        let carried: Vec<(u64, f64)> = life
+            .sent
+            .iter()
+            .map(|(seq, set)| (*seq, set.counter("scraped_total")))
+            .collect();
+        assert_eq!(carried, vec![(1, 0.0), (2, 100.0), (3, 130.0), (4, 170.0)]);
+        assert!(
+            life.sent
+                .iter()
+                .all(|(_, set)| set.counter("work_total") == 0.0),
+            "the collectors' counters are not carried"
+        );
+
+        // Killed; the next incarnation reads the exporter at 180 and its own collectors from 0.
+        let mut y = Node::new_agent("x", "x:1337", TreeConfig::default(), 5000);
+        y.resume(5000, life);
+        y.on_timeout(5000);
+        let join = std::iter::from_fn(|| y.poll_action())
+            .find_map(|a| match a {
+                Action::SendJoin(j) => Some(j),
+                _ => None,
+            })
+            .expect("a join");
+        assert_eq!(
+            join.reason,
+            JoinReason::ParentLost { parent: "p".into() },
+            "it joins as the orphan of its old parent, so the root passes the parent's word"
+        );
+        // The parent kept report 3 (130).
+        let kept = Hold {
+            node: "x".into(),
+            under: "p".into(),
+            seq: Some(3),
+        };
+        y.handle_join_reply(5100, placed("q", Some(kept)))
+            .expect("placed");
+        sample(&mut y, 180.0, 2.0);
+        assert_eq!(
+            y.net().counter("scraped_total"),
+            50.0,
+            "180 less the 130 kept"
+        );
+        assert_eq!(y.net().counter("work_total"), 2.0, "own counts are new");
+        assert_eq!(y.handovers().exact, 1);
+        y.handle_parent_msg(
+            5200,
+            Msg::Accepted {
+                depth: 1,
+                root_epoch: 7,
+            },
+        );
+        y.on_timeout(6000);
+        let seqs: Vec<u64> = sent_reports(&mut y).iter().map(|(s, _, _)| *s).collect();
+        assert_eq!(seqs.first(), Some(&5), "numbers go on from the old life");
+    }
+
+    #[test]
+    fn a_restarted_agent_without_word_owes_its_last_carried_report() {
+        let mut x = attached("x", "p", 0);
+        sample(&mut x, 100.0, 1.0);
+        x.on_timeout(1000);
+        sample(&mut x, 120.0, 2.0);
+        x.on_timeout(2000);
+        let life = x.previous_life().expect("something is carried");
+        let mut y = Node::new_agent("x", "x:1337", TreeConfig::default(), 3000);
+        y.resume(3000, life);
+        y.on_timeout(3000);
+        y.handle_join_reply(3100, placed("q", None))
+            .expect("placed");
+        sample(&mut y, 120.0, 0.0);
+        assert_eq!(y.net().counter("scraped_total"), 0.0);
+        assert_eq!(y.handovers().by_last_sent, 1);
+    }
+
+    #[test]
+    fn an_agent_that_carries_nothing_leaves_no_previous_life() {
+        let mut x = attached("x", "p", 0);
+        x.set_own(counter(10.0));
+        x.on_timeout(1000);
+        assert_eq!(x.previous_life(), None);
     }
 
     #[test]
