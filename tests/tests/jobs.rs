@@ -457,3 +457,55 @@ fn one_profile_through_an_inner_agents_death_and_a_root_restart() -> Result<()> 
         Ok(())
     })
 }
+
+#[test]
+fn one_exact_profile_through_a_root_killed_mid_job() -> Result<()> {
+    if !Testnet::require()? {
+        return Ok(());
+    }
+    with_cluster(4, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        // One rank per host: 40 updates of 1 call, every 250 ms (10 s).
+        for i in 0..4 {
+            let rank = i.to_string();
+            spawn_rank(
+                c,
+                i,
+                "j5",
+                &[
+                    "--job",
+                    "J5",
+                    "--rank",
+                    &rank,
+                    "--size",
+                    "4",
+                    "--updates",
+                    "40",
+                    "--every-ms",
+                    "250",
+                    "--count",
+                    &format!("{CALLS}=1"),
+                ],
+            )?;
+        }
+        c.poll("J5 to be live", SETTLE, |c| {
+            let job = c.http_get("/job?job=J5")?;
+            Ok(counter(&job, CALLS).filter(|v| *v >= 8.0).map(|_| ()))
+        })?;
+        // SIGKILL: no last save of the totals, no goodbye to the children. What the root kept
+        // on disk lags what its children had sent; they owe exactly what it kept.
+        c.kill_root()?;
+        c.start_root()?;
+        c.wait_healthy(&names, FORM)?;
+        let profile = wait_profile(c, "J5", STALE)?;
+        assert_eq!(counter(&profile, CALLS), Some(160.0), "{profile}");
+        assert_eq!(
+            profile["ranks"],
+            serde_json::json!({"started": 4, "ended": 4, "crashed": 0, "lost": 0}),
+            "{profile}"
+        );
+        assert_eq!(profile_files(c)?, vec!["J5.json".to_string()]);
+        Ok(())
+    })
+}
