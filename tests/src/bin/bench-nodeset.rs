@@ -90,7 +90,8 @@ fn clustershell(expr: &str, ours: &NodeSet) -> Peer {
     else {
         return Peer::Missing;
     };
-    let input = expr.to_owned();
+    // One expression per line, as nodeset reads its input.
+    let input = format!("{expr}\n");
     let mut stdin = child.stdin.take();
     let writer = std::thread::spawn(move || {
         if let Some(stdin) = stdin.as_mut() {
