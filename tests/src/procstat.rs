@@ -1,5 +1,6 @@
 //! What the benchmarks read of a running process in `/proc`: the CPU time it has used (all its
-//! threads, user and system, from `/proc/PID/stat`) and its memory (`VmRSS`, `VmHWM`, `RssAnon`
+//! threads, user and system, from `/proc/PID/stat`), how many times its threads were put on a CPU
+//! (wake-ups, from `/proc/PID/task/*/schedstat`) and its memory (`VmRSS`, `VmHWM`, `RssAnon`
 //! from `/proc/PID/status`).
 //!
 //! CPU times come in clock ticks (`sysconf(_SC_CLK_TCK)`, 100 per second on Linux), so a window
@@ -18,6 +19,27 @@ pub fn clock_ticks() -> Result<u64> {
         Ok(_) => bail!("sysconf(_SC_CLK_TCK) gave no value"),
         Err(e) => Err(anyhow!("sysconf(_SC_CLK_TCK): {e}")),
     }
+}
+
+/// How many times the threads of process `pid` have run on a CPU so far (the third field of each
+/// thread's `/proc/PID/task/TID/schedstat`): each is a wake-up, from a timer, a packet or another
+/// thread. Threads that exited are not counted, so read it over a window of a steady process.
+pub fn wakeups(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = entry?.path().join("schedstat");
+        // A thread may exit between the listing and the read.
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("{}: no run count", path.display()))?;
+    }
+    Ok(total)
 }
 
 /// The CPU time (user + system, every thread) process `pid` has used so far.
