@@ -117,6 +117,15 @@ fn every_page_shows_the_live_cluster_in_chromium_and_reaches_nothing_else() -> R
         )?;
         let busiest = keys(&b, "#ov-busiest")?;
         assert!(names.iter().all(|n| busiest.contains(n)), "{busiest:?}");
+        // The cluster's main series over time, drawn from /job/history?job=main: two points at
+        // least in each chart, and the running-jobs chart reads the two jobs.
+        b.wait_js(
+            "the overview's history charts",
+            "const pts = (s) => Number((document.querySelector('#ov-history [data-series=\"' + s + '\"] path.line') || {getAttribute: () => 0}).getAttribute('data-points'));
+             return ['cpu', 'memory', 'net_rx_bps', 'net_tx_bps', 'jobs_running'].every((s) => pts(s) >= 2)
+               && document.querySelector('#ov-history [data-series=\"jobs_running\"] .cur').textContent === '2'",
+            vec![],
+        )?;
         b.screenshot("overview")?;
         b.check_clean("overview", &[])?;
         b.check_no_injection("overview")?;
