@@ -180,8 +180,12 @@ async fn serve_rank(
         Ok(Err(reason)) => return Err(refuse(&mut stream, uid, pid, reason).await),
         Err(_) => return Err("the agent is stopping".into()),
     }
-    let what = if process { "process" } else { "rank" };
-    info!(uid, pid, rank, job = %jobid, what, "rank started");
+    // A rank's processes are logged as such: "rank started" counts ranks only.
+    if process {
+        info!(uid, pid, rank, job = %jobid, "process of a rank: started");
+    } else {
+        info!(uid, pid, rank, job = %jobid, "rank started");
+    }
     let how = loop {
         match read_frame(&mut stream).await {
             Ok(Some(RankMsg::Update { delta })) => {
@@ -199,10 +203,16 @@ async fn serve_rank(
             }
         }
     };
-    match &how {
-        Some(h) => info!(uid, pid, rank, job = %jobid, what, how = ?h, "rank ended"),
-        None => {
-            warn!(uid, pid, rank, job = %jobid, what, "rank's stream ended without an exit: crashed")
+    match (&how, process) {
+        (Some(h), false) => info!(uid, pid, rank, job = %jobid, how = ?h, "rank ended"),
+        (Some(h), true) => {
+            info!(uid, pid, rank, job = %jobid, how = ?h, "process of a rank: ended")
+        }
+        (None, false) => {
+            warn!(uid, pid, rank, job = %jobid, "rank's stream ended without an exit: crashed")
+        }
+        (None, true) => {
+            warn!(uid, pid, rank, job = %jobid, "process of a rank: stream ended without an exit: crashed")
         }
     }
     let _ = events.send(RankEvent::Exit { conn, how });

@@ -415,6 +415,13 @@ fn ranks_running_a_pipeline_are_three_ranks_and_their_processes() -> Result<()> 
         // The series the book keeps for itself are not the job's.
         let counters = profile["counters"].to_string();
         assert!(!counters.contains("banyan_job_"), "{counters}");
+        // Each agent heard one rank and two processes of it.
+        for n in &names {
+            let log = std::fs::read_to_string(c.dir().join(format!("{n}.log")))?;
+            let ranks = log.matches("rank started").count();
+            let processes = log.matches("process of a rank: started").count();
+            assert_eq!((ranks, processes), (1, 2), "what reported to {n}'s agent");
+        }
         Ok(())
     })
 }
