@@ -724,7 +724,7 @@ fn check_serving(c: &Cluster) -> Result<()> {
         ("/ui/nope.js", 404),
         ("/job/history?job=nope", 404),
         ("/job/history", 400),
-        ("/job/history?job=main", 400),
+        ("/job/history?job=Node:%20cn1", 400),
         ("/job/nodes?job=nope", 404),
     ] {
         let (status, body) = http_request(c.http_addr(), "GET", path, None, None, SHOW)?;
@@ -735,5 +735,20 @@ fn check_serving(c: &Cluster) -> Result<()> {
             "{path}: {v}"
         );
     }
+    // `main` is no job's id: it names the cluster's own history, which the overview charts.
+    let (status, body) = http_request(
+        c.http_addr(),
+        "GET",
+        "/job/history?job=main",
+        None,
+        None,
+        SHOW,
+    )?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).context("/job/history?job=main")?;
+    assert!(
+        v["job"] == "main" && v["running"] == true && v["history"]["points"].is_array(),
+        "{v}"
+    );
     Ok(())
 }
