@@ -267,9 +267,10 @@
 
   // A line chart of [t_ms, value] points. Keeps its elements and rewrites the path on update.
   class Chart {
-    constructor(title, fmt, attrs = {}) {
+    // `height` in pixels must be the CSS height of its svg (90, or 60 for `.chart.small`).
+    constructor(title, fmt, attrs = {}, height = 90) {
       this.fmt = fmt || num;
-      this.w = 320; this.h = 90;
+      this.w = 320; this.h = height;
       this.cur = h('span', { class: 'cur' });
       this.sub = h('span', { class: 'muted' });
       this.path = s('path', { class: 'line' });
@@ -557,7 +558,7 @@
       ['cpu', 'CPU (mean)', pct], ['memory', 'Memory (mean)', pct], ['net_rx_bps', 'Network in /s', bytes],
       ['net_tx_bps', 'Network out /s', bytes], ['jobs_running', 'Running jobs', num],
     ];
-    const mainCharts = mainSeries.map(([name, title, fmt]) => [name, new Chart(title, fmt, { 'data-series': name, class: 'chart small' })]);
+    const mainCharts = mainSeries.map(([name, title, fmt]) => [name, new Chart(title, fmt, { 'data-series': name, class: 'chart small' }, 60)]);
     const historyNote = h('p', { class: 'muted', id: 'ov-history-note' });
     replace(view,
       h('h1', null, 'Overview', h('span', { class: 'sub', id: 'ov-root' })),
