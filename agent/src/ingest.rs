@@ -31,6 +31,8 @@ pub enum RankEvent {
         conn: u64,
         job: JobDesc,
         rank: u32,
+        /// A process the rank started (`RankMsg::Process`), not the rank itself.
+        process: bool,
         uid: u32,
         pid: i32,
         /// The core's answer: `Ok(period_ms)` or the refusal.
@@ -139,8 +141,9 @@ async fn serve_rank(
     })
     .await
     .map_err(|_| "no hello within 10 s".to_string())?;
-    let (job, rank) = match hello {
-        Ok(Some(RankMsg::Hello { job, rank })) => (job, rank),
+    let (job, rank, process) = match hello {
+        Ok(Some(RankMsg::Hello { job, rank })) => (job, rank, false),
+        Ok(Some(RankMsg::Process { job, rank })) => (job, rank, true),
         Ok(Some(other)) => {
             let reason = format!("expected a hello first, got {}", kind(&other));
             return Err(refuse(&mut stream, uid, pid, reason).await);
@@ -160,6 +163,7 @@ async fn serve_rank(
             conn,
             job,
             rank,
+            process,
             uid,
             pid,
             reply: tx,
@@ -176,14 +180,19 @@ async fn serve_rank(
         Ok(Err(reason)) => return Err(refuse(&mut stream, uid, pid, reason).await),
         Err(_) => return Err("the agent is stopping".into()),
     }
-    info!(uid, pid, rank, job = %jobid, "rank started");
+    // A rank's processes are logged as such: "rank started" counts ranks only.
+    if process {
+        info!(uid, pid, rank, job = %jobid, "process of a rank: started");
+    } else {
+        info!(uid, pid, rank, job = %jobid, "rank started");
+    }
     let how = loop {
         match read_frame(&mut stream).await {
             Ok(Some(RankMsg::Update { delta })) => {
                 let _ = events.send(RankEvent::Update { conn, delta });
             }
             Ok(Some(RankMsg::Exit { how })) => break Some(how),
-            Ok(Some(RankMsg::Hello { .. })) => {
+            Ok(Some(RankMsg::Hello { .. } | RankMsg::Process { .. })) => {
                 warn!(uid, pid, job = %jobid, "a second hello on one stream; the rank counts as crashed");
                 break None;
             }
@@ -194,9 +203,17 @@ async fn serve_rank(
             }
         }
     };
-    match &how {
-        Some(h) => info!(uid, pid, rank, job = %jobid, how = ?h, "rank ended"),
-        None => warn!(uid, pid, rank, job = %jobid, "rank's stream ended without an exit: crashed"),
+    match (&how, process) {
+        (Some(h), false) => info!(uid, pid, rank, job = %jobid, how = ?h, "rank ended"),
+        (Some(h), true) => {
+            info!(uid, pid, rank, job = %jobid, how = ?h, "process of a rank: ended")
+        }
+        (None, false) => {
+            warn!(uid, pid, rank, job = %jobid, "rank's stream ended without an exit: crashed")
+        }
+        (None, true) => {
+            warn!(uid, pid, rank, job = %jobid, "process of a rank: stream ended without an exit: crashed")
+        }
     }
     let _ = events.send(RankEvent::Exit { conn, how });
     Ok(())
@@ -220,5 +237,6 @@ fn kind(m: &RankMsg) -> &'static str {
         RankMsg::Hello { .. } => "hello",
         RankMsg::Update { .. } => "update",
         RankMsg::Exit { .. } => "exit",
+        RankMsg::Process { .. } => "process hello",
     }
 }

@@ -1,8 +1,9 @@
 //! The jobs whose ranks run on this node: their merged metrics and their ranks' lifecycle.
 //!
 //! Ranks report deltas ([`banyan_protocol::ingest::RankMsg::Update`]); this keeps each job's
-//! cumulative values, merged over its ranks on the node, and counts ranks started, ended and
-//! crashed. At every wave the jobs' series join the node's own metrics under scoped keys
+//! cumulative values, merged over its ranks on the node (and over the processes the ranks
+//! started, [`Member::Process`]), and counts ranks started, ended and crashed, and processes
+//! apart. At every wave the jobs' series join the node's own metrics under scoped keys
 //! ([`banyan_protocol::job`]), so they reduce up the tree like everything else. The node's digest
 //! says how many ranks of each job still run here, which is how the root accounts for ranks on a
 //! node that died.
@@ -22,15 +23,45 @@ pub const MAX_SERIES_PER_JOB: usize = 10_000;
 const DESC_FIRST: u32 = 3;
 const DESC_EVERY: u32 = 60;
 
-#[derive(Debug)]
-struct LocalJob {
-    desc: JobDesc,
-    metrics: MetricSet,
+/// What a stream is to its job: a rank (a process the launcher started) or a process a rank
+/// started (forked or executed). Both add their counts to the job; they are counted apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member {
+    Rank,
+    Process,
+}
+
+/// One kind of member's lifecycle on this node.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
     running: u32,
     started: u64,
     ended: u64,
     crashed: u64,
+}
+
+#[derive(Debug)]
+struct LocalJob {
+    desc: JobDesc,
+    metrics: MetricSet,
+    ranks: Tally,
+    processes: Tally,
     waves: u32,
+}
+
+impl LocalJob {
+    fn tally(&mut self, member: Member) -> &mut Tally {
+        match member {
+            Member::Rank => &mut self.ranks,
+            Member::Process => &mut self.processes,
+        }
+    }
+
+    /// Ranks and processes still running here: the job is over on this node only when both are,
+    /// so a rank's end never overtakes the last counts of a process it started.
+    fn running(&self) -> u32 {
+        self.ranks.running.saturating_add(self.processes.running)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +91,13 @@ impl LocalJobs {
 
     /// A rank says hello. `uid` comes from the kernel. The job is created on its first rank; the
     /// first rank's description is kept.
-    pub fn start_rank(&mut self, mut desc: JobDesc, uid: u32) -> Result<(), Refusal> {
+    pub fn start_rank(&mut self, desc: JobDesc, uid: u32) -> Result<(), Refusal> {
+        self.start(desc, uid, Member::Rank)
+    }
+
+    /// A rank or a process of one says hello (a process may be the first the node hears of its
+    /// job: its rank runs elsewhere or connected later).
+    pub fn start(&mut self, mut desc: JobDesc, uid: u32, member: Member) -> Result<(), Refusal> {
         job::check_job_id(&desc.jobid).map_err(|e| Refusal::BadJobId(e.to_string()))?;
         if let Some(j) = self.jobs.get_mut(&desc.jobid) {
             if j.desc.uid != uid {
@@ -70,24 +107,24 @@ impl LocalJobs {
                     uid,
                 });
             }
-            j.running += 1;
-            j.started += 1;
+            let t = j.tally(member);
+            t.running += 1;
+            t.started += 1;
             return Ok(());
         }
         desc.uid = uid;
         desc.end_time = 0;
-        self.jobs.insert(
-            desc.jobid.clone(),
-            LocalJob {
-                desc,
-                metrics: MetricSet::new(),
-                running: 1,
-                started: 1,
-                ended: 0,
-                crashed: 0,
-                waves: 0,
-            },
-        );
+        let mut j = LocalJob {
+            desc,
+            metrics: MetricSet::new(),
+            ranks: Tally::default(),
+            processes: Tally::default(),
+            waves: 0,
+        };
+        let t = j.tally(member);
+        t.running = 1;
+        t.started = 1;
+        self.jobs.insert(j.desc.jobid.clone(), j);
         Ok(())
     }
 
@@ -119,43 +156,60 @@ impl LocalJobs {
     }
 
     /// A rank ended: `crashed` when it said so or its stream ended without saying how. Returns
-    /// whether it was the job's last rank running on this node.
+    /// whether nothing of the job runs on this node any more.
     pub fn end_rank(&mut self, jobid: &str, crashed: bool) -> bool {
+        self.end(jobid, Member::Rank, crashed)
+    }
+
+    /// A rank or a process ended. Returns whether nothing of the job (no rank, no process) runs on
+    /// this node any more.
+    pub fn end(&mut self, jobid: &str, member: Member, crashed: bool) -> bool {
         let Some(j) = self.jobs.get_mut(jobid) else {
             return false;
         };
-        j.running = j.running.saturating_sub(1);
-        j.ended += 1;
+        let t = j.tally(member);
+        t.running = t.running.saturating_sub(1);
+        t.ended += 1;
         if crashed {
-            j.crashed += 1;
+            t.crashed += 1;
         }
-        j.running == 0
+        j.running() == 0
     }
 
-    /// Adds every job's series, scoped, and its rank counters to the node's sample.
+    /// Adds every job's series, scoped, and its rank and process counters to the node's sample.
+    /// The process counters appear once a process has started, so a job of plain ranks has the
+    /// series it always had.
     pub fn merge_into(&self, own: &mut MetricSet) {
         for (id, j) in &self.jobs {
             for (name, value) in &j.metrics.values {
                 own.values.insert(job::scoped_key(id, name), value.clone());
             }
-            own.set_counter(&job::scoped_key(id, job::RANKS_STARTED), j.started as f64);
-            own.set_counter(&job::scoped_key(id, job::RANKS_ENDED), j.ended as f64);
-            own.set_counter(&job::scoped_key(id, job::RANKS_CRASHED), j.crashed as f64);
+            let mut set =
+                |name: &str, v: u64| own.set_counter(&job::scoped_key(id, name), v as f64);
+            set(job::RANKS_STARTED, j.ranks.started);
+            set(job::RANKS_ENDED, j.ranks.ended);
+            set(job::RANKS_CRASHED, j.ranks.crashed);
+            if j.processes.started > 0 {
+                set(job::PROCESSES_STARTED, j.processes.started);
+                set(job::PROCESSES_ENDED, j.processes.ended);
+                set(job::PROCESSES_CRASHED, j.processes.crashed);
+            }
         }
     }
 
-    /// The digest's view of the jobs, for one wave: ranks still running, and the description
-    /// while the job is new and now and then after.
+    /// The digest's view of the jobs, for one wave: ranks and processes still running (the root
+    /// counts both as lost if the node goes silent), and the description while the job is new and
+    /// now and then after.
     pub fn digest(&mut self) -> Vec<JobOnNode> {
         self.jobs
             .values_mut()
-            .filter(|j| j.running > 0 || j.waves < DESC_FIRST)
+            .filter(|j| j.running() > 0 || j.waves < DESC_FIRST)
             .map(|j| {
                 let with_desc = j.waves < DESC_FIRST || j.waves % DESC_EVERY == 0;
                 j.waves = j.waves.saturating_add(1);
                 JobOnNode {
                     jobid: j.desc.jobid.clone(),
-                    running: j.running,
+                    running: j.running(),
                     desc: with_desc.then(|| j.desc.clone()),
                 }
             })
@@ -234,6 +288,30 @@ mod tests {
         assert_eq!(view.counter(job::RANKS_ENDED), 2.0);
         assert_eq!(view.counter(job::RANKS_CRASHED), 1.0);
         assert!(job::node_view(&own).is_empty());
+    }
+
+    #[test]
+    fn processes_of_a_rank_add_their_counts_but_are_not_ranks() {
+        let mut jobs = LocalJobs::new();
+        jobs.start_rank(desc("7.0"), 1000).expect("rank");
+        jobs.start(desc("7.0"), 1000, Member::Process).expect("dd");
+        jobs.start(desc("7.0"), 1000, Member::Process).expect("cat");
+        jobs.update("7.0", &delta("banyan_io_bytes_total", 10.0));
+        jobs.update("7.0", &delta("banyan_io_bytes_total", 5.0));
+        assert!(!jobs.end("7.0", Member::Process, false));
+        // The rank ends before its last process's end is read: the job still runs here.
+        assert!(!jobs.end_rank("7.0", false));
+        assert_eq!(jobs.digest()[0].running, 1);
+        assert!(jobs.end("7.0", Member::Process, true));
+        let mut own = MetricSet::new();
+        jobs.merge_into(&mut own);
+        let view = job::job_view(&own, "7.0");
+        assert_eq!(view.counter("banyan_io_bytes_total"), 15.0);
+        assert_eq!(view.counter(job::RANKS_STARTED), 1.0);
+        assert_eq!(view.counter(job::RANKS_ENDED), 1.0);
+        assert_eq!(view.counter(job::PROCESSES_STARTED), 2.0);
+        assert_eq!(view.counter(job::PROCESSES_ENDED), 2.0);
+        assert_eq!(view.counter(job::PROCESSES_CRASHED), 1.0);
     }
 
     #[test]

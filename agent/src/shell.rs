@@ -11,7 +11,7 @@ use crate::enrol::{self, EnrolError};
 use crate::grants::GrantVerifier;
 use crate::incarnation::Incarnation;
 use crate::ingest::RankEvent;
-use crate::jobs::LocalJobs;
+use crate::jobs::{LocalJobs, Member};
 use crate::orders::{claimed_id, OrderGate};
 use crate::sampler::Sampler;
 use crate::scrape::Scrapes;
@@ -208,7 +208,7 @@ struct Core {
     /// state dir).
     incarnation: Option<Incarnation>,
     /// Ranks connected now: connection -> job id.
-    ranks: HashMap<u64, String>,
+    ranks: HashMap<u64, (String, Member)>,
     /// Checks orders and signs receipts.
     gate: OrderGate,
     executors: Executors,
@@ -517,28 +517,34 @@ impl Core {
                 conn,
                 job,
                 rank: _,
+                process,
                 uid,
                 pid: _,
                 reply,
             } => {
                 let id = job.jobid.clone();
+                let member = if process {
+                    Member::Process
+                } else {
+                    Member::Rank
+                };
                 let answer = self
                     .jobs
-                    .start_rank(job, uid)
+                    .start(job, uid, member)
                     .map(|()| self.cfg.tree.period_ms)
                     .map_err(|e| e.to_string());
                 if answer.is_ok() {
-                    self.ranks.insert(conn, id);
+                    self.ranks.insert(conn, (id, member));
                 }
                 // A rank that vanished before the answer is a rank that ended.
                 if reply.send(answer).is_err() {
-                    if let Some(id) = self.ranks.remove(&conn) {
-                        self.jobs.end_rank(&id, true);
+                    if let Some((id, member)) = self.ranks.remove(&conn) {
+                        self.jobs.end(&id, member, true);
                     }
                 }
             }
             RankEvent::Update { conn, delta } => {
-                if let Some(id) = self.ranks.get(&conn) {
+                if let Some((id, _)) = self.ranks.get(&conn) {
                     let dropped = self.jobs.update(id, &delta);
                     if let Some((series, why)) = dropped.series.first() {
                         warn!(job = %id, dropped = dropped.series.len(), first = %series.escape_debug(), why, "series from a rank refused; the rest were kept");
@@ -546,10 +552,10 @@ impl Core {
                 }
             }
             RankEvent::Exit { conn, how } => {
-                let Some(id) = self.ranks.remove(&conn) else {
+                let Some((id, member)) = self.ranks.remove(&conn) else {
                     return;
                 };
-                let last_here = self.jobs.end_rank(&id, how.is_none_or(|h| h.crashed()));
+                let last_here = self.jobs.end(&id, member, how.is_none_or(|h| h.crashed()));
                 if last_here {
                     // The root ends the job when its last rank is counted: tell it now rather
                     // than at the next wave.

@@ -60,7 +60,8 @@ pub struct Cli {
 pub enum Command {
     /// Expand, fold or count node-set expressions (like ClusterShell's nodeset).
     Nodeset(NodesetArgs),
-    /// Summary of the tree: nodes up, lost and stale, depth, the last wave.
+    /// Summary of the tree: nodes up, lost and stale, depth, the last wave, and the cluster's CPU,
+    /// memory, network and running jobs over time as sparklines (min, mean, max).
     #[command(
         after_help = "Examples:\n  banyan status\n  banyan --root http://head1:1337 status --json"
     )]
@@ -548,7 +549,15 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
         }
         Command::Status { json } => {
             let s = client.get("/status")?;
-            show(json, &s, monitor::render_status(&s));
+            // `--json` stays `/status` as it is (`/job/history?job=main` has the series). A root
+            // without the main history (an older one) still answers the status.
+            let mut text = monitor::render_status(&s);
+            if !json {
+                if let Ok(h) = client.get_query("/job/history", &[("job", "main")]) {
+                    text.push_str(&monitor::render_history(&h));
+                }
+            }
+            show(json, &s, text);
         }
         Command::Topology { json } => {
             let t = client.get("/topology")?;
@@ -567,11 +576,11 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
         }
         Command::Alarms { json } => {
             let r = client.get("/alarms/list")?;
-            show(json, &r, monitor::render_alarms(&r));
+            show(json, &r, monitor::render_alarms(&r, times::now_ms()));
         }
         Command::Jobs { json } => {
             let r = client.get("/job/list")?;
-            show(json, &r, monitor::render_jobs(&r));
+            show(json, &r, monitor::render_jobs(&r, times::now_ms()));
         }
         Command::Job { id, watch, json } => loop {
             let r = client.get_query("/job", &[("job", &id)])?;
@@ -584,7 +593,7 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
                 }
                 commands::emit(&format!(
                     "{}\n{}",
-                    monitor::render_jobs(&serde_json::json!([r["desc"]])),
+                    monitor::render_job(&r["desc"], times::now_ms()),
                     monitor::render_metrics(&r)
                 ));
             }
@@ -599,18 +608,14 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
             if let (Some(cmd), Some(list)) = (&cmd, r.as_array_mut()) {
                 list.retain(|j| j["command"].as_str() == Some(cmd.as_str()));
             }
-            show(json, &r, monitor::render_jobs(&r));
+            show(json, &r, monitor::render_jobs(&r, times::now_ms()));
         }
         Command::Profile { id, json } => {
             let r = client.get_query("/profiles/get", &[("jobid", &id)])?;
-            let k = &r["ranks"];
             let text = format!(
-                "{}\nranks: {} started, {} ended, {} crashed, {} lost with their node\n\n{}",
-                monitor::render_jobs(&serde_json::json!([r["desc"]])),
-                k["started"],
-                k["ended"],
-                k["crashed"],
-                k["lost"],
+                "{}{}\n{}",
+                monitor::render_job(&r["desc"], times::now_ms()),
+                monitor::render_tallies(&r),
                 monitor::render_metrics(&r)
             );
             show(json, &r, text);

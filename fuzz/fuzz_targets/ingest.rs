@@ -4,7 +4,7 @@
 //! series still render as a valid Prometheus exposition.
 #![no_main]
 
-use banyan_agent::jobs::LocalJobs;
+use banyan_agent::jobs::{LocalJobs, Member};
 use banyan_protocol::exposition;
 use banyan_protocol::frame::{self, Greeting};
 use banyan_protocol::ingest::{RankMsg, INGEST_VERSION, MAX_RANK_FRAME};
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     // Most inputs should get past the greeting: a wrong one is only checked, not the end.
     let _ = Greeting::check(head, INGEST_VERSION);
     let mut jobs = LocalJobs::new();
-    let mut current: Option<String> = None;
+    let mut current: Option<(String, Member)> = None;
     while let Some((prefix, after)) = rest.split_first_chunk::<4>() {
         let Ok(len) = frame::body_len(*prefix) else {
             break;
@@ -31,25 +31,31 @@ fuzz_target!(|data: &[u8]| {
         match frame::decode_body::<RankMsg>(body) {
             Ok(RankMsg::Hello { job, rank: _ }) => {
                 let id = job.jobid.clone();
-                if jobs.start_rank(job, 1000).is_ok() {
-                    current = Some(id);
+                if jobs.start(job, 1000, Member::Rank).is_ok() {
+                    current = Some((id, Member::Rank));
+                }
+            }
+            Ok(RankMsg::Process { job, rank: _ }) => {
+                let id = job.jobid.clone();
+                if jobs.start(job, 1000, Member::Process).is_ok() {
+                    current = Some((id, Member::Process));
                 }
             }
             Ok(RankMsg::Update { delta }) => {
-                if let Some(id) = &current {
+                if let Some((id, _)) = &current {
                     let _ = jobs.update(id, &delta);
                 }
             }
             Ok(RankMsg::Exit { how }) => {
-                if let Some(id) = current.take() {
-                    jobs.end_rank(&id, how.crashed());
+                if let Some((id, member)) = current.take() {
+                    jobs.end(&id, member, how.crashed());
                 }
             }
             Err(_) => break,
         }
     }
-    if let Some(id) = current {
-        jobs.end_rank(&id, true);
+    if let Some((id, member)) = current {
+        jobs.end(&id, member, true);
     }
     let mut own = MetricSet::new();
     jobs.merge_into(&mut own);

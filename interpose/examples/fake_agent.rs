@@ -71,7 +71,7 @@ fn serve(mut conn: UnixStream, n: usize, sum_only: bool, total: &Mutex<MetricSet
                     println!("[{n} pid {pid}] {msg:?}");
                 }
                 match msg {
-                    RankMsg::Hello { job, rank } => {
+                    RankMsg::Hello { job, rank } | RankMsg::Process { job, rank } => {
                         summary = format!("job {:?} rank {rank} size {}", job.jobid, job.size);
                         let reply = frame::encode(&AgentReply::Welcome { period_ms: 1000 })
                             .unwrap_or_default();

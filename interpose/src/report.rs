@@ -4,7 +4,9 @@
 //! `Update`s with what was counted since the previous one, and `Exit`. Every process that loads
 //! the library reports, under the rank number `banyan-run` found: a rank that is a shell script
 //! reports its shell and every program the script runs as separate streams of the same rank,
-//! and the agent merges them into the job. A process is one stream even across `execve`: the
+//! and the agent merges them into the job. Only the rank itself (`banyan-run`'s direct child,
+//! across its `execve`s) says `Hello`; the processes it forks or runs say `Process` ([`is_rank`]),
+//! so the job counts its ranks exactly and its processes beside them. A process is one stream even across `execve`: the
 //! image about to exec sends its last update and hands the open socket to the next image
 //! ([`crate::exec`], [`envnames::LINK`]), so the agent never sees a stream end without `Exit`
 //! for a process that did not end.
@@ -70,6 +72,11 @@ pub struct Config {
     pub rank: Option<u32>,
     /// Whether this process is `banyan-run`'s direct child (it prints the notices).
     pub direct_child: bool,
+    /// The rank's process id when this program image is the rank itself (`banyan-run`'s direct
+    /// child, whatever it exec'd into), else 0. A fork of the rank copies this but has another
+    /// pid, so [`is_rank`] tells the two apart; a program a rank runs starts a new image whose
+    /// parent is not `banyan-run`.
+    pub rank_pid: i32,
     pub proc_on: bool,
 }
 
@@ -270,8 +277,15 @@ fn config_from_env(proc_on: bool) -> Config {
         fallback_id: env(envnames::JOB_ID_FALLBACK),
         rank: env(envnames::RANK).parse().ok(),
         direct_child,
+        rank_pid: if direct_child { getpid() } else { 0 },
         proc_on,
     }
+}
+
+/// Whether this process is a rank (a process `banyan-run` started) rather than a process a rank
+/// started: the agent counts the two apart ([`RankMsg::Process`]).
+pub fn is_rank() -> bool {
+    CONFIG.get().is_some_and(|c| c.rank_pid == getpid())
 }
 
 /// `sockaddr_un` for `@name` (abstract) or a path.
@@ -399,7 +413,12 @@ fn hello(id: &str) -> Option<RankMsg> {
     if job.size == 0 {
         job.size = MPI_SIZE.load(Relaxed);
     }
-    Some(RankMsg::Hello { job, rank: rank() })
+    let rank = rank();
+    Some(if is_rank() {
+        RankMsg::Hello { job, rank }
+    } else {
+        RankMsg::Process { job, rank }
+    })
 }
 
 /// Greeting and hello as bytes, under the known id or the fallback.
@@ -1135,6 +1154,8 @@ extern "C" fn after_fork_child() {
             CRASH.store(CRASH_NONE, SeqCst);
             // The child's own resource use starts at zero.
             install_reporter(Reporter::new(counters::totals(), Usage::default()));
+            // A fork of a rank is a process of it, not the rank: a crash handler's hello too.
+            refresh_hello();
             capi::after_fork_child();
             spawn_reporter();
         })

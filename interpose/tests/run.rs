@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default, Clone)]
 struct Stream {
     hello: Option<(JobDesc, u32)>,
+    /// Whether the stream opened with `Process` (a process a rank started) rather than `Hello`.
+    process: bool,
     updates: Vec<MetricSet>,
     exit: Option<RankExit>,
     ended: bool,
@@ -141,9 +143,11 @@ fn serve(
         while let Some(msg) = read_msg(&mut conn) {
             let mut all = streams.lock().unwrap();
             let s = &mut all[index];
+            let process = matches!(msg, RankMsg::Process { .. });
             match msg {
-                RankMsg::Hello { job, rank } => {
+                RankMsg::Hello { job, rank } | RankMsg::Process { job, rank } => {
                     assert!(s.hello.is_none(), "a second hello");
+                    s.process = process;
                     s.hello = Some((job, rank));
                     drop(all);
                     while !gate.load(Ordering::SeqCst) {
@@ -204,9 +208,12 @@ fn a_wrapped_shell_reports_its_io_and_its_crash() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(status.code(), Some(0));
 
-    // sh, head and cat: each process that loaded the library is one stream of rank 0.
+    // sh, head and cat: each process that loaded the library is one stream of rank 0; only sh,
+    // the process banyan-run started, is the rank, head and cat are processes of it.
     let streams = agent.ended_streams(3);
     assert_eq!(streams.len(), 3, "sh, head and cat: {streams:#?}");
+    let ranks = streams.iter().filter(|s| !s.process).count();
+    assert_eq!(ranks, 1, "one rank, two processes: {streams:#?}");
     for s in &streams {
         let (job, rank) = s.hello.as_ref().expect("every stream says hello");
         assert_eq!(job.jobid, "test-1");

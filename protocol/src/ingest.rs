@@ -6,8 +6,11 @@
 //! [`crate::frame::Greeting`] carrying [`INGEST_VERSION`], then carries [`RankMsg`] frames in the
 //! codec of [`crate::frame`]; the agent answers the hello with one [`AgentReply`].
 //!
-//! A stream is one rank: [`RankMsg::Hello`] first, then [`RankMsg::Update`]s, then
-//! [`RankMsg::Exit`]. A stream that ends without `Exit` is a crashed rank. The agent learns the
+//! A stream is one process: [`RankMsg::Hello`] first for a rank (a process the launcher
+//! started), [`RankMsg::Process`] for a process a rank started (forked or executed: a shell's
+//! `dd`, `rm`), then [`RankMsg::Update`]s, then [`RankMsg::Exit`]. A process's counts join its
+//! job as a rank's do; it is counted among the job's processes, not its ranks. A stream that ends
+//! without `Exit` is a crashed rank (or process). The agent learns the
 //! rank's uid and pid from the kernel (`SO_PEERCRED`), not from the messages, and keeps the jobs of
 //! different users apart.
 
@@ -35,6 +38,11 @@ pub enum RankMsg {
     Update { delta: MetricSet },
     /// Last message: how the rank ended.
     Exit { how: RankExit },
+    /// First message of a process a rank started (its fork, or a program it ran), instead of
+    /// `Hello`: the job and the number of the rank it belongs to. Added after version 1's three
+    /// messages without a new version: a rank's stream is unchanged, and an agent that predates it
+    /// refuses only the processes, not the ranks.
+    Process { job: JobDesc, rank: u32 },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

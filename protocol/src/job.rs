@@ -25,6 +25,19 @@ pub const RANKS_STARTED: &str = "banyan_job_ranks_started_total";
 pub const RANKS_ENDED: &str = "banyan_job_ranks_ended_total";
 /// Ranks that ended by a signal, an abort, or a lost connection.
 pub const RANKS_CRASHED: &str = "banyan_job_ranks_crashed_total";
+/// The same for the processes the ranks started (forked or executed), which are not ranks.
+pub const PROCESSES_STARTED: &str = "banyan_job_processes_started_total";
+pub const PROCESSES_ENDED: &str = "banyan_job_processes_ended_total";
+pub const PROCESSES_CRASHED: &str = "banyan_job_processes_crashed_total";
+/// Every counter above: the book's, not the job's own series.
+pub const LIFECYCLE: [&str; 6] = [
+    RANKS_STARTED,
+    RANKS_ENDED,
+    RANKS_CRASHED,
+    PROCESSES_STARTED,
+    PROCESSES_ENDED,
+    PROCESSES_CRASHED,
+];
 
 /// A job as `banyan-run` describes it; the Metric Proxy's `/job/list` shape, plus the user.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]

@@ -207,7 +207,8 @@ pub struct Digest {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct JobOnNode {
     pub jobid: String,
-    /// Ranks of the job still running on the node.
+    /// Ranks of the job still running on the node, and processes they started (forked or ran)
+    /// still running there: the job is not over on the node while any is.
     pub running: u32,
     /// The job's description, while the job is new on the node and now and then after.
     pub desc: Option<crate::job::JobDesc>,

@@ -827,6 +827,7 @@ async fn profile_get(
         "desc": p.desc.clone(),
         "counters": counters_json(&p.metrics),
         "ranks": p.ranks,
+        "processes": p.processes,
     })))
 }
 
@@ -947,11 +948,26 @@ fn job_param(q: Option<String>) -> Result<String, ApiError> {
 
 /// `GET /job/history?job=ID`: the job's series over its life, one point per wave (thinned when
 /// long), for a running job from the job book and for a finished one from its profile.
+/// `?job=main` is the cluster's main series (CPU, memory, load, network, nodes, running jobs)
+/// since the root started, kept the same way.
 async fn job_history(
     State(api): State<Api>,
     q: Result<axum::extract::Query<JobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let axum::extract::Query(q) = q.map_err(bad_query)?;
+    if q.job.as_deref() == Some(crate::jobs::MAIN) {
+        let h = api
+            .root
+            .histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(crate::jobs::MAIN)
+            .cloned()
+            .unwrap_or_default();
+        return Ok(Json(
+            json!({"job": crate::jobs::MAIN, "running": true, "history": h}),
+        ));
+    }
     let id = job_param(q.job)?;
     let live = api
         .root
@@ -1045,16 +1061,24 @@ async fn job_nodes(
     };
     let mut nodes = Vec::new();
     let mut unreachable = Vec::new();
-    for (name, ranks) in &on {
+    for (name, _) in &on {
         let answer = report.as_ref().and_then(|r| r.answers.get(name));
         match answer {
             Some((Ok(Answer::Metrics(set)), _)) => {
-                let view = banyan_protocol::job::job_view(set, &id);
+                use banyan_protocol::job as j;
+                let view = j::job_view(set, &id);
                 let values: serde_json::Map<String, Value> = crate::jobs::family_values(&view)
                     .into_iter()
                     .map(|(f, _, v)| (f, json!(v)))
                     .collect();
-                nodes.push(json!({"name": name, "ranks": ranks, "values": values}));
+                // The digest counts ranks and their processes together; the node's own counters
+                // tell them apart.
+                let still = |started: &str, ended: &str| {
+                    (view.counter(started) - view.counter(ended)).max(0.0) as u64
+                };
+                let ranks_here = still(j::RANKS_STARTED, j::RANKS_ENDED);
+                let processes = still(j::PROCESSES_STARTED, j::PROCESSES_ENDED);
+                nodes.push(json!({"name": name, "ranks": ranks_here, "processes": processes, "values": values}));
             }
             _ => unreachable.push(name.clone()),
         }

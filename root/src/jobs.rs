@@ -3,9 +3,10 @@
 //! Jobs are learnt from the nodes' digests (a node describes a job while it is new there and now
 //! and then after). Their metrics are the scoped series in the cluster's totals
 //! ([`banyan_protocol::job`]), which the tree keeps exact like any other. A job ends when every
-//! rank that started has ended — `ended + lost >= started`, with at least `size` started when the
-//! launcher said how many — where *lost* counts the ranks that were still running on nodes that
-//! have been silent for [`SILENT_MS`] (their ranks can no longer be heard of). Then its profile (the job's
+//! rank and every process a rank started has ended — `ended + lost >= started` over both, with
+//! at least `size` ranks started when the launcher said how many — where *lost* counts the ranks
+//! and processes that were still running on nodes that have been silent for [`SILENT_MS`] (they
+//! can no longer be heard of). Then its profile (the job's
 //! merged metrics, description, start and end, how its ranks ended) is written once, atomically,
 //! under `<state>/profiles/`, named by [`banyan_protocol::job::file_stem`].
 //!
@@ -13,14 +14,21 @@
 //! profiles directory is the record of which jobs are finished, so a profile is never written
 //! twice, whatever restarts.
 //!
+//! A job's node list is the agents' names that ran any of it, folded as a node set. Its ranks
+//! (processes the launcher started) and the processes they started are counted apart; the job
+//! ends when all of both have ended or were lost.
+//!
 //! Each running job also has a bounded history ([`JobHistory`]): one point of its merged series
 //! per wave, thinned when long, kept in memory while it runs (the HTTP API reads them through
 //! [`JobBook::histories`], which the daemon hands it) and written into its profile when it ends.
+//! The cluster's main series (CPU, memory, load, network, nodes, running jobs) are kept the same
+//! way under [`MAIN`], in memory only.
 //!
 //! Pure apart from those files: the daemon feeds it each wave.
 
 use banyan_protocol::job::{self, JobDesc};
 use banyan_protocol::metric::MetricSet;
+use banyan_protocol::nodeset::NodeSet;
 use banyan_protocol::wire::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
-/// How a job's ranks ended, as its profile records it.
+/// How a job's ranks (or the processes its ranks started) ended, as its profile records it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct RankTally {
     pub started: u64,
@@ -43,6 +51,10 @@ pub struct RankTally {
 pub struct Profile {
     pub desc: JobDesc,
     pub ranks: RankTally,
+    /// The processes the ranks started (forked or executed), counted apart from the ranks; their
+    /// counts are in `metrics` with the ranks'. Zero in profiles written before they were.
+    #[serde(default)]
+    pub processes: RankTally,
     /// The job's merged metrics.
     pub metrics: MetricSet,
     /// Its series over its life (absent in profiles written before histories existed).
@@ -100,11 +112,28 @@ impl JobHistory {
 
     /// Adds a point whatever the gap (the job's final values), then thins if too long.
     pub fn push(&mut self, view: &MetricSet, now_ms: u64) {
+        self.push_families(family_values(view), now_ms);
+    }
+
+    /// [`JobHistory::record`] for values already by family: `(family, kind, value)`.
+    pub fn record_families(&mut self, families: Vec<(String, &'static str, f64)>, now_ms: u64) {
+        if self.gap_ms == 0 {
+            self.gap_ms = HISTORY_GAP_MS;
+        }
+        if let Some(last) = self.points.last() {
+            if now_ms < last.t_ms.saturating_add(self.gap_ms) {
+                return;
+            }
+        }
+        self.push_families(families, now_ms);
+    }
+
+    fn push_families(&mut self, families: Vec<(String, &'static str, f64)>, now_ms: u64) {
         if self.gap_ms == 0 {
             self.gap_ms = HISTORY_GAP_MS;
         }
         let mut values = vec![None; self.series.len()];
-        for (family, kind, v) in family_values(view) {
+        for (family, kind, v) in families {
             let at = match self.series.iter().position(|s| s.name == family) {
                 Some(i) => i,
                 None if self.series.len() < HISTORY_SERIES => {
@@ -164,8 +193,45 @@ pub fn family_values(view: &MetricSet) -> Vec<(String, &'static str, f64)> {
         .collect()
 }
 
-/// The running jobs' histories, by job id.
+/// The running jobs' histories, by job id, and the cluster's under [`MAIN`].
 pub type Histories = Arc<Mutex<BTreeMap<String, JobHistory>>>;
+
+/// The key of the cluster's own history in [`Histories`]: the Metric Proxy's name for the sum of
+/// all nodes, which no job may take ([`job::check_job_id`]).
+pub const MAIN: &str = "main";
+
+/// The cluster's main series, one value each per wave, from the nodes' digests: CPU and memory
+/// (used fractions, 0..1) and load as the mean over the nodes heard, network as the sum, and how
+/// many nodes are heard and jobs run. Gauges all; `digests` are the nodes heard lately.
+pub fn main_families<'a>(
+    digests: impl Iterator<Item = &'a Digest>,
+    jobs_running: usize,
+) -> Vec<(String, &'static str, f64)> {
+    let (mut n, mut cpu, mut memory, mut load1, mut rx, mut tx) = (0u64, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for d in digests {
+        n += 1;
+        cpu += f64::from(d.cpu);
+        memory += f64::from(d.memory);
+        load1 += f64::from(d.load1);
+        rx += d.net_rx_bps;
+        tx += d.net_tx_bps;
+    }
+    let mut out = vec![
+        ("nodes_up".to_string(), "gauge", n as f64),
+        ("jobs_running".to_string(), "gauge", jobs_running as f64),
+    ];
+    if n > 0 {
+        let mean = |v: f64| v / n as f64;
+        out.extend([
+            ("cpu".to_string(), "gauge", mean(cpu)),
+            ("memory".to_string(), "gauge", mean(memory)),
+            ("load1".to_string(), "gauge", mean(load1)),
+            ("net_rx_bps".to_string(), "gauge", rx),
+            ("net_tx_bps".to_string(), "gauge", tx),
+        ]);
+    }
+    out
+}
 
 /// A node whose digests stopped this long ago is gone, and so are the ranks it still ran: longer
 /// than the tree takes to detect a death (3 s), re-place orphans and call a node stale (8 s).
@@ -177,6 +243,9 @@ struct Saved {
     /// Per job, the ranks still running on each node, as the nodes last said.
     #[serde(default)]
     running_on: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Per job, every node that said it ran some of it.
+    #[serde(default)]
+    nodes: BTreeMap<String, BTreeSet<String>>,
 }
 
 pub struct JobBook {
@@ -184,6 +253,8 @@ pub struct JobBook {
     /// Jobs not finished yet.
     running: BTreeMap<String, JobDesc>,
     running_on: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Every node (agent name) that listed each running job in its digest: the job's node list.
+    nodes: BTreeMap<String, BTreeSet<String>>,
     /// When each node's digest last changed, by the root's clock: `(sampled_ms, heard_at_ms)`.
     heard: HashMap<String, (u64, u64)>,
     /// When the book was opened (nodes not heard since count from then).
@@ -207,6 +278,7 @@ impl JobBook {
             dir: state_dir.map(Path::to_path_buf),
             running: BTreeMap::new(),
             running_on: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             heard: HashMap::new(),
             opened_ms: now_ms,
             finished: BTreeSet::new(),
@@ -218,6 +290,7 @@ impl JobBook {
                     Ok(saved) => {
                         book.running = saved.jobs;
                         book.running_on = saved.running_on;
+                        book.nodes = saved.nodes;
                     }
                     Err(e) => {
                         warn!(error = %e, "jobs.json is unreadable; running jobs will be learnt again from the nodes")
@@ -230,6 +303,7 @@ impl JobBook {
             book.running.retain(|id, _| !book.finished.contains(id));
             let running = &book.running;
             book.running_on.retain(|id, _| running.contains_key(id));
+            book.nodes.retain(|id, _| running.contains_key(id));
         }
         book
     }
@@ -294,6 +368,11 @@ impl JobBook {
                 if self.finished.contains(&j.jobid) || job::check_job_id(&j.jobid).is_err() {
                     continue;
                 }
+                changed |= self
+                    .nodes
+                    .entry(j.jobid.clone())
+                    .or_default()
+                    .insert(d.name.clone());
                 match (self.running.get_mut(&j.jobid), &j.desc) {
                     (None, Some(desc)) => {
                         info!(job = %j.jobid, command = %desc.command, size = desc.size, "job started");
@@ -345,10 +424,39 @@ impl JobBook {
                 changed = true;
             }
         }
+        // A job's node list is where its ranks ran, as the tree names those nodes (the agents'
+        // names), folded: not what the launcher or the ranks' host names said.
+        for (id, desc) in self.running.iter_mut() {
+            if let Some(names) = self.nodes.get(id).filter(|n| !n.is_empty()) {
+                let folded = NodeSet::from_names(names.iter().cloned()).fold();
+                if desc.nodelist != folded {
+                    desc.nodelist = folded;
+                    changed = true;
+                }
+            }
+        }
         if changed {
             self.save();
         }
         self.record_histories(totals, now_ms);
+        self.record_main(digests, now_ms);
+    }
+
+    /// One point of the cluster's main series (at most one per [`HISTORY_GAP_MS`]), from the
+    /// nodes heard within [`SILENT_MS`].
+    fn record_main(&self, digests: &HashMap<String, Digest>, now_ms: u64) {
+        let heard = digests.values().filter(|d| {
+            self.heard
+                .get(&d.name)
+                .is_some_and(|(_, at)| now_ms.saturating_sub(*at) < SILENT_MS)
+        });
+        let families = main_families(heard, self.running.len());
+        self.histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(MAIN.to_string())
+            .or_default()
+            .record_families(families, now_ms);
     }
 
     /// One point per running job (at most one per [`HISTORY_GAP_MS`]).
@@ -357,7 +465,7 @@ impl JobBook {
             .histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        all.retain(|id, _| self.running.contains_key(id));
+        all.retain(|id, _| id == MAIN || self.running.contains_key(id));
         for id in self.running.keys() {
             let h = all.entry(id.clone()).or_default();
             if h.points.last().is_some_and(|p| now_ms < p.t_ms + h.gap_ms) {
@@ -386,19 +494,33 @@ impl JobBook {
                 let heard = self.heard.get(node).map_or(self.opened_ms, |(_, at)| *at);
                 now_ms.saturating_sub(heard) >= SILENT_MS
             };
-            let tally = RankTally {
-                started: view.counter(job::RANKS_STARTED) as u64,
-                ended: view.counter(job::RANKS_ENDED) as u64,
-                crashed: view.counter(job::RANKS_CRASHED) as u64,
-                lost: self.running_on.get(id).map_or(0, |on| {
-                    on.iter()
-                        .filter(|(n, _)| silent(n))
-                        .map(|(_, r)| *r as u64)
-                        .sum()
-                }),
+            // Ranks and the processes they started both run on nodes, and a node's digest counts
+            // them together: those of a silent node are lost, ranks first.
+            let lost = self.running_on.get(id).map_or(0, |on| {
+                on.iter()
+                    .filter(|(n, _)| silent(n))
+                    .map(|(_, r)| *r as u64)
+                    .sum()
+            });
+            let count = |name: &str| view.counter(name) as u64;
+            let mut tally = RankTally {
+                started: count(job::RANKS_STARTED),
+                ended: count(job::RANKS_ENDED),
+                crashed: count(job::RANKS_CRASHED),
+                lost: 0,
             };
+            let mut processes = RankTally {
+                started: count(job::PROCESSES_STARTED),
+                ended: count(job::PROCESSES_ENDED),
+                crashed: count(job::PROCESSES_CRASHED),
+                lost: 0,
+            };
+            tally.lost = lost.min(tally.started.saturating_sub(tally.ended));
+            processes.lost =
+                (lost - tally.lost).min(processes.started.saturating_sub(processes.ended));
             let all_started = desc.size == 0 || tally.started >= desc.size;
-            if tally.started > 0 && all_started && tally.ended + tally.lost >= tally.started {
+            let accounted = tally.ended + processes.ended + lost;
+            if tally.started > 0 && all_started && accounted >= tally.started + processes.started {
                 let mut desc = desc.clone();
                 desc.end_time = now_s.max(desc.start_time);
                 // The history ends with the job's final values.
@@ -417,12 +539,13 @@ impl JobBook {
                     history.push(&view, now_ms);
                 }
                 let mut metrics = view;
-                for k in [job::RANKS_STARTED, job::RANKS_ENDED, job::RANKS_CRASHED] {
+                for k in job::LIFECYCLE {
                     metrics.values.remove(k);
                 }
                 out.push(Profile {
                     desc,
                     ranks: tally,
+                    processes,
                     metrics,
                     history: Some(history),
                 });
@@ -455,6 +578,7 @@ impl JobBook {
         info!(job = %id, started = profile.ranks.started, crashed = profile.ranks.crashed, lost = profile.ranks.lost, "job ended; profile written");
         self.running.remove(&id);
         self.running_on.remove(&id);
+        self.nodes.remove(&id);
         self.histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -469,6 +593,7 @@ impl JobBook {
         let saved = Saved {
             jobs: self.running.clone(),
             running_on: self.running_on.clone(),
+            nodes: self.nodes.clone(),
         };
         let path = dir.join("jobs.json");
         let tmp = dir.join("jobs.json.tmp");
@@ -592,6 +717,66 @@ mod tests {
         again.learn(&digests, &totals("../7", 4.0, 4.0, 1.0), 104_000);
         assert_eq!(again.running().count(), 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn processes_keep_the_job_open_and_are_counted_apart_from_ranks() {
+        let mut book = JobBook::open(None, 100_000);
+        let digests: HashMap<String, Digest> = [
+            ("bnyd3".to_string(), digest("bnyd3", "p1", 2, 3)),
+            ("bnyd2".to_string(), digest("bnyd2", "p1", 2, 3)),
+            ("bnyd4".to_string(), digest("bnyd4", "p1", 2, 3)),
+        ]
+        .into();
+        let mut t = totals("p1", 3.0, 3.0, 0.0);
+        t.set_counter(&job::scoped_key("p1", job::PROCESSES_STARTED), 6.0);
+        t.set_counter(&job::scoped_key("p1", job::PROCESSES_ENDED), 5.0);
+        book.learn(&digests, &t, 100_000);
+        assert_eq!(
+            book.get("p1").map(|d| d.nodelist.as_str()),
+            Some("bnyd[2-4]")
+        );
+        // Every rank ended, one process has not: not the end.
+        assert!(book.ended(&t, 101_000).is_empty());
+        t.set_counter(&job::scoped_key("p1", job::PROCESSES_ENDED), 6.0);
+        let done = book.ended(&t, 102_000);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].ranks.started, 3);
+        assert_eq!(done[0].ranks.ended, 3);
+        assert_eq!(done[0].processes.started, 6);
+        assert_eq!(done[0].processes.ended, 6);
+        assert_eq!(done[0].desc.nodelist, "bnyd[2-4]");
+        assert!(done[0]
+            .metrics
+            .values
+            .keys()
+            .all(|k| !job::LIFECYCLE.contains(&k.as_str())));
+    }
+
+    #[test]
+    fn the_clusters_main_series_are_kept_as_a_history() {
+        let mut book = JobBook::open(None, 100_000);
+        let mut a = digest("cn1", "m1", 1, 1);
+        a.cpu = 0.5;
+        a.net_rx_bps = 100.0;
+        let mut b = digest("cn2", "m1", 1, 1);
+        b.cpu = 0.25;
+        b.net_rx_bps = 50.0;
+        let digests: HashMap<String, Digest> = [("cn1".into(), a), ("cn2".into(), b)].into();
+        book.learn(&digests, &MetricSet::new(), 100_000);
+        book.learn(&digests, &MetricSet::new(), 100_100);
+        let h = book.history(MAIN).unwrap_or_default();
+        assert_eq!(h.points.len(), 1, "one point per gap");
+        let value = |name: &str| {
+            h.series
+                .iter()
+                .position(|s| s.name == name)
+                .and_then(|i| h.points[0].values[i])
+        };
+        assert_eq!(value("cpu"), Some(0.375));
+        assert_eq!(value("net_rx_bps"), Some(150.0));
+        assert_eq!(value("nodes_up"), Some(2.0));
+        assert_eq!(value("jobs_running"), Some(1.0));
     }
 
     #[test]

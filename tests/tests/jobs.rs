@@ -202,11 +202,31 @@ fn a_job_across_nodes_is_live_then_one_exact_profile() -> Result<()> {
         let old = c.http_get("/job?job=J1")?;
         assert_eq!(counter(&old, CALLS), Some(120.0));
         assert_eq!(profile_files(c)?, vec!["J1.json".to_string()]);
+        // Its nodes are the agents' names, folded: not the host name the ranks saw.
+        let folded = banyan_protocol::nodeset::NodeSet::from_names(names.iter().cloned()).fold();
+        assert_eq!(profile["desc"]["nodelist"], folded.as_str(), "{profile}");
         let (shown, ok) = banyan_cli(c, &["profile", "J1"])?;
         assert!(ok, "{shown}");
         assert!(
             shown.contains("ranks: 4 started, 4 ended, 0 crashed, 0 lost"),
             "{shown}"
+        );
+        // Times as people read them, never Unix seconds.
+        assert!(
+            !shown.contains(&start.to_string()) && !shown.contains(&end.to_string()),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("started:") && shown.contains(" ago)"),
+            "{shown}"
+        );
+        assert!(shown.contains(&format!("nodes:     {folded}")), "{shown}");
+        // The cluster over time, in the status.
+        let (status, ok) = banyan_cli(c, &["status"])?;
+        assert!(ok && status.contains("over the last"), "{status}");
+        assert!(
+            status.contains("cpu") && status.contains("running jobs"),
+            "{status}"
         );
         assert!(
             shown.contains("banyan_mpi_calls_total{function=\"MPI_Send\"} 120"),

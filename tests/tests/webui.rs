@@ -117,6 +117,15 @@ fn every_page_shows_the_live_cluster_in_chromium_and_reaches_nothing_else() -> R
         )?;
         let busiest = keys(&b, "#ov-busiest")?;
         assert!(names.iter().all(|n| busiest.contains(n)), "{busiest:?}");
+        // The cluster's main series over time, drawn from /job/history?job=main: two points at
+        // least in each chart, and the running-jobs chart reads the two jobs.
+        b.wait_js(
+            "the overview's history charts",
+            "const pts = (s) => Number((document.querySelector('#ov-history [data-series=\"' + s + '\"] path.line') || {getAttribute: () => 0}).getAttribute('data-points'));
+             return ['cpu', 'memory', 'net_rx_bps', 'net_tx_bps', 'jobs_running'].every((s) => pts(s) >= 2)
+               && document.querySelector('#ov-history [data-series=\"jobs_running\"] .cur').textContent === '2'",
+            vec![],
+        )?;
         b.screenshot("overview")?;
         b.check_clean("overview", &[])?;
         b.check_no_injection("overview")?;
@@ -715,7 +724,7 @@ fn check_serving(c: &Cluster) -> Result<()> {
         ("/ui/nope.js", 404),
         ("/job/history?job=nope", 404),
         ("/job/history", 400),
-        ("/job/history?job=main", 400),
+        ("/job/history?job=Node:%20cn1", 400),
         ("/job/nodes?job=nope", 404),
     ] {
         let (status, body) = http_request(c.http_addr(), "GET", path, None, None, SHOW)?;
@@ -726,5 +735,20 @@ fn check_serving(c: &Cluster) -> Result<()> {
             "{path}: {v}"
         );
     }
+    // `main` is no job's id: it names the cluster's own history, which the overview charts.
+    let (status, body) = http_request(
+        c.http_addr(),
+        "GET",
+        "/job/history?job=main",
+        None,
+        None,
+        SHOW,
+    )?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).context("/job/history?job=main")?;
+    assert!(
+        v["job"] == "main" && v["running"] == true && v["history"]["points"].is_array(),
+        "{v}"
+    );
     Ok(())
 }

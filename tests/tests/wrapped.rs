@@ -358,6 +358,74 @@ fn a_plain_programs_io_is_counted_exactly_and_a_crash_is_recorded() -> Result<()
     })
 }
 
+/// Three ranks, one per test host, each a shell running a pipeline (`sh -c 'dd ... | cat'`): the
+/// job has exactly three ranks, the shells; `dd` and `cat` are processes of them, counted apart,
+/// and their I/O adds into the job byte for byte. Its node list is the agents' names, folded.
+#[test]
+fn ranks_running_a_pipeline_are_three_ranks_and_their_processes() -> Result<()> {
+    if !Testnet::require()? {
+        return Ok(());
+    }
+    let run = banyan_run()?;
+    with_cluster(3, |c| {
+        let names = c.names();
+        c.wait_healthy(&names, FORM)?;
+        let run_s = run.display().to_string();
+        // 16 blocks of 4 KiB: dd reads them from /dev/zero and writes them into the pipe, cat
+        // reads them from it and writes them to /dev/null, all with read(2) and write(2).
+        let script = "dd if=/dev/zero bs=4096 count=16 2>/dev/null | cat >/dev/null";
+        for (i, name) in names.iter().enumerate() {
+            // The launcher's size and rank as Slurm would give them, so the job waits for all
+            // three ranks although they run one after the other.
+            let (size, rank) = ("SLURM_NTASKS=3".to_string(), format!("SLURM_PROCID={i}"));
+            let cmd = [
+                "env", &size, &rank, &run_s, "-j", "pipe-1", "--", "sh", "-c", script,
+            ];
+            let out = on_host(c, i, &cmd)?;
+            if !out.status.success() {
+                bail!(
+                    "rank {i} on {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let profile = wait_job(c, "pipe-1")?;
+        assert_eq!(
+            profile["ranks"],
+            serde_json::json!({"started": 3, "ended": 3, "crashed": 0, "lost": 0}),
+            "{profile}"
+        );
+        assert_eq!(
+            profile["processes"],
+            serde_json::json!({"started": 6, "ended": 6, "crashed": 0, "lost": 0}),
+            "dd and cat in each of the three ranks: {profile}"
+        );
+        for f in ["read", "write"] {
+            let name = format!("banyan_io_bytes_total{{function=\"{f}\"}}");
+            // Per rank: dd's 64 KiB and cat's 64 KiB.
+            assert_eq!(
+                series(&profile, &name),
+                3.0 * 2.0 * 65536.0,
+                "{f}: {profile}"
+            );
+        }
+        let folded = banyan_protocol::nodeset::NodeSet::from_names(names.iter().cloned()).fold();
+        assert_eq!(profile["desc"]["nodelist"], folded.as_str(), "{profile}");
+        assert_eq!(profile["desc"]["size"], 3, "{profile}");
+        // The series the book keeps for itself are not the job's.
+        let counters = profile["counters"].to_string();
+        assert!(!counters.contains("banyan_job_"), "{counters}");
+        // Each agent heard one rank and two processes of it.
+        for n in &names {
+            let log = std::fs::read_to_string(c.dir().join(format!("{n}.log")))?;
+            let ranks = log.matches("rank started").count();
+            let processes = log.matches("process of a rank: started").count();
+            assert_eq!((ranks, processes), (1, 2), "what reported to {n}'s agent");
+        }
+        Ok(())
+    })
+}
+
 fn wait_job(c: &Cluster, id: &str) -> Result<Value> {
     let path = format!("/profiles/get?jobid={id}");
     let (p, _) = c.poll(&format!("the profile of {id}"), SETTLE, |c| {

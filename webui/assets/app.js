@@ -267,9 +267,10 @@
 
   // A line chart of [t_ms, value] points. Keeps its elements and rewrites the path on update.
   class Chart {
-    constructor(title, fmt, attrs = {}) {
+    // `height` in pixels must be the CSS height of its svg (90, or 60 for `.chart.small`).
+    constructor(title, fmt, attrs = {}, height = 90) {
       this.fmt = fmt || num;
-      this.w = 320; this.h = 90;
+      this.w = 320; this.h = height;
       this.cur = h('span', { class: 'cur' });
       this.sub = h('span', { class: 'muted' });
       this.path = s('path', { class: 'line' });
@@ -339,6 +340,8 @@
 
   // ----- Shared bits ---------------------------------------------------------------------------
 
+  // Long commands are cut in tables; the job's page shows them whole.
+  const shortCmd = (c) => (c && c.length > 60 ? c.slice(0, 59) + '\u2026' : c || '');
   const isJob = (d) => d.jobid !== 'main' && !d.jobid.startsWith('Node: ');
   const nodeHref = (name) => '#/node/' + enc(name);
   const jobHref = (id) => '#/job/' + enc(id);
@@ -539,7 +542,7 @@
     ], (n) => n.name, { id: 'ov-busiest', empty: 'no node has reported yet' });
     const jobs = new Table([
       { label: 'Job', name: true, text: (j) => j.jobid, href: (j) => jobHref(j.jobid) },
-      { label: 'Command', name: true, text: (j) => j.command },
+      { label: 'Command', name: true, text: (j) => shortCmd(j.command) },
       { label: 'Size', num: true, text: (j) => j.size },
       { label: 'Running for', num: true, text: (j) => (j.start_time ? dur((nowSec() - j.start_time) * 1000) : '–') },
     ], (j) => j.jobid, { id: 'ov-jobs', empty: 'no job running' });
@@ -550,14 +553,32 @@
       { label: 'Value', num: true, text: (a) => num(a.current) },
       { label: 'Since', text: (a) => msWhen(a.raised_at) },
     ], (a) => a.target + '\u0000' + a.name, { id: 'ov-alarms', empty: 'no alarm raised' });
+    // The cluster's main series over time (`/job/history?job=main`), one small chart each.
+    const mainSeries = [
+      ['cpu', 'CPU (mean)', pct], ['memory', 'Memory (mean)', pct], ['net_rx_bps', 'Network in /s', bytes],
+      ['net_tx_bps', 'Network out /s', bytes], ['jobs_running', 'Running jobs', num],
+    ];
+    const mainCharts = mainSeries.map(([name, title, fmt]) => [name, new Chart(title, fmt, { 'data-series': name, class: 'chart small' }, 60)]);
+    const historyNote = h('p', { class: 'muted', id: 'ov-history-note' });
     replace(view,
       h('h1', null, 'Overview', h('span', { class: 'sub', id: 'ov-root' })),
       h('div', { class: 'cards' }, Object.values(c).map((x) => x.el)),
+      panel('Cluster over time', h('div', { class: 'charts small', id: 'ov-history' }, mainCharts.map(([, ch]) => ch.el)), historyNote),
       h('div', { class: 'grid' },
         panel('Busiest nodes (CPU)', busy.el),
         panel('Running jobs', jobs.el)),
       h('div', { class: 'grid' }, panel('Raised alarms', alarms.el)));
     const rootName = document.getElementById('ov-root');
+    every(POLL_MS, async () => {
+      const r = await api('/job/history?job=main');
+      const hist = r.history || { series: [], points: [] };
+      const pts = hist.points || [];
+      setText(historyNote, pts.length ? '' : 'no points yet: the root keeps one per wave from its start');
+      for (const [name, ch] of mainCharts) {
+        const i = (hist.series || []).findIndex((x) => x.name === name);
+        ch.update(i < 0 ? [] : pts.map((p) => [p.t_ms, p.values[i]]));
+      }
+    });
     every(POLL_MS, async () => {
       const [st, nodes, list, raised] = await Promise.all([api('/status'), api('/nodes'), api('/job/list'), api('/alarms')]);
       setText(rootName, 'root ' + st.root);
@@ -755,7 +776,7 @@
   function pageJobs() {
     const running = new Table([
       { label: 'Job', name: true, sort: (j) => j.jobid, text: (j) => j.jobid, href: (j) => jobHref(j.jobid) },
-      { label: 'Command', name: true, sort: (j) => j.command, text: (j) => j.command },
+      { label: 'Command', name: true, sort: (j) => j.command, text: (j) => shortCmd(j.command) },
       { label: 'Size', num: true, sort: (j) => j.size, text: (j) => j.size },
       { label: 'Nodes', name: true, text: (j) => j.nodelist },
       { label: 'Partition', text: (j) => j.partition },
@@ -764,14 +785,14 @@
     ], (j) => j.jobid, { id: 'jobs-running', sortCol: 5, sortDesc: true, empty: 'no job running' });
     const finished = new Table([
       { label: 'Job', name: true, sort: (j) => j.jobid, text: (j) => j.jobid, href: (j) => profileHref(j.jobid) },
-      { label: 'Command', name: true, sort: (j) => j.command, text: (j) => j.command },
+      { label: 'Command', name: true, sort: (j) => j.command, text: (j) => shortCmd(j.command) },
       { label: 'Size', num: true, sort: (j) => j.size, text: (j) => j.size },
       { label: 'Started', sort: (j) => j.start_time, text: (j) => when(j.start_time) },
       { label: 'Ended', sort: (j) => j.end_time, text: (j) => when(j.end_time) },
       { label: 'Duration', num: true, sort: (j) => j.end_time - j.start_time, text: (j) => dur((j.end_time - j.start_time) * 1000) },
     ], (j) => j.jobid, { id: 'jobs-finished', sortCol: 4, sortDesc: true, empty: 'no finished job' });
     const byCmd = new Table([
-      { label: 'Command', name: true, sort: (g) => g.command, text: (g) => g.command },
+      { label: 'Command', name: true, sort: (g) => g.command, text: (g) => shortCmd(g.command) },
       { label: 'Runs', num: true, sort: (g) => g.runs.length, text: (g) => g.runs.length },
       { label: 'Mean', num: true, sort: (g) => g.mean, text: (g) => dur(g.mean * 1000) },
       { label: 'Fastest', num: true, sort: (g) => g.min, text: (g) => dur(g.min * 1000) },
@@ -858,10 +879,11 @@
     const dist = new Table([
       { label: 'Node', name: true, sort: (r) => r.name, text: (r) => r.name, href: (r) => nodeHref(r.name) },
       { label: 'Ranks', num: true, sort: (r) => r.ranks, text: (r) => r.ranks },
+      { label: 'Processes', num: true, sort: (r) => r.processes, text: (r) => r.processes || 0 },
       { label: 'Value', bar: (r) => r.v / (dist.max || 1), text: (r) => fmtFor(famSel.value)(r.v) },
       { label: 'vs median', num: true, sort: (r) => r.rel, text: (r) => (r.rel === null ? '–' : (r.rel * 100).toFixed(0) + '%') },
-    ], (r) => r.name, { id: 'job-dist', sortCol: 2, sortDesc: true, empty: 'no per-node values' });
-    dist.cols[2].sort = (r) => r.v;
+    ], (r) => r.name, { id: 'job-dist', sortCol: 3, sortDesc: true, empty: 'no per-node values' });
+    dist.cols[3].sort = (r) => r.v;
     const others = new Table([
       { label: 'Metric', name: true, sort: (m) => m.name, text: (m) => m.name },
       { label: 'Type', text: (m) => kindOf(m.ctype) },
@@ -880,7 +902,7 @@
     const showDist = () => {
       if (!lastNodes) return;
       const fam = famSel.value;
-      const rows = lastNodes.nodes.map((n) => ({ name: n.name, ranks: n.ranks, v: n.values[fam] || 0 }));
+      const rows = lastNodes.nodes.map((n) => ({ name: n.name, ranks: n.ranks, processes: n.processes, v: n.values[fam] || 0 }));
       const sorted = rows.map((r) => r.v).sort((a, b) => a - b);
       const med = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
       dist.max = Math.max(0, ...rows.map((r) => r.v));
@@ -896,12 +918,15 @@
       const hist = await api('/job/history?job=' + enc(id)).catch(() => null);
       running = hist ? hist.running : running;
       replace(state, h('span', { class: 'pill ' + (running ? 'running' : 'finished') }, running ? 'running' : 'finished'));
-      let ranks = null;
-      if (!running) ranks = await api('/profiles/get?jobid=' + enc(id)).then((p) => p.ranks).catch(() => null);
+      let prof = null;
+      if (!running) prof = await api('/profiles/get?jobid=' + enc(id)).catch(() => null);
+      const ranks = prof && prof.ranks;
+      const procs = prof && prof.processes;
       const rows = [['command', d.command || '–'], ['size', d.size], ['nodes', d.nodelist || '–'], ['partition', d.partition || '–'],
         ['cluster', d.cluster || '–'], ['run dir', d.run_dir || '–'], ['started', when(d.start_time)],
         [running ? 'running for' : 'ended', running ? (d.start_time ? dur((nowSec() - d.start_time) * 1000) : '–') : when(d.end_time) + ' (' + dur((d.end_time - d.start_time) * 1000) + ')']];
       if (ranks) rows.push(['ranks', `${ranks.started} started · ${ranks.ended} ended · ${ranks.crashed} crashed · ${ranks.lost} lost`]);
+      if (procs && procs.started) rows.push(['processes', `${procs.started} started by the ranks · ${procs.ended} ended · ${procs.crashed} crashed · ${procs.lost} lost`]);
       replace(kv, rows.map(([k, v]) => [h('span', { class: 'k' }, k), h('span', { class: 'v' }, v)]));
       const counters = job.counters || [];
       mpi.update(counters);
@@ -912,7 +937,7 @@
     function drawHistory(hist) {
       const pts = hist.points || [];
       hist.series.forEach((ser, i) => {
-        if (ser.name.startsWith('banyan_job_ranks_')) return;
+        if (ser.name.startsWith('banyan_job_ranks_') || ser.name.startsWith('banyan_job_processes_')) return;
         let c = charts.get(ser.name);
         const cumulative = ser.kind !== 'gauge';
         if (!c) {
@@ -955,7 +980,7 @@
       if (!r) return;
       lastNodes = r;
       const fams = new Set();
-      r.nodes.forEach((n) => Object.keys(n.values).forEach((f) => { if (!f.startsWith('banyan_job_ranks_')) fams.add(f); }));
+      r.nodes.forEach((n) => Object.keys(n.values).forEach((f) => { if (!f.startsWith('banyan_job_')) fams.add(f); }));
       const list = Array.from(fams).sort();
       const have = Array.from(famSel.options).map((o) => o.value);
       if (list.join(',') !== have.join(',')) {

@@ -54,7 +54,7 @@ Options:
   -V, --version           print the version
 
 The command's exit status is banyan-run's; a command killed by signal N makes it exit 128+N.
-Every process the command starts is measured as the same rank. Without an agent the command runs
+The command is the rank; every process it starts is measured as a process of that rank. Without an agent the command runs
 as usual and one line says it is not measured.
 
 Examples:
