@@ -444,6 +444,11 @@ impl Cluster {
         &self.dir
     }
 
+    /// Agent `i`'s state dir (its certificate, scrape list, previous life).
+    pub fn agent_state_dir(&self, i: usize) -> Result<&Path> {
+        Ok(&self.agent(i)?.state_dir)
+    }
+
     /// The test hosts, in agent order: agent `i` runs on `hosts()[i]` and is named after it.
     pub fn hosts(&self) -> &[TestHost] {
         self.net.hosts()

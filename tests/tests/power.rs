@@ -269,10 +269,15 @@ fn ipmi_power_stops_and_starts_the_nodes_real_agents() -> Result<()> {
         let mut sims = Vec::new();
         for (i, name) in names.iter().enumerate() {
             // A fresh boot: the node's counters start from zero (its metrics file emptied, as a
-            // reboot clears the kernel's counts; see ARCHITECTURE.md, known gaps, for absolute
-            // counters that outlive a restart).
+            // reboot clears the kernel's counts), and the agent's previous life is dropped, as a
+            // real reboot's new kernel boot id makes it do (test hosts share one kernel).
             let metrics = c.dir().join(format!("{name}.metrics"));
-            let reset = format!(": >{}", sh_quote(metrics.to_str().context("a UTF-8 path")?));
+            let previous = c.agent_state_dir(i)?.join("previous-life.bin");
+            let reset = format!(
+                ": >{} && rm -f {}",
+                sh_quote(metrics.to_str().context("a UTF-8 path")?),
+                sh_quote(previous.to_str().context("a UTF-8 path")?)
+            );
             let boot = agent_boot_script(c, i, dir.path(), &reset)?;
             c.terminate_agent(i)?;
             let mut opts = IpmiOptions::new(name);
