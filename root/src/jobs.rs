@@ -99,15 +99,19 @@ pub struct JobHistory {
 impl JobHistory {
     /// Adds a point from the job's merged view at `now_ms`, unless the last one is too recent.
     pub fn record(&mut self, view: &MetricSet, now_ms: u64) {
+        if self.due(now_ms) {
+            self.push(view, now_ms);
+        }
+    }
+
+    /// Whether a point at `now_ms` would be far enough from the last one.
+    fn due(&mut self, now_ms: u64) -> bool {
         if self.gap_ms == 0 {
             self.gap_ms = HISTORY_GAP_MS;
         }
-        if let Some(last) = self.points.last() {
-            if now_ms < last.t_ms.saturating_add(self.gap_ms) {
-                return;
-            }
-        }
-        self.push(view, now_ms);
+        self.points
+            .last()
+            .is_none_or(|last| now_ms >= last.t_ms.saturating_add(self.gap_ms))
     }
 
     /// Adds a point whatever the gap (the job's final values), then thins if too long.
@@ -115,17 +119,16 @@ impl JobHistory {
         self.push_families(family_values(view), now_ms);
     }
 
-    /// [`JobHistory::record`] for values already by family: `(family, kind, value)`.
-    pub fn record_families(&mut self, families: Vec<(String, &'static str, f64)>, now_ms: u64) {
-        if self.gap_ms == 0 {
-            self.gap_ms = HISTORY_GAP_MS;
+    /// [`JobHistory::record`] for values by family, `(family, kind, value)`, computed only when a
+    /// point is due.
+    pub fn record_families(
+        &mut self,
+        families: impl FnOnce() -> Vec<(String, &'static str, f64)>,
+        now_ms: u64,
+    ) {
+        if self.due(now_ms) {
+            self.push_families(families(), now_ms);
         }
-        if let Some(last) = self.points.last() {
-            if now_ms < last.t_ms.saturating_add(self.gap_ms) {
-                return;
-            }
-        }
-        self.push_families(families, now_ms);
     }
 
     fn push_families(&mut self, families: Vec<(String, &'static str, f64)>, now_ms: u64) {
@@ -325,6 +328,8 @@ impl JobBook {
     pub fn learn(&mut self, digests: &HashMap<String, Digest>, totals: &MetricSet, now_ms: u64) {
         let now_s = now_ms / 1000;
         let mut changed = false;
+        // Jobs whose node list must be folded again.
+        let mut refold: BTreeSet<String> = BTreeSet::new();
         for d in digests.values() {
             let fresh = match self.heard.get(&d.name) {
                 Some((sampled, _)) => d.sampled_ms > *sampled,
@@ -368,15 +373,19 @@ impl JobBook {
                 if self.finished.contains(&j.jobid) || job::check_job_id(&j.jobid).is_err() {
                     continue;
                 }
-                changed |= self
+                if self
                     .nodes
                     .entry(j.jobid.clone())
                     .or_default()
-                    .insert(d.name.clone());
+                    .insert(d.name.clone())
+                {
+                    refold.insert(j.jobid.clone());
+                }
                 match (self.running.get_mut(&j.jobid), &j.desc) {
                     (None, Some(desc)) => {
                         info!(job = %j.jobid, command = %desc.command, size = desc.size, "job started");
                         self.running.insert(j.jobid.clone(), desc.clone());
+                        refold.insert(j.jobid.clone());
                         changed = true;
                     }
                     (Some(known), Some(desc)) => {
@@ -385,6 +394,7 @@ impl JobBook {
                         let (start, size) = (known.start_time, known.size);
                         if known.command.is_empty() && !desc.command.is_empty() {
                             *known = desc.clone();
+                            refold.insert(j.jobid.clone());
                         }
                         known.start_time = match (start, desc.start_time) {
                             (0, s) | (s, 0) => s,
@@ -425,8 +435,12 @@ impl JobBook {
             }
         }
         // A job's node list is where its ranks ran, as the tree names those nodes (the agents'
-        // names), folded: not what the launcher or the ranks' host names said.
-        for (id, desc) in self.running.iter_mut() {
+        // names), folded: not what the launcher or the ranks' host names said. Folded again only
+        // for jobs whose nodes or description changed this wave.
+        for id in &refold {
+            let Some(desc) = self.running.get_mut(id) else {
+                continue;
+            };
             if let Some(names) = self.nodes.get(id).filter(|n| !n.is_empty()) {
                 let folded = NodeSet::from_names(names.iter().cloned()).fold();
                 if desc.nodelist != folded {
@@ -450,13 +464,12 @@ impl JobBook {
                 .get(&d.name)
                 .is_some_and(|(_, at)| now_ms.saturating_sub(*at) < SILENT_MS)
         });
-        let families = main_families(heard, self.running.len());
         self.histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(MAIN.to_string())
             .or_default()
-            .record_families(families, now_ms);
+            .record_families(|| main_families(heard, self.running.len()), now_ms);
     }
 
     /// One point per running job (at most one per [`HISTORY_GAP_MS`]).
@@ -468,10 +481,10 @@ impl JobBook {
         all.retain(|id, _| id == MAIN || self.running.contains_key(id));
         for id in self.running.keys() {
             let h = all.entry(id.clone()).or_default();
-            if h.points.last().is_some_and(|p| now_ms < p.t_ms + h.gap_ms) {
-                continue;
+            // The job's view is cut from the totals only when a point is due.
+            if h.due(now_ms) {
+                h.push(&job::job_view(totals, id), now_ms);
             }
-            h.record(&job::job_view(totals, id), now_ms);
         }
     }
 
