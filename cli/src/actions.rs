@@ -318,6 +318,7 @@ pub fn render_action(a: &Action, layout: Layout) -> String {
     let task = a.task();
     match &task {
         Some(Task::Service(_)) => out.push_str(&units::render(a)),
+        Some(Task::Hv(h)) => out.push_str(&crate::hv::render(a, h)),
         _ => match layout {
             Layout::Grouped => out.push_str(&grouped::render(&grouped::group(a))),
             Layout::ByNode => out.push_str(&grouped::render_by_node(a)),
@@ -345,6 +346,7 @@ pub fn render_action(a: &Action, layout: Layout) -> String {
     if !a.for_real {
         let mutates = match &task {
             Some(Task::Service(s)) => s.op.mutates(),
+            Some(Task::Hv(h)) => !h.op.reads_only() || h.cleanup_errors,
             _ => true,
         };
         if mutates {

@@ -149,6 +149,9 @@ pub enum Command {
     Service(ServiceArgs),
     /// Node power through the nodes' BMCs (Redfish or IPMI, configured in the root's root.toml).
     Power(PowerArgs),
+    /// OpenStack hypervisors: status, enable, drain-and-disable, servers (the root's [openstack]).
+    #[command(subcommand)]
+    Hv(crate::hv::HvCommand),
     /// A node's serial console (IPMI serial-over-LAN, through the root); `&.` leaves.
     #[command(after_help = "\
 The first to attach may type; others see the same output, read-only, until the writer leaves.
@@ -487,6 +490,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Exec(args) => commands::exec(&client, &args),
         Command::Service(args) => commands::service(&client, &args),
         Command::Power(args) => commands::power(&client, &args),
+        Command::Hv(cmd) => commands::hv(&client, cmd),
         Command::Console { node, read_only } => crate::console::console(&client, &node, read_only),
         Command::Actions {
             id,
@@ -625,6 +629,7 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
         | Command::Exec(_)
         | Command::Service(_)
         | Command::Power(_)
+        | Command::Hv(_)
         | Command::Console { .. }
         | Command::Actions { .. }
         | Command::Cancel { .. }

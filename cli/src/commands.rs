@@ -121,6 +121,20 @@ pub fn power(client: &Client, args: &PowerArgs) -> Result<u8, CliError> {
     )
 }
 
+/// `banyan hv ...`.
+pub fn hv(client: &Client, cmd: crate::hv::HvCommand) -> Result<u8, CliError> {
+    let r = crate::hv::request(cmd).map_err(CliError::Usage)?;
+    start(
+        client,
+        &r.nodes,
+        Task::Hv(r.task),
+        r.for_real,
+        None,
+        r.json,
+        Layout::Grouped,
+    )
+}
+
 /// Starts an action, follows it to its end and prints its results.
 fn start(
     client: &Client,

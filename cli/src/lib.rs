@@ -17,6 +17,7 @@ pub mod console;
 pub mod escape;
 pub mod follow;
 pub mod grouped;
+pub mod hv;
 pub mod monitor;
 pub mod nodes;
 pub mod nodeset;

@@ -60,6 +60,9 @@ pub enum Task {
     /// One call to one BMC, made by a BMC gateway agent for the root (never asked through the
     /// API: the root sends it while it carries out a [`Task::Power`]).
     Bmc(BmcTask),
+    /// Ask or change OpenStack hypervisors: Nova's view of them and their daemons (carried out by
+    /// the root, which talks to OpenStack and orders the daemons through the tree).
+    Hv(HvTask),
 }
 
 impl Task {
@@ -71,6 +74,7 @@ impl Task {
             Task::Cancel { .. } => "cancel",
             Task::Power(_) => "power",
             Task::Bmc(_) => "bmc",
+            Task::Hv(_) => "hv",
         }
     }
 
@@ -82,7 +86,178 @@ impl Task {
             Task::Cancel { id } => validate_order_id(id),
             Task::Power(p) => p.validate(),
             Task::Bmc(b) => b.validate(),
+            Task::Hv(h) => h.validate(),
         }
+    }
+}
+
+/// What to do with OpenStack hypervisors.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HvOp {
+    /// Nova's view (service enabled, up, servers) beside the node's daemons and agent; reads only.
+    Status,
+    /// The servers of each hypervisor, with their state; reads only.
+    Vms,
+    /// Start the daemons, wait until Nova sees the compute service up, enable it.
+    Enable,
+    /// Disable the compute service, delete its servers, wait for them to go, stop the daemons.
+    Disable,
+    /// Boot servers on the enabled hypervisors.
+    Runvms,
+}
+
+impl HvOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HvOp::Status => "status",
+            HvOp::Vms => "vms",
+            HvOp::Enable => "enable",
+            HvOp::Disable => "disable",
+            HvOp::Runvms => "runvms",
+        }
+    }
+
+    /// Whether it changes nothing (it then runs in a dry run too).
+    pub fn reads_only(self) -> bool {
+        matches!(self, HvOp::Status | HvOp::Vms)
+    }
+}
+
+/// Most servers `runvms` boots per hypervisor.
+pub const MAX_BOOT_PER_HOST: u64 = 10_000;
+/// Largest user data (base64), as Nova limits it.
+pub const MAX_USER_DATA: usize = 65_535;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct HvTask {
+    pub op: HvOp,
+    /// status: count and list each hypervisor's servers.
+    #[serde(default)]
+    pub nvms: bool,
+    /// disable: how long the servers are given to go (ms) [default 300 s].
+    #[serde(default)]
+    pub vm_timeout_ms: Option<u64>,
+    /// disable: stop the daemons even when servers remain at the timeout.
+    #[serde(default)]
+    pub force_shutoff: bool,
+    /// runvms: what to boot.
+    #[serde(default)]
+    pub boot: Option<HvBoot>,
+    /// runvms, vms: delete servers in ERROR on the targets.
+    #[serde(default)]
+    pub cleanup_errors: bool,
+}
+
+/// What `runvms` boots.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct HvBoot {
+    /// Flavor name or id.
+    pub flavor: String,
+    /// Image name or id.
+    pub image: String,
+    /// How many in all, spread over the hypervisors; none: `fill`.
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// As many as each hypervisor's free capacity takes.
+    #[serde(default)]
+    pub fill: bool,
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The user data, base64.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// Servers are named PREFIX-HOST-N.
+    pub name: String,
+}
+
+impl HvTask {
+    pub fn validate(&self) -> Result<(), String> {
+        let op = self.op.as_str();
+        if self.nvms && self.op != HvOp::Status {
+            return Err(format!("--nvms goes with status, not {op}"));
+        }
+        if (self.vm_timeout_ms.is_some() || self.force_shutoff) && self.op != HvOp::Disable {
+            return Err(format!(
+                "--vm-timeout and --force-shutoff go with disable, not {op}"
+            ));
+        }
+        if self.vm_timeout_ms == Some(0) {
+            return Err("--vm-timeout must be more than 0".into());
+        }
+        if self.cleanup_errors && !matches!(self.op, HvOp::Runvms | HvOp::Vms) {
+            return Err(format!(
+                "--cleanup-errors goes with runvms or vms, not {op}"
+            ));
+        }
+        match (&self.boot, self.op) {
+            (None, HvOp::Runvms) => Err("runvms needs --flavor and --image".into()),
+            (Some(_), op) if op != HvOp::Runvms => Err(format!(
+                "what to boot goes with runvms, not {}",
+                op.as_str()
+            )),
+            (Some(b), _) => b.validate(),
+            (None, _) => Ok(()),
+        }
+    }
+}
+
+impl HvBoot {
+    pub fn validate(&self) -> Result<(), String> {
+        let plain = |what: &str, t: &str| {
+            if t.is_empty() || t.len() > 255 || t.chars().any(char::is_control) {
+                Err(format!(
+                    "{what} {:?}: 1 to 255 printable characters",
+                    truncate_for_error(t)
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        plain("flavor", &self.flavor)?;
+        plain("image", &self.image)?;
+        if let Some(k) = &self.key {
+            plain("key", k)?;
+        }
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_ok {
+            return Err(format!(
+                "name prefix {:?}: letters, digits and - _ . (at most 64)",
+                truncate_for_error(&self.name)
+            ));
+        }
+        match (self.count, self.fill) {
+            (Some(_), true) => return Err("give --count or --fill, not both".into()),
+            (None, false) => return Err("give --count N or --fill".into()),
+            (Some(0), _) => return Err("--count must be at least 1".into()),
+            (Some(n), _) if n > MAX_BOOT_PER_HOST * 100 => {
+                return Err(format!(
+                    "--count {n} is more than {}",
+                    MAX_BOOT_PER_HOST * 100
+                ))
+            }
+            _ => {}
+        }
+        if let Some(u) = &self.user_data {
+            if u.len() > MAX_USER_DATA {
+                return Err(format!(
+                    "the user data is {} bytes in base64, more than Nova's {MAX_USER_DATA}",
+                    u.len()
+                ));
+            }
+            if !u
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+            {
+                return Err("the user data must be base64".into());
+            }
+        }
+        Ok(())
     }
 }
 

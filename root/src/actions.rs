@@ -330,6 +330,20 @@ impl ActionBook {
         });
     }
 
+    /// A line of progress of a target the root works on itself (`hv disable`'s "2 running (280 s
+    /// left)"), shown while the target is pending; its result carries the whole story.
+    pub fn progress(&mut self, id: &str, node: &str, line: &str) {
+        self.change_pending(id, node, |t, _, _| {
+            let live = t.live.get_or_insert_with(LiveOutput::default);
+            if live.stdout.len() + line.len() + 1 > LIVE_OUTPUT_MAX {
+                return false;
+            }
+            live.stdout.push_str(line);
+            live.stdout.push('\n');
+            true
+        });
+    }
+
     /// An answer for a pending target that was not taken, and why (the last few are kept).
     pub fn refused_answer(&mut self, id: &str, node: &str, why: String) {
         self.change_pending(id, node, |t, _, _| {

@@ -67,6 +67,10 @@ pub const FILE: &str = "root.toml";
 struct RootFile {
     #[serde(default)]
     bmc: Vec<RawSection>,
+    /// Read by [`crate::openstack`].
+    #[serde(default)]
+    #[allow(dead_code)]
+    openstack: Option<toml::Value>,
 }
 
 /// One `[[bmc]]` section as written.

@@ -28,6 +28,8 @@ pub struct Api {
     pub groups: Arc<std::sync::Mutex<crate::groups::RootGroups>>,
     /// Seals orders: the cluster CA's key, which every agent pins.
     pub signer: Arc<banyan_protocol::seal::Signer>,
+    /// The OpenStack client of hypervisor actions, kept with its token between actions.
+    pub openstack: Arc<crate::openstack::Clients>,
 }
 
 /// A JSON error with its status.

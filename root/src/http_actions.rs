@@ -221,7 +221,22 @@ async fn start_action(
         }
         _ => None,
     };
+    // Hypervisors: the OpenStack settings and credentials are read now, and the client made.
+    let openstack = match &req.task {
+        Task::Hv(_) => {
+            let config = crate::openstack::OpenStackConfig::load(&api.state_dir)
+                .map_err(|e| bad(e.to_string()))?;
+            let cloud = api.openstack.get(&config).map_err(|e| bad(e.detail))?;
+            Some((config, cloud))
+        }
+        _ => None,
+    };
     let timeout_ms = match &req.task {
+        Task::Hv(h) => openstack
+            .as_ref()
+            .map_or(DEFAULT_TIMEOUT_MS, |(config, _)| {
+                u64::try_from(crate::hv::action_timeout(h, config).as_millis()).unwrap_or(u64::MAX)
+            }),
         // The grace time is the caller's timeout; the action lasts that and the forced change.
         Task::Power(p) => {
             let mut p = p.clone();
@@ -323,6 +338,31 @@ async fn start_action(
             .collect::<BTreeMap<_, _>>(),
     };
     lock(&api.root.actions).start(record);
+    if let (Task::Hv(task), Some((config, cloud))) = (&order.task, openstack) {
+        let agents = snap
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), snap.word(n)))
+            .collect();
+        let job = crate::hv::HvJob {
+            id: id.clone(),
+            task: task.clone(),
+            for_real: order.for_real,
+            who: principal.name.clone(),
+            targets: names,
+            agents,
+            config,
+            cloud,
+        };
+        tokio::spawn(crate::hv::run(api.clone(), job));
+        tracing::info!(action = %id, who = %principal.name, targets = %folded, for_real = order.for_real, kind = "hv", "action started");
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({"id": id, "targets": folded, "count": targets.len(), "for_real": order.for_real}),
+            ),
+        ));
+    }
     if let (Task::Power(task), Some(config)) = (&order.task, bmcs) {
         let mut task = task.clone();
         task.grace_ms = task.grace_ms.or(req.timeout_ms);

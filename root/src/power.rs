@@ -96,7 +96,8 @@ pub async fn run(api: Api, job: PowerJob) {
     finish(&api, &job.id);
 }
 
-fn finish(api: &Api, id: &str) {
+/// Ends an action the root carried out itself and audits its outcome.
+pub(crate) fn finish(api: &Api, id: &str) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -104,9 +105,9 @@ fn finish(api: &Api, id: &str) {
         return;
     };
     let s = r.summary();
-    info!(action = %r.id, ok = s.ok, failed = s.failed, "power action finished");
+    info!(action = %r.id, kind = %r.kind, ok = s.ok, failed = s.failed, "action finished");
     if let Err(e) = crate::http_actions::audit(api, outcome_event(&r, now)) {
-        warn!(action = %r.id, error = %e.detail(), "cannot audit a power action's outcome");
+        warn!(action = %r.id, error = %e.detail(), "cannot audit an action's outcome");
     }
 }
 

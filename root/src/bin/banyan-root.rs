@@ -87,6 +87,7 @@ async fn run(args: Args) -> Result<(), String> {
         tokens: Arc::new(Mutex::new(tokens)),
         groups: Arc::new(Mutex::new(groups)),
         signer: Arc::new(signer),
+        openstack: Arc::default(),
     });
     let server = axum::serve(
         listener,

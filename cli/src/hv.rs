@@ -1,0 +1,431 @@
+//! `banyan hv`: OpenStack hypervisors through the root — the arguments, the task they make, and
+//! how the results read: the HLT's status table (Hypervisor | Runs VMs? | Alive? | #VMs | VMs)
+//! with banyan's agent and daemons columns, servers per hypervisor, and for the changing
+//! operations each node's `[ OK ]` lines then "All commands executed successfully." or the
+//! failures.
+
+use crate::actions::{Action, TargetState};
+use crate::table;
+use crate::times;
+use banyan_protocol::action::{HvBoot, HvOp, HvTask};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Subcommand)]
+pub enum HvCommand {
+    /// Each hypervisor as Nova sees it, with its agent and OpenStack daemons.
+    #[command(after_help = "\
+Runs VMs? = Nova's compute service is enabled; Alive? = Nova says it is up and the node's
+OpenStack daemons run. --nvms counts each hypervisor's servers (all projects) and lists their
+addresses. Reads only.
+
+Examples:
+  banyan hv status '@cloud'
+  banyan hv status @./hlt-nodes.txt --nvms")]
+    Status {
+        /// The nodes: `cn[1-4]`, `@group`, `@./list.txt` (one host a line, # comments).
+        #[arg(default_value = "@*")]
+        nodes: String,
+        #[arg(long)]
+        nvms: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The servers of each hypervisor, with their state.
+    Vms {
+        #[arg(default_value = "@*")]
+        nodes: String,
+        /// Delete the servers in ERROR (with --for-real).
+        #[arg(long)]
+        cleanup_errors: bool,
+        #[arg(long)]
+        for_real: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the nodes' OpenStack daemons, wait until Nova sees them up, enable them.
+    #[command(after_help = "\
+Examples:
+  banyan hv enable 'cn[40-43]'              # dry run: says what it would do
+  banyan hv enable 'cn[40-43]' --for-real")]
+    Enable {
+        nodes: String,
+        #[arg(long)]
+        for_real: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain: disable, delete the servers, wait for them to go, stop the daemons.
+    #[command(after_help = "\
+The sequence of openstack-hlt-manage: the compute service is disabled (the reason names you and
+the time), the daemons are started if they were not (deleting servers needs them), every server
+on the host is deleted, and the daemons are stopped once the servers are gone. Servers still
+there after --vm-timeout fail that node and the daemons are left running, unless
+--force-shutoff stops them anyway. One node's failure does not stop the others.
+
+Examples:
+  banyan hv disable cn43 --for-real
+  banyan hv disable @./drain.txt --vm-timeout 10m --force-shutoff --for-real")]
+    Disable {
+        nodes: String,
+        /// How long the servers are given to go [default: 300s].
+        #[arg(long, value_name = "DUR", value_parser = times::parse_duration)]
+        vm_timeout: Option<Duration>,
+        /// Stop the daemons even when servers remain at the timeout.
+        #[arg(long)]
+        force_shutoff: bool,
+        #[arg(long)]
+        for_real: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot servers on the enabled hypervisors.
+    #[command(after_help = "\
+--count N spreads N servers over the enabled, up hypervisors within their free capacity;
+--fill boots as many as Placement says each one has room for. Servers are named
+PREFIX-HOST (PREFIX-HOST-1, -2, ... for several).
+
+Examples:
+  banyan hv runvms --flavor m1.small --image cirros --count 4 --for-real
+  banyan hv runvms '@cloud' --flavor m1.large --image hlt-worker --fill --user-data boot.sh --for-real")]
+    Runvms(RunvmsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunvmsArgs {
+    #[arg(default_value = "@*")]
+    pub nodes: String,
+    #[arg(long)]
+    pub flavor: String,
+    #[arg(long)]
+    pub image: String,
+    #[arg(long, conflicts_with = "fill", required_unless_present = "fill")]
+    pub count: Option<u64>,
+    #[arg(long)]
+    pub fill: bool,
+    /// A key pair's name.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// A file given to the servers as user data.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    #[arg(long, default_value = "banyan")]
+    pub name: String,
+    /// Delete the servers that ended in ERROR.
+    #[arg(long)]
+    pub cleanup_errors: bool,
+    #[arg(long)]
+    pub for_real: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The node set, the task, whether for real, and whether JSON is wanted.
+pub struct Request {
+    pub nodes: String,
+    pub task: HvTask,
+    pub for_real: bool,
+    pub json: bool,
+}
+
+fn task(op: HvOp) -> HvTask {
+    HvTask {
+        op,
+        nvms: false,
+        vm_timeout_ms: None,
+        force_shutoff: false,
+        boot: None,
+        cleanup_errors: false,
+    }
+}
+
+/// What the command line asks.
+pub fn request(cmd: HvCommand) -> Result<Request, String> {
+    Ok(match cmd {
+        HvCommand::Status { nodes, nvms, json } => Request {
+            nodes,
+            task: HvTask {
+                nvms,
+                ..task(HvOp::Status)
+            },
+            for_real: true,
+            json,
+        },
+        HvCommand::Vms {
+            nodes,
+            cleanup_errors,
+            for_real,
+            json,
+        } => Request {
+            nodes,
+            task: HvTask {
+                cleanup_errors,
+                ..task(HvOp::Vms)
+            },
+            for_real: for_real || !cleanup_errors,
+            json,
+        },
+        HvCommand::Enable {
+            nodes,
+            for_real,
+            json,
+        } => Request {
+            nodes,
+            task: task(HvOp::Enable),
+            for_real,
+            json,
+        },
+        HvCommand::Disable {
+            nodes,
+            vm_timeout,
+            force_shutoff,
+            for_real,
+            json,
+        } => Request {
+            nodes,
+            task: HvTask {
+                vm_timeout_ms: vm_timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                force_shutoff,
+                ..task(HvOp::Disable)
+            },
+            for_real,
+            json,
+        },
+        HvCommand::Runvms(a) => {
+            let user_data = match &a.user_data {
+                None => None,
+                Some(p) => {
+                    let bytes = std::fs::read(p)
+                        .map_err(|e| format!("cannot read the user data {}: {e}", p.display()))?;
+                    Some(base64(&bytes))
+                }
+            };
+            Request {
+                nodes: a.nodes,
+                task: HvTask {
+                    boot: Some(HvBoot {
+                        flavor: a.flavor,
+                        image: a.image,
+                        count: a.count,
+                        fill: a.fill,
+                        key: a.key,
+                        user_data,
+                        name: a.name,
+                    }),
+                    cleanup_errors: a.cleanup_errors,
+                    ..task(HvOp::Runvms)
+                },
+                for_real: a.for_real,
+                json: a.json,
+            }
+        }
+    })
+}
+
+/// Standard base64 with padding (Nova's user data).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A row of `hv status` as the root writes it.
+#[derive(Debug, Deserialize)]
+struct Row {
+    hypervisor: String,
+    runs_vms: Option<bool>,
+    nova_state: Option<String>,
+    alive: bool,
+    agent: String,
+    daemons: String,
+    #[serde(default)]
+    servers: Option<Vec<Server>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Server {
+    id: String,
+    name: String,
+    status: String,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The table or lines of an hv action's results (failures and the final line are added by the
+/// caller, as for every action).
+pub fn render(a: &Action, task: &HvTask) -> String {
+    match task.op {
+        HvOp::Status => render_status(a, task.nvms),
+        HvOp::Vms => render_vms(a),
+        _ => render_lines(a),
+    }
+}
+
+fn render_status(a: &Action, nvms: bool) -> String {
+    let mut header = vec![
+        "NODE",
+        "HYPERVISOR",
+        "RUNS VMS?",
+        "ALIVE?",
+        "NOVA",
+        "AGENT",
+        "DAEMONS",
+    ];
+    if nvms {
+        header.extend(["#VMS", "VMS"]);
+    }
+    let mut t = table::new(&header);
+    for (node, target) in &a.targets {
+        let Some(row) = target
+            .result
+            .as_ref()
+            .and_then(|r| serde_json::from_str::<Row>(r.stdout.trim()).ok())
+        else {
+            continue;
+        };
+        let mut cells = vec![
+            node.clone(),
+            row.hypervisor.clone(),
+            row.runs_vms.map_or("-", yes_no).to_string(),
+            yes_no(row.alive).to_string(),
+            row.nova_state.clone().unwrap_or_else(|| "unknown".into()),
+            row.agent.clone(),
+            row.daemons.clone(),
+        ];
+        if nvms {
+            let servers = row.servers.as_deref().unwrap_or_default();
+            cells.push(servers.len().to_string());
+            let shown: Vec<String> = servers
+                .iter()
+                .map(|s| {
+                    if s.addresses.is_empty() {
+                        s.name.clone()
+                    } else {
+                        s.addresses.join(" ")
+                    }
+                })
+                .collect();
+            cells.push(shown.join(","));
+        }
+        t.add_row(cells);
+    }
+    table::render(&t)
+}
+
+fn render_vms(a: &Action) -> String {
+    let mut t = table::new(&["HYPERVISOR", "SERVER", "ID", "STATUS", "ADDRESSES"]);
+    let mut any = false;
+    for (node, target) in &a.targets {
+        let Some(list) = target
+            .result
+            .as_ref()
+            .and_then(|r| serde_json::from_str::<Vec<Server>>(r.stdout.trim()).ok())
+        else {
+            continue;
+        };
+        for s in list {
+            any = true;
+            t.add_row(vec![
+                node.clone(),
+                s.name,
+                s.id,
+                s.status,
+                s.addresses.join(" "),
+            ]);
+        }
+    }
+    if !any {
+        return "no servers on these hypervisors\n".into();
+    }
+    table::render(&t)
+}
+
+fn render_lines(a: &Action) -> String {
+    let mut out = String::new();
+    for (node, target) in &a.targets {
+        let Some(r) = &target.result else {
+            continue;
+        };
+        out.push_str(&r.stdout);
+        if target.state == TargetState::Ok {
+            let _ = writeln!(out, "{node}: {}", r.summary);
+        }
+    }
+    if !a.targets.is_empty() && a.targets.values().all(|t| t.state == TargetState::Ok) {
+        out.push_str("All commands executed successfully.\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_is_standard_base64() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"#!/bin/sh\n"), "IyEvYmluL3NoCg==");
+    }
+
+    #[test]
+    fn reads_run_for_real_and_changes_do_not_by_default() {
+        let r = request(HvCommand::Status {
+            nodes: "cn1".into(),
+            nvms: true,
+            json: false,
+        })
+        .unwrap();
+        assert!(r.for_real && r.task.nvms);
+        let r = request(HvCommand::Disable {
+            nodes: "cn1".into(),
+            vm_timeout: Some(Duration::from_secs(10)),
+            force_shutoff: true,
+            for_real: false,
+            json: false,
+        })
+        .unwrap();
+        assert!(!r.for_real);
+        assert_eq!(r.task.vm_timeout_ms, Some(10_000));
+        assert!(r.task.validate().is_ok());
+        let r = request(HvCommand::Vms {
+            nodes: "cn1".into(),
+            cleanup_errors: true,
+            for_real: false,
+            json: false,
+        })
+        .unwrap();
+        assert!(
+            !r.for_real,
+            "deleting ERROR servers is a change: dry run first"
+        );
+    }
+}
