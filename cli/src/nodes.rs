@@ -6,6 +6,10 @@
 //! - groups (`@compute`, `@racks:r1`, `@*`) and wildcards (`cn*`): at the root, which holds the
 //!   group files (`GET /nodeset?expr=`).
 //!
+//! A file in the working directory may also be written as openstack-hlt-manage takes it,
+//! `@list.txt`: an `@` term with a dot in its name that names an existing file here is read as
+//! that file (`@./list.txt`); otherwise it is a group, as always.
+//!
 //! An expression with groups but no file goes to the root whole, so ClusterShell's operators
 //! (`,` `!` `&` `^`, left to right) mean there exactly what they mean in ClusterShell. Only an
 //! expression that mixes files with groups is split into terms here and combined left to right
@@ -83,8 +87,38 @@ pub fn has_files(expr: &str) -> bool {
     terms(expr).iter().any(|(_, t)| is_file_term(t))
 }
 
+/// `expr` with each `@name.ext` term that names a file in the working directory written as
+/// that file (`@./name.ext`).
+fn local_files(expr: &str) -> String {
+    local_files_in(expr, std::path::Path::new("."))
+}
+
+/// [`local_files`] with `dir` as the working directory.
+fn local_files_in(expr: &str, dir: &std::path::Path) -> String {
+    let mut out = String::with_capacity(expr.len());
+    for (i, (op, term)) in terms(expr).into_iter().enumerate() {
+        if i > 0 {
+            out.push(op);
+        }
+        match term.strip_prefix('@') {
+            Some(name)
+                if !is_file_term(term)
+                    && name.contains('.')
+                    && !name.contains(':')
+                    && dir.join(name).is_file() =>
+            {
+                out.push_str("@./");
+                out.push_str(name);
+            }
+            _ => out.push_str(term),
+        }
+    }
+    out
+}
+
 /// The set `expr` names: here when it can be, at the root for its groups.
 pub fn resolve(expr: &str, groups: &dyn GroupResolver) -> Result<NodeSet, CliError> {
+    let expr = &local_files(expr);
     let usage = |e: banyan_protocol::nodeset::NodeSetError| CliError::Usage(e.to_string());
     if !needs_root(expr) {
         return NodeSet::parse_with_files(expr).map_err(usage);
@@ -118,6 +152,7 @@ pub fn for_root(expr: &str, groups: &dyn GroupResolver) -> Result<String, CliErr
     if expr.trim().is_empty() {
         return Err(CliError::Usage("empty node set".into()));
     }
+    let expr = &local_files(expr);
     if !has_files(expr) {
         return Ok(expr.trim().to_string());
     }
@@ -172,6 +207,19 @@ mod tests {
             terms("cn[1,3-4]!@gpu&@./f,x"),
             [(',', "cn[1,3-4]"), ('!', "@gpu"), ('&', "@./f"), (',', "x")]
         );
+    }
+
+    #[test]
+    fn an_hlt_style_list_file_is_read_here_and_a_group_stays_a_group() {
+        let dir = std::env::temp_dir().join(format!("banyan-nodes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hlt.txt"), "# drained today\ncn1\n\ncn3  # disk\n").unwrap();
+        let rewritten = local_files_in("@hlt.txt,@gpu!@nothere.txt&@racks:r1.x", &dir);
+        let g = groups();
+        let read = for_root(&format!("@{}/hlt.txt", dir.display()), &g);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(rewritten, "@./hlt.txt,@gpu!@nothere.txt&@racks:r1.x");
+        assert_eq!(read.unwrap(), "cn[1,3]");
     }
 
     #[test]

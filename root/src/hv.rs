@@ -204,10 +204,13 @@ async fn os<T: Send + 'static>(
         })
 }
 
+/// One reading of Nova's compute services, and when it was made.
+type Reading = (Instant, Result<Arc<Vec<ComputeService>>, OsError>);
+
 /// Nova's compute services, read at most once per [`POLL`] whoever asks.
 struct Poller {
     cloud: Arc<Cloud>,
-    last: tokio::sync::Mutex<Option<(Instant, Result<Arc<Vec<ComputeService>>, OsError>)>>,
+    last: tokio::sync::Mutex<Option<Reading>>,
 }
 
 impl Poller {
