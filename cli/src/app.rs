@@ -150,8 +150,7 @@ pub enum Command {
     /// Node power through the nodes' BMCs (Redfish or IPMI, configured in the root's root.toml).
     Power(PowerArgs),
     /// OpenStack hypervisors: status, enable, drain-and-disable, servers (the root's [openstack]).
-    #[command(subcommand)]
-    Hv(crate::hv::HvCommand),
+    Hv(crate::hv::HvArgs),
     /// A node's serial console (IPMI serial-over-LAN, through the root); `&.` leaves.
     #[command(after_help = "\
 The first to attach may type; others see the same output, read-only, until the writer leaves.
@@ -490,7 +489,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Exec(args) => commands::exec(&client, &args),
         Command::Service(args) => commands::service(&client, &args),
         Command::Power(args) => commands::power(&client, &args),
-        Command::Hv(cmd) => commands::hv(&client, cmd),
+        Command::Hv(args) => commands::hv(&client, args),
         Command::Console { node, read_only } => crate::console::console(&client, &node, read_only),
         Command::Actions {
             id,

@@ -122,17 +122,21 @@ pub fn power(client: &Client, args: &PowerArgs) -> Result<u8, CliError> {
 }
 
 /// `banyan hv ...`.
-pub fn hv(client: &Client, cmd: crate::hv::HvCommand) -> Result<u8, CliError> {
-    let r = crate::hv::request(cmd).map_err(CliError::Usage)?;
-    start(
-        client,
-        &r.nodes,
-        Task::Hv(r.task),
-        r.for_real,
-        None,
-        r.json,
-        Layout::Grouped,
-    )
+pub fn hv(client: &Client, args: crate::hv::HvArgs) -> Result<u8, CliError> {
+    let credentials = if args.os_credentials {
+        Some(crate::hv::caller_credentials().map_err(CliError::Usage)?)
+    } else {
+        None
+    };
+    let r = crate::hv::request(args.cmd).map_err(CliError::Usage)?;
+    let task = Task::Hv(r.task);
+    task.validate().map_err(CliError::Usage)?;
+    let nodes = nodes::for_root(&r.nodes, client)?;
+    let mut body = json!({"nodes": nodes, "for_real": r.for_real, "task": task});
+    if let Some(c) = credentials {
+        body["openstack"] = c;
+    }
+    run_action(client, body, &task, r.json, Layout::Grouped)
 }
 
 /// Starts an action, follows it to its end and prints its results.
@@ -153,6 +157,17 @@ fn start(
         "timeout_ms": timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         "task": task,
     });
+    run_action(client, body, &task, json, layout)
+}
+
+/// Posts an action's body, follows the action to its end and prints its results.
+fn run_action(
+    client: &Client,
+    body: Value,
+    task: &Task,
+    json: bool,
+    layout: Layout,
+) -> Result<u8, CliError> {
     let started: Started = parse(client, "/actions", client.post("/actions", &body)?)?;
     eprintln!(
         "action {}: {} on {} ({} target{}), {}",

@@ -14,6 +14,56 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `banyan hv [--os-credentials] COMMAND`.
+#[derive(Debug, Args)]
+pub struct HvArgs {
+    #[command(subcommand)]
+    pub cmd: HvCommand,
+    /// Use my OpenStack credentials (the OS_* variables of this shell, an openrc's; with
+    /// OS_CLOUD, that cloud of my clouds.yaml) for this action instead of the root's.
+    #[arg(long, global = true)]
+    pub os_credentials: bool,
+}
+
+/// The caller's credentials as the root takes them (`openstack` in the action's body): the
+/// `OS_*` variables of this process, and the clouds.yaml `OS_CLOUD` refers to, read here.
+pub fn caller_credentials() -> Result<serde_json::Value, String> {
+    let vars: std::collections::BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("OS_"))
+        .collect();
+    if vars.is_empty() {
+        return Err(
+            "--os-credentials: no OS_* variable is set: source your openrc or set OS_CLOUD".into(),
+        );
+    }
+    let mut out = serde_json::json!({ "vars": vars });
+    if vars.get("OS_CLOUD").is_some_and(|c| !c.is_empty()) {
+        let mut paths: Vec<PathBuf> = Vec::new();
+        if let Some(f) = vars.get("OS_CLIENT_CONFIG_FILE") {
+            paths.push(PathBuf::from(f));
+        }
+        paths.push(PathBuf::from("clouds.yaml"));
+        if let Some(home) = std::env::var_os("HOME") {
+            paths.push(PathBuf::from(home).join(".config/openstack/clouds.yaml"));
+        }
+        paths.push(PathBuf::from("/etc/openstack/clouds.yaml"));
+        let found = paths.iter().find(|p| p.is_file()).ok_or_else(|| {
+            format!(
+                "--os-credentials: OS_CLOUD is set but there is no clouds.yaml in {}",
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let text = std::fs::read_to_string(found)
+            .map_err(|e| format!("--os-credentials: cannot read {}: {e}", found.display()))?;
+        out["clouds_yaml"] = serde_json::json!(text);
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum HvCommand {
     /// Each hypervisor as Nova sees it, with its agent and OpenStack daemons.

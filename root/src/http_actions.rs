@@ -168,6 +168,10 @@ struct ActionRequest {
     for_real: bool,
     timeout_ms: Option<u64>,
     task: Task,
+    /// `hv` only: the caller's own OpenStack credentials, used for this action instead of the
+    /// root's. Never audited, logged nor kept in the action's record.
+    #[serde(default)]
+    openstack: Option<crate::openstack::CallerCredentials>,
 }
 
 /// `POST /actions`: checks, audits, seals and sends an action; answers its id at once (202).
@@ -224,9 +228,19 @@ async fn start_action(
     // Hypervisors: the OpenStack settings and credentials are read now, and the client made.
     let openstack = match &req.task {
         Task::Hv(_) => {
-            let config = crate::openstack::OpenStackConfig::load(&api.state_dir)
+            let caller = req.openstack.as_ref();
+            let config = crate::openstack::OpenStackConfig::load_for(&api.state_dir, caller)
                 .map_err(|e| bad(e.to_string()))?;
-            let cloud = api.openstack.get(&config).map_err(|e| bad(e.detail))?;
+            // The caller's credentials make a client for this action alone: the root's kept
+            // client (and token) stays for the actions that use the root's own.
+            let cloud = match caller {
+                Some(_) => {
+                    crate::openstack::client::Cloud::new(config.creds.clone(), config.timeout)
+                        .map(std::sync::Arc::new)
+                }
+                None => api.openstack.get(&config),
+            }
+            .map_err(|e| bad(e.detail))?;
             Some((config, cloud))
         }
         _ => None,

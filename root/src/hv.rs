@@ -762,15 +762,16 @@ async fn disable(api: &Api, job: &HvJob, node: &str, poller: &Poller, log: &mut 
         }
         log.ok(format!("Deleting {total} server(s) on {node}"));
     }
-    // 4. Wait for them to go.
+    // 4. Wait for them to go: Nova asked after each poll, the timeout checked after each.
     let until = Instant::now() + vm_timeout;
     let mut left = servers;
     let mut last_said = Instant::now();
     while !left.is_empty() {
-        if Instant::now() >= until {
+        let now = Instant::now();
+        if now >= until {
             break;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(POLL.min(until - now)).await;
         let h = host.clone();
         match os(&job.cloud, move |c| nova::servers(c, Some(&h))).await {
             Ok(now) => left = now,

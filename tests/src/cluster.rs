@@ -326,6 +326,15 @@ pub struct Cluster {
 /// Runs the operator CLI `banyan ARGS` against `c`'s root: what it printed on stdout and stderr,
 /// and whether it succeeded.
 pub fn banyan_cli(c: &Cluster, args: &[&str]) -> Result<(String, bool)> {
+    banyan_cli_env(c, args, &[])
+}
+
+/// [`banyan_cli`] with these variables added to the CLI's environment.
+pub fn banyan_cli_env(
+    c: &Cluster,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Result<(String, bool)> {
     let bins = binaries()?;
     let cli = bins
         .root
@@ -336,6 +345,7 @@ pub fn banyan_cli(c: &Cluster, args: &[&str]) -> Result<(String, bool)> {
         .arg("--root")
         .arg(format!("http://{}", c.http_addr()))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .with_context(|| format!("running {}", cli.display()))?;
     Ok((

@@ -4,6 +4,7 @@ pub mod bmc;
 pub mod browser;
 pub mod cluster;
 pub mod mpi;
+pub mod openstack;
 pub mod procstat;
 pub mod sim;
 pub mod slurm;

@@ -17,7 +17,8 @@
 //!   command only: a daemon it leaves running does not hold the action up. A unit already active
 //!   is not started twice. After the command exits 0 the state is read again for up to
 //!   [`SETTLE`], until it is active.
-//! - **stop** runs the stop command, or without one sends SIGTERM to the pid in `pid_file` and
+//! - **stop** runs the stop command, or without one sends SIGTERM (then SIGCONT, so that a
+//!   stopped daemon can act on it) to the pid in `pid_file` and
 //!   waits (up to the deadline, then SIGKILL) until that process has gone. Only that pid is
 //!   signalled, as `start-stop-daemon --pidfile` does; the daemon's own children are its business.
 //! - **status**: the status command's exit status 0 means active, anything else inactive; without
@@ -503,6 +504,9 @@ impl Step<'_> {
             return Ok(()); // not running: nothing to stop
         };
         kill(pid, Signal::SIGTERM).map_err(|e| format!("cannot send SIGTERM to pid {pid}: {e}"))?;
+        // A stopped (SIGSTOP, traced) daemon would hold the SIGTERM until the deadline's SIGKILL:
+        // SIGCONT lets it shut down as asked, as systemd does after its kill signal.
+        let _ = kill(pid, Signal::SIGCONT);
         loop {
             if !process_alive(pid) {
                 return Ok(());

@@ -224,7 +224,7 @@ pub fn from_vars(vars: &Vars, source: &str) -> Result<Credentials, CredentialsEr
 
 /// The settings an environment may add to or change in a cloud (as the `openstack` CLI lets
 /// `OS_REGION_NAME` and `OS_INTERFACE` win over clouds.yaml).
-fn override_from_vars(c: &mut Credentials, vars: &Vars) {
+pub(crate) fn override_from_vars(c: &mut Credentials, vars: &Vars) {
     let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
     if let Some(i) = get("OS_INTERFACE").or_else(|| get("OS_ENDPOINT_TYPE")) {
         c.interface = interface_name(&i);

@@ -77,6 +77,53 @@ pub struct OpenStackConfig {
     pub path: PathBuf,
 }
 
+/// Credentials a caller sends with one action (`banyan hv --os-credentials`): its `OS_*`
+/// variables, and when `OS_CLOUD` is among them, the text of the clouds.yaml it names. `Debug`
+/// shows the variables' names only.
+#[derive(Deserialize, Default)]
+pub struct CallerCredentials {
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub clouds_yaml: Option<String>,
+}
+
+impl std::fmt::Debug for CallerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerCredentials")
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("clouds_yaml", &self.clouds_yaml.as_ref().map(|_| "<given>"))
+            .finish()
+    }
+}
+
+impl CallerCredentials {
+    fn credentials(&self) -> Result<Credentials, creds::CredentialsError> {
+        let vars: creds::Vars = self
+            .vars
+            .iter()
+            .filter(|(k, _)| k.starts_with("OS_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match (
+            vars.get("OS_CLOUD").filter(|c| !c.is_empty()),
+            &self.clouds_yaml,
+        ) {
+            (Some(cloud), Some(text)) => {
+                let source = format!("the caller's clouds.yaml cloud {cloud:?}");
+                let mut c = creds::parse_clouds_yaml(text, cloud, &source)?;
+                creds::override_from_vars(&mut c, &vars);
+                Ok(c)
+            }
+            (Some(cloud), None) => Err(creds::CredentialsError {
+                from: "the caller's OS_* variables".into(),
+                why: format!("OS_CLOUD={cloud} but no clouds.yaml came with it"),
+            }),
+            (None, _) => creds::from_vars(&vars, "the caller's OS_* variables"),
+        }
+    }
+}
+
 /// Why the OpenStack settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: [openstack]: {message}")]
@@ -89,6 +136,15 @@ impl OpenStackConfig {
     /// Reads `<state_dir>/root.toml`'s `[openstack]`; without one (or without the file), the
     /// root's own `OS_*` environment with the defaults.
     pub fn load(state_dir: &Path) -> Result<OpenStackConfig, ConfigError> {
+        OpenStackConfig::load_for(state_dir, None)
+    }
+
+    /// [`OpenStackConfig::load`], with the caller's own credentials instead of the root's when
+    /// it sent some (the rest of the section applies all the same).
+    pub fn load_for(
+        state_dir: &Path,
+        caller: Option<&CallerCredentials>,
+    ) -> Result<OpenStackConfig, ConfigError> {
         let path = state_dir.join(crate::bmcconf::FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -100,7 +156,7 @@ impl OpenStackConfig {
                 })
             }
         };
-        OpenStackConfig::parse(&text, &path, &creds::environment())
+        OpenStackConfig::parse_for(&text, &path, &creds::environment(), caller)
     }
 
     /// The section of `text` (the file at `path`), with `env` as the root's environment.
@@ -108,6 +164,15 @@ impl OpenStackConfig {
         text: &str,
         path: &Path,
         env: &creds::Vars,
+    ) -> Result<OpenStackConfig, ConfigError> {
+        OpenStackConfig::parse_for(text, path, env, None)
+    }
+
+    fn parse_for(
+        text: &str,
+        path: &Path,
+        env: &creds::Vars,
+        caller: Option<&CallerCredentials>,
     ) -> Result<OpenStackConfig, ConfigError> {
         let fail = |message: String| ConfigError {
             path: path.display().to_string(),
@@ -133,7 +198,7 @@ impl OpenStackConfig {
             Some(dir) if p.is_relative() => dir.join(p),
             _ => p.to_path_buf(),
         };
-        let mut creds = match (&raw.cloud, &raw.openrc) {
+        let from_section = match (&raw.cloud, &raw.openrc) {
             (Some(_), Some(_)) => {
                 return Err(fail("give cloud or openrc, not both".into()));
             }
@@ -153,9 +218,13 @@ impl OpenStackConfig {
                 }
                 creds::from_vars(env, "the root's environment (OS_*)")
             }
+        };
+        let mut creds = match caller {
+            Some(c) => c.credentials(),
+            None => from_section,
         }
         .map_err(|e| fail(e.to_string()))?;
-        if let Some(i) = &raw.interface {
+        if let Some(i) = raw.interface.as_ref().filter(|_| caller.is_none()) {
             if !matches!(i.as_str(), "public" | "internal" | "admin") {
                 return Err(fail(format!(
                     "interface = {i:?}: public, internal or admin"
@@ -163,7 +232,7 @@ impl OpenStackConfig {
             }
             creds.interface = i.clone();
         }
-        if let Some(r) = &raw.region {
+        if let Some(r) = raw.region.as_ref().filter(|_| caller.is_none()) {
             creds.region = Some(r.clone());
         }
         let daemons = raw.daemons.unwrap_or_else(|| vec!["nova-compute".into()]);
@@ -345,6 +414,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no OS_AUTH_URL"), "{e}");
+    }
+
+    #[test]
+    fn a_callers_credentials_replace_the_roots() {
+        let p = Path::new("/s/root.toml");
+        let text = "[openstack]\nopenrc = \"/nonexistent\"\ndaemons = [\"nova-compute\"]\n";
+        let mut caller = CallerCredentials {
+            vars: env(),
+            clouds_yaml: None,
+        };
+        caller.vars.insert("OS_USERNAME".into(), "alice".into());
+        let c = OpenStackConfig::parse_for(text, p, &creds::Vars::new(), Some(&caller)).unwrap();
+        assert_eq!(c.creds.source, "the caller's OS_* variables");
+        assert!(
+            matches!(&c.creds.method, creds::Method::Password { user, .. } if user.name.as_deref() == Some("alice"))
+        );
+        assert!(!format!("{caller:?}").contains("pw"), "{caller:?}");
+        caller.vars.insert("OS_CLOUD".into(), "x".into());
+        let e =
+            OpenStackConfig::parse_for(text, p, &creds::Vars::new(), Some(&caller)).unwrap_err();
+        assert!(e.to_string().contains("no clouds.yaml came with it"), "{e}");
+        caller.clouds_yaml = Some(
+            "clouds:\n  x:\n    auth: {auth_url: 'http://k', username: u, password: p}\n".into(),
+        );
+        let c = OpenStackConfig::parse_for(text, p, &creds::Vars::new(), Some(&caller)).unwrap();
+        assert_eq!(c.creds.auth_url, "http://k/v3");
     }
 
     #[test]
