@@ -475,6 +475,28 @@ fn hypervisors_are_enabled_drained_and_filled_through_keystone_and_nova() -> Res
             );
         }
 
+        // An application credential from clouds.yaml; `vms` lists exactly Nova's servers.
+        fs::write(
+            c.root_state().join("root.toml"),
+            format!(
+                "[openstack]\ncloud = \"banyan-test-appcred\"\nclouds_yaml = \"{}\"\n",
+                os.dir().join("clouds.yaml").display()
+            ),
+        )?;
+        let (out, ok) = hv(c, &["vms", &all, "--json"])?;
+        ensure!(ok, "vms with an application credential failed:\n{out}");
+        let a = action_json(&out)?;
+        for n in &names {
+            let listed: Vec<Value> =
+                serde_json::from_str(result(&a, n)["stdout"].as_str().unwrap_or("[]").trim())?;
+            let mut got: Vec<&str> = listed.iter().filter_map(|s| s["id"].as_str()).collect();
+            let nova = os.servers_on(n)?;
+            let mut want: Vec<&str> = nova.iter().filter_map(|s| s["id"].as_str()).collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            ensure!(got == want, "{n}: banyan lists {got:?}, Nova {want:?}");
+        }
+
         // Wrong credentials: a clear error per node, nothing else touched.
         let bad = os.dir().join("bad-openrc");
         let rc = fs::read_to_string(os.dir().join("admin-openrc"))?;

@@ -735,6 +735,7 @@
       err.el,
       panel('Node', kv), h('p'),
       nodePower(name), h('p'),
+      nodeCloud(name),
       panel('Digest over time (since this page opened)', h('div', { class: 'charts' }, Object.values(charts).map((c) => c.el))), h('p'),
       panel('All metrics of the node (fetched through the tree)', h('div', { class: 'toolbar' }, metricFilter), metrics.el));
     every(POLL_MS, async () => {
@@ -1275,6 +1276,13 @@
       return ['power', p.op, p.force ? '--force' : '', p.boot ? '--boot ' + p.boot : ''].filter((w) => w).join(' ');
     }
     if (task.cancel) return 'cancel ' + task.cancel.id;
+    if (task.hv) {
+      const v = task.hv;
+      const ms = v.vm_timeout_ms;
+      return ['hv', v.op, v.nvms ? '--nvms' : '', ms ? '--vm-timeout ' + (ms % 1000 ? ms + 'ms' : ms / 1000 + 's') : '',
+        v.force_shutoff ? '--force-shutoff' : '', v.cleanup_errors ? '--cleanup-errors' : '',
+        v.boot ? '--flavor ' + shellWord(String(v.boot.flavor)) + ' --image ' + shellWord(String(v.boot.image)) : ''].filter((w) => w).join(' ');
+    }
     return Object.keys(task)[0] || '?';
   }
 
@@ -1969,6 +1977,468 @@
     return panel('Power', h('div', { class: 'toolbar' }, h('span', { class: 'muted' }, 'BMC power'), state, note), tok.el, menu.el);
   }
 
+  // ----- Cloud -------------------------------------------------------------------------------------
+
+  // OpenStack hypervisors go through the action path like any action (POST /actions with a `hv`
+  // task, the token's scope, the audit log), carried out by the root against the cloud of its
+  // root.toml ([openstack]). `status` only reads and is sent for real; enable and disable run as
+  // a dry run first (Nova is read, nothing is changed, nothing started or stopped), whose preview
+  // the operator confirms by the node set and its size before the real action is sent; the real
+  // one is then followed live, node by node (the root's progress lines, then each result).
+  const HV_VERBS = { enable: 'Enable', disable: 'Disable' };
+  // How often the status is asked again while the page is shown: each ask is an audited action
+  // (and reaches every node's agent), so no faster, and never while the tab is hidden.
+  const CLOUD_REFRESH_MS = 15000;
+  const CLOUD_FILTER_KEY = 'banyan.cloudFilter';
+  const yesNo = (v) => (v === true ? 'yes' : v === false ? 'no' : '–');
+  const hvStatusTask = () => ({ hv: { op: 'status', nvms: true } });
+  const daemonsPill = (d) => ({ running: 'up', stopped: 'clear', failed: 'bad' }[d] || 'joining');
+  const novaPill = (st) => ({ up: 'up', down: 'bad' }[st] || 'clear');
+
+  // What a status action says of one target: {ok, row, reason}, or null while it is pending.
+  // `row` is the JSON line of its result's stdout (there for hosts Nova does not know too);
+  // `reason` is why the target failed (its summary).
+  function hvStatusOf(t) {
+    if (!t || t.state === 'pending') return null;
+    const r = t.result;
+    let row = null;
+    if (r && r.stdout) {
+      try { row = JSON.parse(r.stdout.trim().split('\n')[0]); } catch (_) { row = null; }
+      if (!row || typeof row !== 'object' || Array.isArray(row)) row = null;
+    }
+    const ok = t.state === 'ok' && !!row;
+    return { ok, row, reason: ok ? '' : (r && r.summary) || t.error || t.state };
+  }
+  const vmText = (v) => String(v.name || v.id || '?') + ' ' + String(v.status || '?');
+
+  // A cell holding one pill (or a dash) and an optional muted note under it; redrawn only when
+  // its text changes.
+  function pillCell(td, text, cls, note) {
+    const sig = [text, cls, note || ''].join('\u0000');
+    if (td._sig === sig) return;
+    td._sig = sig;
+    replace(td, text === null ? h('span', { class: 'muted' }, '–') : h('span', { class: 'pill ' + cls }, text),
+      note ? h('div', { class: 'cell-note' }, note) : null);
+  }
+
+  // The hv lines of each target of an action (live while it runs, its result's once it ended)
+  // and its summary.
+  function hvSteps(rec) {
+    return Object.entries(rec.targets || {}).map(([node, t]) => {
+      const r = t.result;
+      const lines = ((r ? r.stdout : t.live && t.live.stdout) || '').replace(/\n+$/, '');
+      const summary = r ? r.summary || '' : t.error || (t.state === 'pending' ? '' : t.state);
+      return { node, state: t.state, lines, summary };
+    });
+  }
+  function stepsCell(td, t) {
+    const sig = [t.state, t.lines, t.summary].join('\u0000');
+    if (td._sig === sig) return;
+    td._sig = sig;
+    const tone = t.state === 'ok' ? 'ok-text' : t.state === 'pending' ? 'muted' : 'n-bad';
+    replace(td,
+      t.lines ? h('pre', { class: 'steps' }, t.lines) : null,
+      t.summary ? h('div', { class: 'step-summary ' + tone }, t.summary)
+        : t.state === 'pending' && !t.lines ? h('div', { class: 'muted' }, 'waiting for the root…') : null);
+  }
+  function hvTaskFor(op, timeoutText, force) {
+    const t = { op };
+    if (op === 'disable') {
+      const v = String(timeoutText).trim();
+      if (v !== '') {
+        const secs = Number(v);
+        if (!Number.isFinite(secs) || secs <= 0) throw new Error('the VM timeout is a number of seconds above 0 (empty: 300 s)');
+        t.vm_timeout_ms = Math.max(1, Math.round(secs * 1000));
+      }
+      if (force) t.force_shutoff = true;
+    }
+    return { hv: t };
+  }
+  const hvTaskWords = (hv) => [hv.vm_timeout_ms ? 'VM timeout ' + hv.vm_timeout_ms / 1000 + ' s' : '', hv.force_shutoff ? 'force shutoff' : '']
+    .filter((w) => w).join(', ');
+
+  // The enable / disable buttons: a dry run and its preview (each node and what would be done),
+  // a confirmation naming the node set and its size, then the real action followed live.
+  // o.target() is {nodes, what} (the expression to act on and how to say it) or null;
+  // o.onDone(record) runs when a real action ended; o.needToken() when one is missing or refused.
+  function hvMenu(o) {
+    const btns = {
+      enable: h('button', { type: 'button', id: 'cloud-enable' }, 'Enable…'),
+      disable: h('button', { type: 'button', id: 'cloud-disable', class: 'danger' }, 'Disable…'),
+    };
+    const vmTimeout = h('input', { type: 'number', id: 'cloud-vm-timeout', class: 'mono num-input', min: 1, step: 'any', placeholder: '300',
+      title: 'disable: how long the servers are given to go, in seconds (empty: 300)' });
+    const force = h('input', { type: 'checkbox', id: 'cloud-force-shutoff' });
+    const targetLine = h('div', { class: 'note', id: 'cloud-target' });
+    const msg = h('div', { id: 'cloud-msg', role: 'status' });
+    const say = (text, bad) => { setText(msg, text); msg.className = bad ? 'error' : 'note'; };
+    const stepCols = (third) => [
+      { label: 'Node', name: true, sort: (t) => t.node, text: (t) => t.node, href: (t) => nodeHref(t.node) },
+      { label: 'State', sort: (t) => t.state, text: (t) => t.state, pill: (t) => phasePill(t.state) },
+      { label: third, cell: stepsCell },
+    ];
+    const previewTitle = h('h2', { id: 'cloud-preview-title' });
+    const preview = new Table(stepCols('What would be done'), (t) => t.node, { id: 'cloud-preview-table', sortCol: 0, wrap: true, empty: 'waiting for the dry run…' });
+    const warn = h('p', { class: 'warn-text', id: 'cloud-preview-warn', hidden: true });
+    const confirm = h('button', { type: 'button', class: 'danger confirm', id: 'cloud-confirm', hidden: true });
+    const back = h('button', { type: 'button', id: 'cloud-back' }, 'Do nothing');
+    const previewBox = h('div', { id: 'cloud-preview', class: 'power-step', hidden: true },
+      previewTitle, h('p', { class: 'note' }, 'Dry run: Nova was read, nothing was changed in it, no daemon was started or stopped.'),
+      preview.el, warn, h('div', { class: 'toolbar' }, confirm, back));
+    const progressTitle = h('h2', { id: 'cloud-progress-title' });
+    const progressState = h('span', { id: 'cloud-progress-state' });
+    const answered = h('span', { class: 'note', id: 'cloud-progress-count' });
+    const link = h('a', { id: 'cloud-action-link' }, 'action page');
+    const bar = new StackBar({ class: 'stack big' });
+    const progress = new Table(stepCols('Progress'), (t) => t.node, { id: 'cloud-progress-table', sortCol: 0, wrap: true, empty: 'no target' });
+    const progressBox = h('div', { id: 'cloud-progress', class: 'power-step', hidden: true },
+      progressTitle, h('div', { class: 'toolbar' }, progressState, answered, link), bar.el, progress.el);
+
+    // A newer request makes the answers of an older one moot.
+    let seq = 0;
+    let planned = null;
+    let running = false;
+    const setBusy = (b) => { for (const x of Object.values(btns)) x.disabled = b; };
+    const needToken = () => { if (o.needToken) o.needToken(); };
+    const titleOf = (verb, task, targets, count) => {
+      const extra = hvTaskWords(task.hv);
+      return `${verb}${extra ? ' (' + extra + ')' : ''}: ${targets} (${plural(count, 'node')})`;
+    };
+
+    async function dryRun(op) {
+      const t = o.target();
+      const verb = HV_VERBS[op];
+      if (!t) { say('no node to act on', true); return; }
+      if (!token()) { say('paste a token first: every hypervisor action needs one', true); needToken(); return; }
+      let task;
+      try { task = hvTaskFor(op, vmTimeout.value, force.checked); } catch (e) { say(e.message, true); vmTimeout.focus(); return; }
+      const my = ++seq;
+      planned = null;
+      confirm.hidden = true;
+      warn.hidden = true;
+      progressBox.hidden = true;
+      setBusy(true);
+      say(`dry run: asking the root what ${verb.toLowerCase()} would do on ${t.what}…`);
+      try {
+        const a = await startAction(t.nodes, task, false);
+        if (my !== seq) return;
+        setText(previewTitle, titleOf(verb, task, a.targets, a.count));
+        preview.update([]);
+        previewBox.hidden = false;
+        const rec = await followAction(a.id, (r) => { if (my === seq) preview.update(hvSteps(r)); }, () => my === seq);
+        if (!rec || my !== seq) return;
+        const rows = hvSteps(rec);
+        const bad = rows.filter((x) => x.state !== 'ok');
+        if (bad.length === rows.length) {
+          say(`${verb} cannot be done on ${plural(rows.length, 'node')}: the reasons are above`, true);
+          return;
+        }
+        warn.hidden = bad.length === 0;
+        setText(warn, bad.length ? `${foldNodes(bad.map((x) => x.node))} would fail (${bad.length} of ${rows.length}): the reasons are above` : '');
+        planned = { op, task, targets: a.targets, count: a.count };
+        setText(confirm, `${verb} ${a.targets} (${plural(a.count, 'node')})`);
+        confirm.hidden = false;
+        say('dry run done; confirm to do it for real');
+      } catch (e) {
+        if (my !== seq) return;
+        say(refusal(e), true);
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) needToken();
+      } finally {
+        if (my === seq && !running) setBusy(false);
+      }
+    }
+
+    function showProgress(rec) {
+      const counts = tally(rec);
+      const total = Object.keys(rec.targets || {}).length;
+      replace(progressState, h('span', { class: 'pill ' + actionPill(rec.state) }, rec.state), ' ',
+        h('span', { class: 'pill ' + modePill(rec.for_real) }, modeText(rec.for_real)));
+      setText(answered, `${total - counts.pending} of ${total} done` +
+        (counts.failed ? ` · ${counts.failed} failed` : '') + (counts.pending ? ` · ${counts.pending} in progress` : ''));
+      bar.update(counts, total);
+      progress.update(hvSteps(rec));
+    }
+
+    confirm.addEventListener('click', async () => {
+      if (!planned || running) return;
+      const p = planned;
+      const verb = HV_VERBS[p.op];
+      const my = ++seq;
+      planned = null;
+      running = true;
+      confirm.hidden = true;
+      previewBox.hidden = true;
+      setBusy(true);
+      say(`${verb} ${p.targets}: sending it for real…`);
+      try {
+        const a = await startAction(p.targets, p.task, true);
+        setText(progressTitle, titleOf(verb, p.task, a.targets, a.count));
+        link.setAttribute('href', actionHref(a.id));
+        progress.update([]);
+        progressBox.hidden = false;
+        say(`${verb} ${a.targets}: running`);
+        const rec = await followAction(a.id, showProgress);
+        if (!rec) return;
+        const c = tally(rec);
+        const failed = c.failed + c.unreachable + c.cancelled;
+        say(`${verb} ${a.targets}: ${rec.state}, ${c.ok} ok` + (failed ? `, ${failed} not` : ''), failed > 0);
+        if (o.onDone) o.onDone(rec);
+      } catch (e) {
+        say(refusal(e), true);
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) needToken();
+      } finally {
+        running = false;
+        if (my === seq) setBusy(false);
+      }
+    });
+    back.addEventListener('click', () => {
+      seq++;
+      planned = null;
+      previewBox.hidden = true;
+      if (!running) setBusy(false);
+      say('nothing was done');
+    });
+    for (const [op, b] of Object.entries(btns)) b.addEventListener('click', () => dryRun(op));
+
+    const showTarget = () => {
+      const t = o.target();
+      setText(targetLine, t ? 'Acts on ' + t.what : 'no node to act on');
+    };
+    const el = h('div', { class: 'power-menu' },
+      targetLine,
+      h('div', { class: 'toolbar' }, btns.enable, btns.disable,
+        h('label', { class: 'check', title: 'disable: how long the servers on each hypervisor are given to go' }, 'VM timeout', vmTimeout, 's'),
+        h('label', { class: 'check', title: 'disable: stop the daemons even when servers remain at the timeout' }, force, ' force shutoff')),
+      msg, previewBox, progressBox);
+    return {
+      el,
+      // The rows changed within the same set: only the line saying what is acted on.
+      showTarget,
+      // The node set changed: a preview of another set must not be confirmed. A real action
+      // already sent goes on and stays shown.
+      reset() {
+        showTarget();
+        if (running) return;
+        seq++;
+        if (planned || !previewBox.hidden) say('');
+        planned = null;
+        previewBox.hidden = true;
+        setBusy(false);
+      },
+    };
+  }
+
+  function pageCloud() {
+    const tok = tokenBox('Nova is not asked: every hypervisor action needs a token');
+    const filter = h('input', { class: 'mono', id: 'cloud-filter', size: 28, placeholder: 'node set, e.g. @compute or cn[1-32]', spellcheck: 'false',
+      title: 'a node set or group expression, resolved by the root; asked when entered (Enter), empty: @*' });
+    const count = h('span', { class: 'muted', id: 'cloud-count' });
+    const again = h('button', { type: 'button', id: 'cloud-refresh' }, 'Ask again');
+    const auto = h('span', { class: 'note', id: 'cloud-auto' });
+    const asked = h('div', { class: 'note', id: 'cloud-asked' });
+    const askErr = h('div', { class: 'error', id: 'cloud-error', role: 'alert' });
+    const rows = new Map();
+    const selected = new Set();
+    let names = [];
+    let askedSet = null;
+    const selectCell = (td, r) => {
+      let cb = td.firstChild;
+      if (!cb) {
+        cb = h('input', { type: 'checkbox', class: 'cloud-select', 'data-node': r.name, title: 'act on this node only' });
+        cb.setAttribute('aria-label', 'select ' + r.name);
+        cb.addEventListener('change', () => {
+          if (cb.checked) selected.add(r.name); else selected.delete(r.name);
+          menu.reset();
+        });
+        td.appendChild(cb);
+      }
+      cb.checked = selected.has(r.name);
+    };
+    const table = new Table([
+      { label: '', cell: selectCell },
+      { label: 'Node', name: true, sort: (r) => r.name, text: (r) => r.name, href: (r) => nodeHref(r.name) },
+      { label: 'Hypervisor', name: true, sort: (r) => r.row && r.row.hypervisor, text: (r) => (r.row && r.row.hypervisor) || '–' },
+      {
+        label: 'Runs VMs?', sort: (r) => r.row && r.row.runs_vms,
+        cell: (td, r) => {
+          const v = r.row ? r.row.runs_vms : null;
+          pillCell(td, v === null || v === undefined ? null : yesNo(v), v ? 'up' : 'joining', v === false ? r.row.disabled_reason : '');
+        },
+      },
+      { label: 'Alive?', sort: (r) => r.row && r.row.alive, cell: (td, r) => pillCell(td, r.row ? yesNo(r.row.alive) : null, r.row && r.row.alive ? 'up' : 'bad') },
+      { label: 'Nova', sort: (r) => r.row && r.row.nova_state, cell: (td, r) => pillCell(td, r.row ? r.row.nova_state || 'unknown' : null, novaPill(r.row && r.row.nova_state)) },
+      { label: 'Agent', sort: (r) => r.row && r.row.agent, cell: (td, r) => pillCell(td, r.row ? r.row.agent : null, statusPill(r.row && r.row.agent)) },
+      { label: 'Daemons', sort: (r) => r.row && r.row.daemons, cell: (td, r) => pillCell(td, r.row ? r.row.daemons : null, daemonsPill(r.row && r.row.daemons)) },
+      { label: '#VMs', num: true, sort: (r) => (r.st === 'ok' && r.row.servers ? r.row.servers.length : null), text: (r) => (r.st === 'ok' && Array.isArray(r.row.servers) ? r.row.servers.length : '–') },
+      {
+        label: 'VMs', name: true,
+        cell: (td, r) => {
+          const servers = r.row && Array.isArray(r.row.servers) ? r.row.servers : [];
+          const sig = [r.st, r.reason, JSON.stringify(servers.map((v) => [v.name, v.id, v.status, v.fault]))].join('\u0000');
+          if (td._sig === sig) return;
+          td._sig = sig;
+          if (r.st === 'asking') { replace(td, h('span', { class: 'muted' }, 'asking…')); return; }
+          if (r.st !== 'ok') { replace(td, h('span', { class: 'n-bad' }, r.reason)); return; }
+          replace(td, servers.length ? servers.map((v, i) => [i ? ', ' : '',
+            h('span', { class: 'vm' + (v.status === 'ERROR' ? ' n-bad' : ''), title: [v.id, v.fault].filter((x) => x).join(' · ') }, vmText(v))]) : h('span', { class: 'muted' }, 'none'));
+        },
+      },
+    ], (r) => r.name, { id: 'cloud-table', sortCol: 1, wrap: true, empty: 'no node asked yet' });
+    const draw = () => table.update(names.map((n) => rows.get(n)));
+
+    // Acts on the selected rows if any, else on the filter's expression as it is (the root
+    // resolves groups).
+    const target = () => {
+      const sel = names.filter((n) => selected.has(n));
+      if (sel.length) {
+        const f = foldNodes(sel);
+        return { nodes: f, what: `the selected rows: ${f} (${plural(sel.length, 'node')})` };
+      }
+      if (!askedSet) return null;
+      return { nodes: askedSet, what: `the filter: ${askedSet}` + (names.length ? ` (${plural(names.length, 'node')} in the table)` : '') };
+    };
+
+    // Results into the table as they come.
+    const apply = (rec) => {
+      const now = Object.keys(rec.targets || {}).sort(naturalCmp);
+      const moved = now.join('\u0000') !== names.join('\u0000');
+      names = now;
+      for (const n of Array.from(rows.keys())) if (!rec.targets[n]) rows.delete(n);
+      for (const n of Array.from(selected)) if (!rec.targets[n]) selected.delete(n);
+      for (const n of names) {
+        const r = rows.get(n) || { name: n, st: 'asking', row: null, reason: '' };
+        const x = hvStatusOf(rec.targets[n]);
+        if (x) { r.st = x.ok ? 'ok' : 'failed'; r.row = x.row; r.reason = x.reason; }
+        rows.set(n, r);
+      }
+      draw();
+      if (moved) menu.reset(); else menu.showTarget();
+      const list = names.map((n) => rows.get(n));
+      const known = list.filter((r) => r.row && r.row.runs_vms !== null && r.row.runs_vms !== undefined);
+      const vms = known.reduce((a, r) => a + (Array.isArray(r.row.servers) ? r.row.servers.length : 0), 0);
+      setText(count, `${plural(names.length, 'node')} · ${known.length} known to Nova · ${known.filter((r) => r.row.runs_vms).length} run VMs · ` +
+        `${known.filter((r) => r.row.alive).length} alive · ${plural(vms, 'VM')}`);
+    };
+
+    // The status, asked now and again every CLOUD_REFRESH_MS while the page is visible.
+    const mine = gen;
+    let askSeq = 0;
+    let inFlight = false;
+    let lastAsk = 0;
+    let timer = null;
+    const schedule = () => {
+      clearTimeout(timer);
+      timer = null;
+      if (mine !== gen || !token()) { setText(auto, ''); return; }
+      if (document.visibilityState !== 'visible') { setText(auto, 'paused while the page is hidden'); return; }
+      setText(auto, `asked again every ${CLOUD_REFRESH_MS / 1000} s while this page is shown`);
+      timer = setTimeout(() => {
+        timer = null;
+        if (mine !== gen || document.visibilityState !== 'visible') return;
+        if (inFlight) schedule(); else ask();
+      }, Math.max(0, lastAsk + CLOUD_REFRESH_MS - Date.now()));
+    };
+    const onVisible = () => schedule();
+    document.addEventListener('visibilitychange', onVisible);
+    onLeave(() => { document.removeEventListener('visibilitychange', onVisible); clearTimeout(timer); });
+
+    const ask = async () => {
+      const my = ++askSeq;
+      clearTimeout(timer);
+      setText(askErr, '');
+      if (!token()) { setText(asked, 'no token: Nova was not asked'); schedule(); return; }
+      const nodes = filter.value.trim() || '@*';
+      inFlight = true;
+      lastAsk = Date.now();
+      setText(asked, `asking Nova and the agents about ${nodes}…`);
+      try {
+        const a = await startAction(nodes, hvStatusTask(), true);
+        if (my !== askSeq) return;
+        if (askedSet !== nodes) { askedSet = nodes; menu.reset(); }
+        const rec = await followAction(a.id, (r) => { if (my === askSeq) apply(r); }, () => my === askSeq);
+        if (!rec || my !== askSeq) return;
+        const c = tally(rec);
+        setText(asked, `as of ${new Date().toLocaleTimeString()}: ${a.targets}, ${c.ok} of ${plural(Object.keys(rec.targets).length, 'node')} known to Nova` +
+          (c.failed ? ` · ${c.failed} not (the reasons are in the VMs column)` : '') + (c.unreachable ? ` · ${c.unreachable} unreachable` : ''));
+        asked.setAttribute('data-action', rec.id);
+      } catch (e) {
+        if (my !== askSeq) return;
+        setText(asked, '');
+        setText(askErr, refusal(e));
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) tok.focus();
+      } finally {
+        if (my === askSeq) { inFlight = false; schedule(); }
+      }
+    };
+    const menu = hvMenu({ target, onDone: () => ask(), needToken: () => tok.focus() });
+
+    const saved = sessionStorage.getItem(CLOUD_FILTER_KEY);
+    filter.value = saved === null ? '@*' : saved;
+    replace(view,
+      h('h1', null, 'Cloud', h('span', { class: 'sub' }, 'OpenStack hypervisors: Nova\u2019s view beside each node\u2019s agent and daemons; every change is a dry run first')),
+      panel('Token', tok.el), h('p'),
+      h('div', { class: 'toolbar' }, filter, again, count, auto),
+      panel('Hypervisors', asked, askErr, table.el), h('p'),
+      panel('Enable or disable (the selected rows, or else the filter)', menu.el));
+    // A new expression is asked when it is entered (Enter or leaving the field), not per key:
+    // each ask is an audited action.
+    filter.addEventListener('change', () => {
+      const v = filter.value.trim();
+      sessionStorage.setItem(CLOUD_FILTER_KEY, v);
+      selected.clear();
+      ask();
+    });
+    again.addEventListener('click', () => ask());
+    tok.onChange(() => ask());
+    // The link to the root, shown as for the other pages (the status itself needs a token).
+    api('/status').then(connOk, connBad);
+    menu.reset();
+    ask();
+  }
+
+  // The node page's cloud panel: the node's row of `hv status`, shown only when the node is a
+  // hypervisor Nova knows. Asked once when the page opens, and only with a token and when this
+  // root has run hypervisor actions already (an `hv` action in GET /actions): a root without
+  // [openstack] would refuse the ask, and a node page should not provoke refusals.
+  function nodeCloud(name) {
+    const kv = h('div', { class: 'kv inline', id: 'node-cloud-kv' });
+    const el = panel('Cloud', kv, h('p', { class: 'note' }, h('a', { href: '#/cloud' }, 'Every hypervisor, enable and disable: the Cloud page')));
+    el.id = 'node-cloud';
+    el.hidden = true;
+    const mine = gen;
+    (async () => {
+      if (!token()) return;
+      try {
+        const list = await api('/actions?limit=100');
+        if (mine !== gen || !Array.isArray(list) || !list.some((a) => a.kind === 'hv')) return;
+        const a = await startAction(name, hvStatusTask(), true);
+        const rec = await followAction(a.id, () => {});
+        if (!rec || mine !== gen) return;
+        const x = hvStatusOf((rec.targets || {})[name]);
+        if (!x || !x.ok) return;
+        const r = x.row;
+        const servers = Array.isArray(r.servers) ? r.servers : [];
+        const pill = (text, cls) => h('span', { class: 'pill ' + cls }, text);
+        const rowsKv = [
+          ['hypervisor', r.hypervisor || '–'],
+          ['runs VMs?', [pill(yesNo(r.runs_vms), r.runs_vms ? 'up' : 'joining'), r.disabled_reason ? ' ' + r.disabled_reason : '']],
+          ['alive?', pill(yesNo(r.alive), r.alive ? 'up' : 'bad')],
+          ['Nova', pill(r.nova_state || 'unknown', novaPill(r.nova_state))],
+          ['agent', pill(r.agent || '?', statusPill(r.agent))],
+          ['daemons', pill(r.daemons || '?', daemonsPill(r.daemons))],
+          ['#VMs', String(servers.length)],
+          ['VMs', servers.length ? servers.map(vmText).join(', ') : 'none'],
+        ];
+        replace(kv, rowsKv.map(([k, v]) => [h('span', { class: 'k' }, k), h('span', { class: 'v' }, v)]));
+        kv.setAttribute('data-action', rec.id);
+        el.hidden = false;
+      } catch (_) {
+        // Not a hypervisor (no OpenStack any more, or out of the token's scope): no panel.
+      }
+    })();
+    return el;
+  }
+
   // ----- Audit -------------------------------------------------------------------------------------
 
   // An outcome `{state, targets: {ok: "cn[1-3]", failed: "cn4"}}` as one line.
@@ -2086,7 +2556,7 @@
     let arg = null;
     try { arg = rest.length ? decodeURIComponent(rest.join('/')) : null; } catch (_) { arg = null; }
     const nav = { '': 'overview', nodes: 'nodes', node: 'nodes', jobs: 'jobs', job: 'jobs', profile: 'jobs', topology: 'topology', alarms: 'alarms',
-      actions: 'actions', action: 'actions', power: 'power', audit: 'audit' }[page] || 'overview';
+      actions: 'actions', action: 'actions', power: 'power', cloud: 'cloud', audit: 'audit' }[page] || 'overview';
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('data-page') === nav);
     window.scrollTo(0, 0);
     if (page === 'nodes') pageNodes();
@@ -2099,6 +2569,7 @@
     else if (page === 'actions') pageActions();
     else if (page === 'action' && arg !== null) pageAction(arg);
     else if (page === 'power') pagePower();
+    else if (page === 'cloud') pageCloud();
     else if (page === 'audit') pageAudit();
     else pageOverview();
     document.title = 'banyan · ' + (arg || nav);
