@@ -61,6 +61,8 @@ struct ActionRequest {
     for_real: bool,
     timeout_ms: Option<u64>,
     task: Task,
+    #[serde(default)]
+    openstack: Option<banyan_root::openstack::CallerCredentials>,
 }
 #[derive(Deserialize)]
 #[allow(dead_code)]
@@ -110,6 +112,20 @@ fn job(id: Option<String>) {
     if let Some(id) = id {
         let _ = check_job_id(&id);
     }
+}
+
+/// A config the hv timeouts are computed with.
+fn openstack_config() -> &'static banyan_root::openstack::OpenStackConfig {
+    static CONFIG: std::sync::OnceLock<banyan_root::openstack::OpenStackConfig> =
+        std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let env = [("OS_AUTH_URL", "http://k"), ("OS_USERNAME", "u"), ("OS_PASSWORD", "p")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        banyan_root::openstack::OpenStackConfig::parse("", std::path::Path::new("/r.toml"), &env)
+            .expect("a minimal config")
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -180,6 +196,21 @@ fuzz_target!(|data: &[u8]| {
                         let mut p = p.clone();
                         p.grace_ms = p.grace_ms.or(req.timeout_ms);
                         let _ = banyan_root::power::action_timeout(&p);
+                    }
+                    if let Task::Hv(h) = &req.task {
+                        let _ = banyan_root::hv::action_timeout(h, openstack_config());
+                    }
+                }
+                if let Some(c) = &req.openstack {
+                    // The caller's credentials are read as the root reads them: no panic, and
+                    // a secret never in an error.
+                    if let Err(e) = banyan_root::openstack::OpenStackConfig::load_for(
+                        std::path::Path::new("/nonexistent-banyan-fuzz"),
+                        Some(c),
+                    ) {
+                        if let Some(pw) = c.vars.get("OS_PASSWORD").filter(|p| p.len() >= 12) {
+                            assert!(!e.to_string().contains(pw.as_str()), "a password in an error");
+                        }
                     }
                 }
                 nodes(&req.nodes);

@@ -474,6 +474,21 @@ mod tests {
     }
 
     #[test]
+    fn a_yaml_alias_bomb_is_refused_not_expanded() {
+        // Nine to the eighth strings if expanded: a caller may send a clouds.yaml with an action.
+        let mut text =
+            String::from("a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n");
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        for w in names.windows(2) {
+            let refs = vec![format!("*{}", w[0]); 9].join(",");
+            text.push_str(&format!("{}: &{} [{refs}]\n", w[1], w[1]));
+        }
+        text.push_str("clouds: {c: {auth: {auth_url: [*h]}}}\n");
+        let e = parse_clouds_yaml(&text, "c", "t").unwrap_err();
+        assert!(e.why.starts_with("not a clouds.yaml"), "{}", e.why);
+    }
+
+    #[test]
     fn missing_pieces_are_named() {
         let e = from_vars(&vars(&[]), "env").unwrap_err();
         assert!(e.why.starts_with("no OS_AUTH_URL"), "{}", e.why);
