@@ -119,10 +119,14 @@ fn openstack_config() -> &'static banyan_root::openstack::OpenStackConfig {
     static CONFIG: std::sync::OnceLock<banyan_root::openstack::OpenStackConfig> =
         std::sync::OnceLock::new();
     CONFIG.get_or_init(|| {
-        let env = [("OS_AUTH_URL", "http://k"), ("OS_USERNAME", "u"), ("OS_PASSWORD", "p")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = [
+            ("OS_AUTH_URL", "http://k"),
+            ("OS_USERNAME", "u"),
+            ("OS_PASSWORD", "p"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         banyan_root::openstack::OpenStackConfig::parse("", std::path::Path::new("/r.toml"), &env)
             .expect("a minimal config")
     })
@@ -209,7 +213,10 @@ fuzz_target!(|data: &[u8]| {
                         Some(c),
                     ) {
                         if let Some(pw) = c.vars.get("OS_PASSWORD").filter(|p| p.len() >= 12) {
-                            assert!(!e.to_string().contains(pw.as_str()), "a password in an error");
+                            assert!(
+                                !e.to_string().contains(pw.as_str()),
+                                "a password in an error"
+                            );
                         }
                     }
                 }
