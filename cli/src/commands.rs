@@ -131,12 +131,35 @@ pub fn hv(client: &Client, args: crate::hv::HvArgs) -> Result<u8, CliError> {
     let r = crate::hv::request(args.cmd).map_err(CliError::Usage)?;
     let task = Task::Hv(r.task);
     task.validate().map_err(CliError::Usage)?;
-    let nodes = nodes::for_root(&r.nodes, client)?;
+    let nodes = match &r.nodes {
+        Some(expr) => nodes::for_root(expr, client)?,
+        None => every_node(client)?,
+    };
     let mut body = json!({"nodes": nodes, "for_real": r.for_real, "task": task});
     if let Some(c) = credentials {
         body["openstack"] = c;
     }
     run_action(client, body, &task, r.json, Layout::Grouped)
+}
+
+/// Every node of the cluster, folded (what `hv status` means without a node set; `@*` would need
+/// group files).
+fn every_node(client: &Client) -> Result<String, CliError> {
+    let v = client.get("/nodes")?;
+    let names = v.as_array().ok_or_else(|| CliError::BadAnswer {
+        url: format!("{}/nodes", client.base()),
+        status: 200,
+        detail: "not a list of nodes".into(),
+    })?;
+    let set = banyan_protocol::nodeset::NodeSet::from_names(
+        names
+            .iter()
+            .filter_map(|n| n["name"].as_str().map(str::to_string)),
+    );
+    if set.is_empty() {
+        return Err(CliError::Usage("the cluster has no node yet".into()));
+    }
+    Ok(set.fold())
 }
 
 /// Starts an action, follows it to its end and prints its results.

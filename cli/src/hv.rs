@@ -76,9 +76,9 @@ Examples:
   banyan hv status '@cloud'
   banyan hv status @./hlt-nodes.txt --nvms")]
     Status {
-        /// The nodes: `cn[1-4]`, `@group`, `@./list.txt` (one host a line, # comments).
-        #[arg(default_value = "@*")]
-        nodes: String,
+        /// The nodes: `cn[1-4]`, `@group`, `@list.txt` (one host a line, # comments)
+        /// [default: every node of the cluster].
+        nodes: Option<String>,
         #[arg(long)]
         nvms: bool,
         #[arg(long)]
@@ -86,8 +86,8 @@ Examples:
     },
     /// The servers of each hypervisor, with their state.
     Vms {
-        #[arg(default_value = "@*")]
-        nodes: String,
+        /// [default: every node of the cluster]
+        nodes: Option<String>,
         /// Delete the servers in ERROR (with --for-real).
         #[arg(long)]
         cleanup_errors: bool,
@@ -146,8 +146,8 @@ Examples:
 
 #[derive(Debug, Args)]
 pub struct RunvmsArgs {
-    #[arg(default_value = "@*")]
-    pub nodes: String,
+    /// The hypervisors to boot on [default: every node of the cluster].
+    pub nodes: Option<String>,
     #[arg(long)]
     pub flavor: String,
     #[arg(long)]
@@ -175,7 +175,8 @@ pub struct RunvmsArgs {
 
 /// The node set, the task, whether for real, and whether JSON is wanted.
 pub struct Request {
-    pub nodes: String,
+    /// `None`: every node of the cluster.
+    pub nodes: Option<String>,
     pub task: HvTask,
     pub for_real: bool,
     pub json: bool,
@@ -223,7 +224,7 @@ pub fn request(cmd: HvCommand) -> Result<Request, String> {
             for_real,
             json,
         } => Request {
-            nodes,
+            nodes: Some(nodes),
             task: task(HvOp::Enable),
             for_real,
             json,
@@ -235,7 +236,7 @@ pub fn request(cmd: HvCommand) -> Result<Request, String> {
             for_real,
             json,
         } => Request {
-            nodes,
+            nodes: Some(nodes),
             task: HvTask {
                 vm_timeout_ms: vm_timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 force_shutoff,
@@ -449,7 +450,7 @@ mod tests {
     #[test]
     fn reads_run_for_real_and_changes_do_not_by_default() {
         let r = request(HvCommand::Status {
-            nodes: "cn1".into(),
+            nodes: Some("cn1".into()),
             nvms: true,
             json: false,
         })
@@ -467,7 +468,7 @@ mod tests {
         assert_eq!(r.task.vm_timeout_ms, Some(10_000));
         assert!(r.task.validate().is_ok());
         let r = request(HvCommand::Vms {
-            nodes: "cn1".into(),
+            nodes: Some("cn1".into()),
             cleanup_errors: true,
             for_real: false,
             json: false,

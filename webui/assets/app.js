@@ -1774,6 +1774,9 @@
       previewBox.hidden = true;
       setBusy(true);
       say(`${verb} ${p.targets}: sending it for real…`);
+      // Clear what the previous action left in the progress box before anything is sent.
+      replace(progressState, h('span', { class: 'pill' }, 'sending'));
+      progress.update([]);
       try {
         const a = await startAction(p.targets, p.task, true);
         setText(progressTitle, `${verb}${p.task.power.force ? ' (forced)' : ''}: ${a.targets} (${plural(a.count, 'node')})`);
@@ -2170,6 +2173,11 @@
       previewBox.hidden = true;
       setBusy(true);
       say(`${verb} ${p.targets}: sending it for real…`);
+      // The progress box may still show the previous action: clear it before anything is sent,
+      // so that nothing of that one is read as this one's.
+      replace(progressState, h('span', { class: 'pill' }, 'sending'));
+      setText(answered, '');
+      progress.update([]);
       try {
         const a = await startAction(p.targets, p.task, true);
         setText(progressTitle, titleOf(verb, p.task, a.targets, a.count));
@@ -2230,8 +2238,8 @@
 
   function pageCloud() {
     const tok = tokenBox('Nova is not asked: every hypervisor action needs a token');
-    const filter = h('input', { class: 'mono', id: 'cloud-filter', size: 28, placeholder: 'node set, e.g. @compute or cn[1-32]', spellcheck: 'false',
-      title: 'a node set or group expression, resolved by the root; asked when entered (Enter), empty: @*' });
+    const filter = h('input', { class: 'mono', id: 'cloud-filter', size: 28, placeholder: 'node set, e.g. @compute or cn[1-32] (empty: all)', spellcheck: 'false',
+      title: 'a node set or group expression, resolved by the root; asked when entered (Enter); empty: every node of the cluster' });
     const count = h('span', { class: 'muted', id: 'cloud-count' });
     const again = h('button', { type: 'button', id: 'cloud-refresh' }, 'Ask again');
     const auto = h('span', { class: 'note', id: 'cloud-auto' });
@@ -2347,8 +2355,13 @@
       clearTimeout(timer);
       setText(askErr, '');
       if (!token()) { setText(asked, 'no token: Nova was not asked'); schedule(); return; }
-      const nodes = filter.value.trim() || '@*';
       inFlight = true;
+      let nodes = filter.value.trim();
+      if (!nodes) {
+        // Every node of the cluster: `@*` would need group files.
+        try { nodes = foldNodes((await api('/nodes')).map((n) => n.name)) || ''; } catch (e) { nodes = ''; }
+        if (!nodes) { inFlight = false; setText(asked, 'the cluster has no node yet'); schedule(); return; }
+      }
       lastAsk = Date.now();
       setText(asked, `asking Nova and the agents about ${nodes}…`);
       try {
@@ -2373,7 +2386,7 @@
     const menu = hvMenu({ target, onDone: () => ask(), needToken: () => tok.focus() });
 
     const saved = sessionStorage.getItem(CLOUD_FILTER_KEY);
-    filter.value = saved === null ? '@*' : saved;
+    filter.value = saved === null ? '' : saved;
     replace(view,
       h('h1', null, 'Cloud', h('span', { class: 'sub' }, 'OpenStack hypervisors: Nova\u2019s view beside each node\u2019s agent and daemons; every change is a dry run first')),
       panel('Token', tok.el), h('p'),
