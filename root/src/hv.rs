@@ -451,7 +451,7 @@ async fn status(api: &Api, job: &Arc<HvJob>) {
         let mut servers = by_host.remove(&host).unwrap_or_default();
         servers.sort_by(|a, b| a.name.cmp(&b.name));
         let result = if job.task.op == HvOp::Vms {
-            vms_result(api, job, node, &host, service, servers, &services).await
+            vms_result(job, node, &host, service, servers, &services).await
         } else {
             let daemons = states
                 .get(node)
@@ -531,7 +531,6 @@ fn status_result(
 }
 
 async fn vms_result(
-    api: &Api,
     job: &HvJob,
     node: &str,
     host: &str,
@@ -575,7 +574,6 @@ async fn vms_result(
             }
         }
     }
-    let _ = api;
     NodeResult {
         ok,
         summary,
