@@ -27,6 +27,21 @@ pub struct OpenStack {
     token: std::sync::Mutex<String>,
 }
 
+/// The agent config of a cluster whose hosts run a nova-compute each: the `nova-compute` unit
+/// started by the script [`OpenStack::compute_conf`] writes, for an OpenStack brought up in
+/// `<cluster dir>/openstack` (`{dir}` and `{name}` are the cluster's substitutions).
+pub fn compute_agent_config() -> String {
+    r#"
+[service]
+allow = ["nova-compute"]
+
+[service.units.nova-compute]
+start = ["{dir}/openstack/compute/{name}/start"]
+pid_file = "{dir}/openstack/compute/{name}/pid"
+"#
+    .to_string()
+}
+
 fn script() -> PathBuf {
     workspace_root().join("scripts/lib/openstack")
 }

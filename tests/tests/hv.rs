@@ -21,7 +21,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use banyan_tests::cluster::{banyan_cli, banyan_cli_env, Cluster, ClusterOptions};
-use banyan_tests::openstack::OpenStack;
+use banyan_tests::openstack::{compute_agent_config, OpenStack};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,18 +39,6 @@ const FORM: Duration = Duration::from_secs(45);
 /// stopped one is reported down after service_down_time (6 s). Generous liveness bounds.
 const NOVA_SEES: Duration = Duration::from_secs(60);
 const ACTIVE: Duration = Duration::from_secs(90);
-
-fn agent_config() -> String {
-    r#"
-[service]
-allow = ["nova-compute"]
-
-[service.units.nova-compute]
-start = ["{dir}/openstack/compute/{name}/start"]
-pid_file = "{dir}/openstack/compute/{name}/pid"
-"#
-    .to_string()
-}
 
 /// `banyan --token T hv ARGS`: its output and whether it exited 0.
 fn hv(c: &Cluster, args: &[&str]) -> Result<(String, bool)> {
@@ -118,7 +106,7 @@ fn port_base() -> u16 {
 #[test]
 fn hypervisors_are_enabled_drained_and_filled_through_keystone_and_nova() -> Result<()> {
     let opts = ClusterOptions {
-        agent_config: Some(agent_config()),
+        agent_config: Some(compute_agent_config()),
         ..ClusterOptions::default()
     };
     Cluster::with_options(3, opts, |c| {

@@ -27,7 +27,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use banyan_tests::browser::{browser_programs, Browser};
 use banyan_tests::cluster::{Cluster, ClusterOptions};
-use banyan_tests::openstack::OpenStack;
+use banyan_tests::openstack::{compute_agent_config, OpenStack};
 use banyan_tests::support::url_encode;
 use banyan_tests::testnet::Testnet;
 use serde_json::{json, Value};
@@ -46,18 +46,6 @@ const ACTIVE: Duration = Duration::from_secs(90);
 
 /// The server booted on the first host: its name is markup, which the page must show as text.
 const VM: &str = "webui-vm<img id=injected src=x onerror=window.pwned=1>";
-
-fn agent_config() -> String {
-    r#"
-[service]
-allow = ["nova-compute"]
-
-[service.units.nova-compute]
-start = ["{dir}/openstack/compute/{name}/start"]
-pid_file = "{dir}/openstack/compute/{name}/pid"
-"#
-    .to_string()
-}
 
 fn port_base() -> u16 {
     // Nine ports from the base, spread by pid so that two runs on one machine do not collide:
@@ -181,7 +169,7 @@ fn cloud_page_enables_and_drains_hypervisors_through_a_dry_run_in_chromium() -> 
         return Ok(());
     };
     let opts = ClusterOptions {
-        agent_config: Some(agent_config()),
+        agent_config: Some(compute_agent_config()),
         ..ClusterOptions::default()
     };
     Cluster::with_options(2, opts, |c| {
