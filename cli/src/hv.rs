@@ -438,6 +438,100 @@ fn render_lines(a: &Action) -> String {
 mod tests {
     use super::*;
 
+    fn hv_action(task: serde_json::Value, targets: serde_json::Value) -> Action {
+        serde_json::from_value(serde_json::json!({
+            "id": "0123456789abcdef", "kind": "hv", "who": "admin", "peer": "127.0.0.1:5555",
+            "task": {"hv": task}, "nodes": "cn[1-2]", "for_real": true, "state": "done",
+            "version": 3, "started_ms": 1_000, "ended_ms": 2_000, "deadline_ms": 61_000,
+            "targets": targets,
+        }))
+        .expect("a well-formed action")
+    }
+
+    fn answered(ok: bool, summary: &str, stdout: &str) -> serde_json::Value {
+        serde_json::json!({"state": if ok { "ok" } else { "failed" }, "error": null, "result": {
+            "ok": ok, "dry_run": false, "summary": summary, "exit": null, "signal": null,
+            "stdout": stdout, "stderr": "", "truncated": false, "units": [], "duration_ms": 5}})
+    }
+
+    #[test]
+    fn status_reads_as_the_hlt_table_with_agent_and_daemons() {
+        let up = r#"{"hypervisor":"cn1","runs_vms":true,"nova_state":"up","disabled_reason":null,"alive":true,"agent":"up","daemons":"running","servers":[{"id":"u1","name":"wn-1","status":"ACTIVE","host":"cn1","addresses":["10.0.0.5"],"fault":null},{"id":"u2","name":"wn-2","status":"ACTIVE","host":"cn1","addresses":[],"fault":null}]}"#;
+        let unknown = r#"{"hypervisor":"cn2","runs_vms":null,"nova_state":null,"disabled_reason":null,"alive":false,"agent":"up","daemons":"stopped","servers":[]}"#;
+        let a = hv_action(
+            serde_json::json!({"op": "status", "nvms": true}),
+            serde_json::json!({"cn1": answered(true, "enabled, up", up),
+                               "cn2": answered(false, "Nova has no nova-compute service on host", unknown)}),
+        );
+        let out = render(
+            &a,
+            &HvTask {
+                nvms: true,
+                ..task(HvOp::Status)
+            },
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[0].starts_with("NODE")
+                && lines[0].contains("RUNS VMS?")
+                && lines[0].ends_with("VMS"),
+            "{out}"
+        );
+        let cn1: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cn1,
+            [
+                "cn1",
+                "cn1",
+                "yes",
+                "yes",
+                "up",
+                "up",
+                "running",
+                "2",
+                "10.0.0.5,wn-2"
+            ]
+        );
+        let cn2: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            cn2,
+            ["cn2", "cn2", "-", "no", "unknown", "up", "stopped", "0"]
+        );
+    }
+
+    #[test]
+    fn changes_print_each_nodes_lines_and_the_hlt_closing_line_only_when_all_succeeded() {
+        let ok = answered(
+            true,
+            "enabled and up (cn1)",
+            "[ OK ] Starting OpenStack daemons on cn1\n[ OK ] Enabling hypervisor cn1\n",
+        );
+        let a = hv_action(
+            serde_json::json!({"op": "enable"}),
+            serde_json::json!({"cn1": ok.clone()}),
+        );
+        assert_eq!(
+            render(&a, &task(HvOp::Enable)),
+            "[ OK ] Starting OpenStack daemons on cn1\n[ OK ] Enabling hypervisor cn1\ncn1: enabled and up (cn1)\nAll commands executed successfully.\n"
+        );
+        let failed = answered(
+            false,
+            "Nova did not see nova-compute on cn2 up",
+            "[FAIL] Nova did not see nova-compute on cn2 up\n",
+        );
+        let a = hv_action(
+            serde_json::json!({"op": "enable"}),
+            serde_json::json!({"cn1": ok, "cn2": failed}),
+        );
+        let out = render(&a, &task(HvOp::Enable));
+        assert!(
+            out.contains("[FAIL] Nova did not see")
+                && !out.contains("All commands executed successfully."),
+            "{out}"
+        );
+    }
+
     #[test]
     fn user_data_is_standard_base64() {
         assert_eq!(base64(b""), "");
