@@ -235,6 +235,16 @@ pub fn free_port(addr: Ipv4Addr, udp: bool) -> Result<u16> {
     Ok(port)
 }
 
+/// Nearest-rank percentile of sorted values (the benchmarks' median, p99 and max; with 10 runs
+/// p99 is the slowest run). NaN for no values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn tail(path: &Path, lines: usize) -> String {
     match fs::read_to_string(path) {

@@ -27,6 +27,7 @@
 //! `scripts/bench-exec`, which installs pdsh, clustershell and openssh-server and builds the
 //! daemons and this program in release.
 
+use banyan_tests::support::percentile;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -131,15 +132,6 @@ fn parse_args() -> Result<Option<Args>> {
 }
 
 // ----- Figures -------------------------------------------------------------------------------------
-
-/// Nearest-rank percentile of sorted values (with 20 runs, p99 is the slowest run).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Stats {

@@ -12,17 +12,10 @@ use banyan_tests::cluster::{Cluster, ClusterOptions};
 use banyan_tests::procstat::{self, CpuWindow};
 use banyan_tests::support::bench_arg;
 use banyan_tests::support::binaries;
+use banyan_tests::support::percentile;
 use banyan_tests::testnet::Testnet;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn summary(mut v: Vec<f64>) -> String {
     v.sort_by(f64::total_cmp);

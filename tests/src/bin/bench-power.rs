@@ -35,6 +35,7 @@
 //! measure the emulator's delay, not banyan's or the loop's work; they run `--change-runs` times
 //! (default 3) for that reason.
 
+use banyan_tests::support::percentile;
 use std::fmt::Write as _;
 use std::fs;
 use std::process::{Command, Stdio};
@@ -94,15 +95,6 @@ fn parse_args() -> Result<Option<Args>> {
         }
     }
     Ok(Some(args))
-}
-
-/// Nearest-rank percentile of sorted values (with 10 runs, p99 is the slowest run).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Median and p99 of `v`.
