@@ -840,7 +840,10 @@ async fn runvms(api: &Api, job: &Arc<HvJob>) {
         let slots = match services.iter().find(|s| s.host == host) {
             None => Err(unknown_host(job, node, &host, &services)),
             Some(s) if !s.enabled() => Err(format!("{host} is disabled: nothing booted there")),
-            Some(s) if !s.up() => Err(format!("{host} is down: nothing booted there")),
+            // Enabled but down is not meant: the operator should hear it, not a quiet skip.
+            Some(s) if !s.up() => Err(format!(
+                "{host} is enabled but Nova says its compute service is down: nothing booted there (see `banyan hv status {node}`)"
+            )),
             Some(_) => match providers.get(&host) {
                 None => Err(format!("Placement has no resource provider named {host}")),
                 Some(uuid) => {
@@ -860,8 +863,8 @@ async fn runvms(api: &Api, job: &Arc<HvJob>) {
         tasks.spawn(async move {
             let mut log = Log::new(&api, &job.id, &node);
             let outcome = match slots {
-                // Disabled or down hosts are not failures: they are not meant to take servers.
-                Err(why) if why.ends_with("nothing booted there") => Ok(why),
+                // A disabled host is not a failure: it is not meant to take servers.
+                Err(why) if why.ends_with("is disabled: nothing booted there") => Ok(why),
                 Err(why) => Err(why),
                 Ok(free) => boot_on(&job, &host, free, n, &flavor, &image, &mut log).await,
             };

@@ -180,6 +180,9 @@ fn hypervisors_are_enabled_drained_and_filled_through_keystone_and_nova() -> Res
         }
         ensure!(out.contains("All commands executed successfully."), "{out}");
         os.wait_schedulable(&names, NOVA_SEES)?;
+        for n in &names {
+            os.wait_service(n, "up", NOVA_SEES)?;
+        }
 
         // Nova schedules there: one server through banyan on h1, one directly on h2.
         let (out, ok) = hv(
@@ -196,7 +199,10 @@ fn hypervisors_are_enabled_drained_and_filled_through_keystone_and_nova() -> Res
                 "--for-real",
             ],
         )?;
-        ensure!(ok, "runvms on {h1} failed:\n{out}");
+        ensure!(
+            ok && out.contains(&format!("{h1}: 1 of 1 ACTIVE")),
+            "runvms on {h1} failed:\n{out}"
+        );
         os.wait_active(h1, 1, ACTIVE)?;
         os.boot_on(h2, "direct-on-h2")?;
         os.wait_active(h2, 1, ACTIVE)?;
