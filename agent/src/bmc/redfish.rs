@@ -30,6 +30,9 @@ pub const MAX_ANSWER: u64 = 1024 * 1024;
 
 /// Most redirects followed for one request.
 pub const MAX_REDIRECTS: usize = 5;
+/// How many times a read answered with a server error is asked again, and the pause before.
+const READ_RETRIES: u32 = 2;
+const READ_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// Most collection members read while looking for the node's system by name.
 const MAX_DISCOVERY_READS: usize = 256;
@@ -571,8 +574,36 @@ impl Client {
         Ok(value)
     }
 
-    /// One request, following same-origin redirects.
+    /// One request, following same-origin redirects. A read answered with a server error
+    /// (500, 502-504) is asked again, twice at most and within the deadline: BMCs (and sushy's
+    /// SQLite, "database is locked") fail a read now and then under concurrent requests, and a
+    /// read changes nothing. Changes are never repeated.
     fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Answer, ErrorKind> {
+        let mut tries = 0;
+        loop {
+            let answer = self.request_once(method, path, body, if_match, deadline)?;
+            tries += 1;
+            let transient = matches!(answer.status, 500 | 502 | 503 | 504);
+            if method != Method::Get
+                || !transient
+                || tries > READ_RETRIES
+                || Instant::now() + READ_RETRY_PAUSE >= deadline
+            {
+                return Ok(answer);
+            }
+            debug!(node = %self.ep.node, path, status = answer.status, "a read failed; asking again");
+            std::thread::sleep(READ_RETRY_PAUSE);
+        }
+    }
+
+    fn request_once(
         &self,
         method: Method,
         path: &str,
