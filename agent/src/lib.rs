@@ -2,7 +2,8 @@
 //! takes the place in the reduction tree that the root gives it, samples its node once per wave,
 //! merges its children's reports into its own and sends one report up, and runs the commands that
 //! come down. It also scrapes the Prometheus exporters an operator joins to its node ([`scrape`]) and
-//! gathers the metrics of the job ranks running on it ([`ingest`], [`jobs`]).
+//! gathers the metrics of the job ranks running on it ([`ingest`], [`jobs`]). [`vm`] runs QEMU
+//! guests on the node (not wired to the tree yet).
 //!
 //! The tree logic is [`tree::Node`], a deterministic state machine with no I/O, which the root and
 //! the simulator reuse. The async shell around it ([`shell`]) only moves bytes and time in and out.
@@ -24,3 +25,4 @@ pub mod scrape;
 pub mod shell;
 pub mod transport;
 pub mod tree;
+pub mod vm;
