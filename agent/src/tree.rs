@@ -200,6 +200,9 @@ pub const SENT_HISTORY: usize = 16;
 /// How long a lost child told to the parent is told again in a join: long enough to cover that
 /// parent's own death being noticed (a few seconds).
 const RETELL_LOST_MS: u64 = 10_000;
+/// Most losses kept to tell again: a join carries them all, and a wide failure below must not
+/// make it huge (the root reads 256 of a join at most).
+const MAX_RECENT_LOST: usize = 256;
 
 /// How orphans settled what they owed: exactly (the root said which report was kept) or by the
 /// last report sent (the root did not know; increments in flight may be lost, never doubled).
@@ -1536,12 +1539,16 @@ impl Node {
             Role::Agent => match self.phase {
                 Phase::Attached { .. } => {
                     let delta = self.take_pending();
-                    // The parent may die before passing our own losses on: they go with our next
-                    // join too if we are orphaned soon after (the root takes only a node's own
-                    // children from its join, so the losses relayed from below are not kept).
+                    // The parent (or a node above it) may die before passing these losses on,
+                    // ours and those relayed from below: they go with our next join too if we
+                    // are orphaned soon after (the root believes those of our own children and
+                    // of the nodes it placed below us).
                     self.forget_old_losses(now);
-                    let own = delta.lost.iter().filter(|l| l.parent == self.name);
-                    self.recent_lost.extend(own.map(|l| (now, l.clone())));
+                    self.recent_lost
+                        .extend(delta.lost.iter().map(|l| (now, l.clone())));
+                    while self.recent_lost.len() > MAX_RECENT_LOST {
+                        self.recent_lost.pop_front();
+                    }
                     self.send_parent(now, Msg::Membership(delta));
                 }
                 // Sent once the parent accepts us: the attach already went out without them.

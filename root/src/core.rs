@@ -19,7 +19,7 @@ use banyan_protocol::seal::Sealed;
 use banyan_protocol::wire::{
     Answer, Attach, CommandBody, Grant, Hold, Join, JoinReason, Lost, Msg,
 };
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// How long an orphan's placement waits for the word of what was kept of it.
@@ -28,8 +28,9 @@ pub const HANDOVER_WAIT_MS: u64 = 1_000;
 /// a cut host is back; an older word is about an earlier loss.
 pub const HANDOVER_TTL_MS: u64 = 30_000;
 
-/// A join tells of the children its sender lost lately: a handful at most, however many it lists.
-const MAX_LOST_PER_JOIN: usize = 16;
+/// A join tells of the losses its sender saw or relayed lately: this many at most, however many
+/// it lists (the agent keeps as many).
+const MAX_LOST_PER_JOIN: usize = 256;
 
 /// How long an orphan's join speaks for its being alive: its parent's word of its loss comes
 /// within moments of it (both sides notice the silence within a heartbeat of each other).
@@ -145,19 +146,29 @@ impl RootCore {
             self.rejoined
                 .insert(join.name.clone(), (now, parent.clone()));
         }
-        // Children it lost while it had no parent: a node speaks only of its own children.
-        for lost in join
-            .lost
-            .iter()
-            .filter(|l| l.parent == join.name)
-            .take(MAX_LOST_PER_JOIN)
-        {
-            self.learn_lost(now, lost.clone());
-        }
         // The subtree it brings counts only as far as the root placed it there.
         let mut join = join;
         let claims = std::mem::take(&mut join.subtree);
         join.subtree = self.node.vet_claims(&join.name, &HashMap::new(), claims);
+        // Losses it saw while it had no parent, or told a parent that may have died with them:
+        // a node speaks of its own children and, as the tree's relays do, of the nodes placed
+        // below it (a loss deep in its subtree, relayed up through the node that died, would
+        // otherwise never reach the root). Its own first.
+        let below: HashSet<&str> = join.subtree.iter().map(|m| m.name.as_str()).collect();
+        let (own, relayed): (Vec<&Lost>, Vec<&Lost>) = join
+            .lost
+            .iter()
+            .filter(|l| l.parent == join.name || below.contains(l.parent.as_str()))
+            .partition(|l| l.parent == join.name);
+        let believed: Vec<Lost> = own
+            .into_iter()
+            .chain(relayed)
+            .take(MAX_LOST_PER_JOIN)
+            .cloned()
+            .collect();
+        for lost in believed {
+            self.learn_lost(now, lost);
+        }
         // The nodes it brings are still below it: no word about them is theirs to use.
         for m in &join.subtree {
             self.handovers.remove(&m.name);
@@ -274,6 +285,12 @@ impl RootCore {
 
     /// What a restarted root needs: the totals and which report of each child they fold in, taken
     /// together so that they agree.
+    /// Whether the root has ordered `leaf` to move (a compaction or a promotion) and not yet
+    /// heard how it went: its placement is pending while it is still attached where it was.
+    pub fn leaf_in_move(&self, leaf: &str) -> bool {
+        self.move_commands.values().any(|l| l == leaf)
+    }
+
     pub fn kept(&self) -> Kept {
         Kept {
             totals: self.node.gross().cumulative(),

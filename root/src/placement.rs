@@ -32,6 +32,11 @@ pub struct PlacementConfig {
     pub pending_ttl_ms: u64,
     /// How often the tree is compacted: leaves deeper than a free slot plus one move up into it.
     pub rebalance_every_ms: u64,
+    /// Longest the orphans of one lost parent are held, from the moment the root first hears of
+    /// the loss, for the parent's other children to ask too. Children notice a parent's silence
+    /// up to one heartbeat apart (each link keeps its own heartbeat phase), so a heartbeat and a
+    /// margin covers them; a sibling that never asks (dead too, cut off elsewhere) costs this once.
+    pub sibling_wait_ms: u64,
 }
 
 impl Default for PlacementConfig {
@@ -41,6 +46,7 @@ impl Default for PlacementConfig {
             stale_after_ms: 8000,
             pending_ttl_ms: 6000,
             rebalance_every_ms: 500,
+            sibling_wait_ms: 650,
         }
     }
 }
@@ -100,6 +106,16 @@ pub struct NodeView {
 struct Held {
     ticket: u64,
     join: Join,
+    /// The parent whose loss made this an orphan, when it says so.
+    lost_parent: Option<String>,
+}
+
+/// The children of a lost parent that have not asked for a place yet.
+#[derive(Debug)]
+struct Siblings {
+    waiting: BTreeSet<String>,
+    /// Until when orphans of this parent wait for them.
+    until: u64,
 }
 
 /// See the module documentation.
@@ -123,6 +139,15 @@ pub struct Placement {
     /// later than the orphans do, or not at all when only one link is cut).
     suspects: std::collections::HashSet<String>,
     window_close: Option<u64>,
+    /// Lost parents whose children are being placed, with the children still to ask: the orphans
+    /// of one death are placed together, so that a leaf can be promoted into the dead node's place
+    /// for them (two orphans placed in two windows each take the shallowest slot left, and the
+    /// second subtree may go too deep).
+    siblings: HashMap<String, Siblings>,
+    /// The same, by child: which lost parent's orphans wait for it.
+    awaited: HashMap<String, String>,
+    /// The window was held open past its end for siblings.
+    window_extended: bool,
     decisions: VecDeque<(u64, Msg)>,
     moves: VecDeque<(String, Peer, u64)>,
     next_rebalance: u64,
@@ -159,6 +184,9 @@ impl Placement {
             held: Vec::new(),
             suspects: std::collections::HashSet::new(),
             window_close: None,
+            siblings: HashMap::new(),
+            awaited: HashMap::new(),
+            window_extended: false,
             decisions: VecDeque::new(),
             moves: VecDeque::new(),
             next_rebalance: 0,
@@ -181,6 +209,8 @@ impl Placement {
 
     pub fn next_timeout(&self) -> u64 {
         let mut t = self.window_close.unwrap_or(self.next_rebalance);
+        // `window_close` is at most the earliest sibling wait of a held orphan, so sibling waits
+        // need no timer of their own.
         for n in self.nodes.values() {
             match n.status {
                 Status::Pending { until } => t = t.min(until),
@@ -266,6 +296,14 @@ impl Placement {
             }
         }
         self.ensure(&join.name, &join.addr);
+        let lost_parent = match &join.reason {
+            JoinReason::ParentLost { parent } if parent != &self.root => Some(parent.clone()),
+            _ => None,
+        };
+        if let Some(parent) = &lost_parent {
+            self.expect_orphans_of(now, parent);
+        }
+        self.heard_from(now, &join.name);
         self.detach_structurally(&join.name);
         if let Some(t) = self.nodes.get_mut(&join.name) {
             t.addr = join.addr.clone();
@@ -292,15 +330,80 @@ impl Placement {
         if fresh && self.window_close.is_none() {
             self.place(now, ticket, &join);
         } else {
-            self.held.push(Held { ticket, join });
+            self.held.push(Held {
+                ticket,
+                join,
+                lost_parent,
+            });
             self.window_close
                 .get_or_insert(now + self.cfg.heal_window_ms);
         }
     }
 
+    /// Notes the children of `parent`, lost just now, as orphans to come (once per loss).
+    fn expect_orphans_of(&mut self, now: u64, parent: &str) {
+        if self.siblings.contains_key(parent) {
+            return;
+        }
+        let Some(t) = self.nodes.get(parent) else {
+            return;
+        };
+        let waiting: BTreeSet<String> = t
+            .children
+            .iter()
+            .filter(|c| self.nodes.get(*c).is_some_and(|ct| ct.status.is_live()))
+            .cloned()
+            .collect();
+        for c in &waiting {
+            self.awaited.insert(c.clone(), parent.to_string());
+        }
+        self.siblings.insert(
+            parent.to_string(),
+            Siblings {
+                waiting,
+                until: now + self.cfg.sibling_wait_ms,
+            },
+        );
+    }
+
+    /// `name` asked for a place: no lost parent's orphans wait for it any longer. When that
+    /// completes the orphans held past the window's end, they are placed at once.
+    fn heard_from(&mut self, now: u64, name: &str) {
+        let Some(parent) = self.awaited.remove(name) else {
+            return;
+        };
+        let completed = self.siblings.get_mut(&parent).is_some_and(|s| {
+            s.waiting.remove(name);
+            s.waiting.is_empty()
+        });
+        if completed && self.window_extended {
+            self.window_close = Some(now);
+        }
+    }
+
+    fn forget_sibling_waits(&mut self, now: u64) {
+        self.siblings.retain(|_, s| now < s.until);
+        let siblings = &self.siblings;
+        self.awaited.retain(|_, p| siblings.contains_key(p));
+    }
+
+    /// A held orphan still waits for siblings that have not asked (within their time).
+    fn awaits_siblings(&self, now: u64, h: &Held) -> Option<u64> {
+        let s = self.siblings.get(h.lost_parent.as_ref()?)?;
+        (!s.waiting.is_empty() && now < s.until).then_some(s.until)
+    }
+
     /// A change to the tree's membership, as it reached the root.
     pub fn handle_membership(&mut self, now: u64, delta: &MembershipDelta) {
+        // Before the removals below take them out of the model: who the lost nodes' children are.
+        for l in &delta.lost {
+            self.expect_orphans_of(now, &l.child);
+        }
         for m in &delta.upsert {
+            // Seen attached somewhere other than under the parent it lost: it will not ask.
+            if self.awaited.get(&m.name).is_some_and(|p| p != &m.parent) {
+                self.heard_from(now, &m.name);
+            }
             self.learn_member(now, m, true);
         }
         for name in &delta.remove {
@@ -362,6 +465,9 @@ impl Placement {
         if self.window_close.is_some_and(|t| now >= t) {
             self.window_close = None;
             self.close_window(now);
+        }
+        if self.window_close.is_none() && !self.siblings.is_empty() {
+            self.forget_sibling_waits(now);
         }
         if self.window_close.is_none() && now >= self.next_rebalance {
             self.next_rebalance = now + self.cfg.rebalance_every_ms;
@@ -646,12 +752,31 @@ impl Placement {
     }
 
     fn close_window(&mut self, now: u64) {
-        let mut held = std::mem::take(&mut self.held);
-        let suspects = std::mem::take(&mut self.suspects);
+        let all = std::mem::take(&mut self.held);
+        // Orphans whose lost parent's other children have not asked yet stay held (at most until
+        // their sibling wait ends); the rest are placed now.
+        let mut held = Vec::with_capacity(all.len());
+        let mut reopen: Option<u64> = None;
+        for h in all {
+            match self.awaits_siblings(now, &h) {
+                Some(until) => {
+                    reopen = Some(reopen.map_or(until, |r: u64| r.min(until)));
+                    self.held.push(h);
+                }
+                None => held.push(h),
+            }
+        }
+        self.window_close = reopen;
+        self.window_extended = reopen.is_some();
+        if !self.window_extended {
+            self.forget_sibling_waits(now);
+        }
         if held.is_empty() {
+            if !self.window_extended {
+                self.suspects.clear();
+            }
             return;
         }
-        self.suspects = suspects;
         if self.dirty {
             self.rebuild();
         }
@@ -692,7 +817,10 @@ impl Placement {
             placed.insert(h.join.name.clone(), answer.clone());
             self.decisions.push_back((h.ticket, answer));
         }
-        self.suspects.clear();
+        // Orphans still held keep their suspects out of the candidate parents.
+        if self.held.is_empty() {
+            self.suspects.clear();
+        }
     }
 
     /// Compacts the tree after failures: moves the deepest leaves into the shallowest free slots
@@ -754,6 +882,7 @@ impl Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banyan_protocol::wire::Lost;
 
     fn join(name: &str, reason: JoinReason) -> Join {
         Join {
@@ -783,6 +912,146 @@ mod tests {
         }
         assert_eq!(parents, ["root", "root", "n0", "n0", "n1", "n1"]);
         assert_eq!(p.depth_of("n5"), Some(2));
+    }
+
+    /// root -> n0, n1; n0 -> n2, n3; n1 -> n4, n5, all seen attached.
+    fn six_node_tree() -> Placement {
+        let mut p = Placement::new("root", "r:1", 7, PlacementConfig::default());
+        let mut upsert = vec![];
+        for i in 0..6 {
+            let name = format!("n{i}");
+            p.handle_join(0, i, join(&name, JoinReason::Fresh));
+            let parent = placed_parent(&mut p);
+            upsert.push(Member {
+                name: name.clone(),
+                parent,
+                addr: format!("{name}:1337"),
+                gen: p.nodes[&name].gen,
+                grant: Sealed::default(),
+            });
+        }
+        p.handle_membership(
+            1,
+            &MembershipDelta {
+                upsert,
+                ..Default::default()
+            },
+        );
+        p
+    }
+
+    fn lose(p: &mut Placement, now: u64, child: &str, below: &[&str]) {
+        let mut remove = vec![child.to_string()];
+        remove.extend(below.iter().map(|s| s.to_string()));
+        p.handle_membership(
+            now,
+            &MembershipDelta {
+                upsert: vec![],
+                remove,
+                lost: vec![Lost {
+                    parent: "root".into(),
+                    child: child.into(),
+                    seq: None,
+                    holds: vec![],
+                }],
+            },
+        );
+    }
+
+    fn orphan(p: &mut Placement, now: u64, ticket: u64, name: &str, parent: &str) {
+        p.handle_join(
+            now,
+            ticket,
+            join(
+                name,
+                JoinReason::ParentLost {
+                    parent: parent.into(),
+                },
+            ),
+        );
+    }
+
+    fn decided(p: &mut Placement) -> Vec<u64> {
+        std::iter::from_fn(|| p.poll_decision())
+            .map(|(t, _)| t)
+            .collect()
+    }
+
+    #[test]
+    fn orphans_of_one_death_are_placed_together_when_the_second_asks_late() {
+        let mut p = six_node_tree();
+        lose(&mut p, 10_000, "n0", &["n2", "n3"]);
+        orphan(&mut p, 10_050, 100, "n2", "n0");
+        p.on_timeout(10_400);
+        assert_eq!(
+            decided(&mut p),
+            Vec::<u64>::new(),
+            "n2 waits for its sibling n3"
+        );
+        assert_eq!(
+            p.next_timeout(),
+            10_650,
+            "at most the sibling wait from the loss"
+        );
+        orphan(&mut p, 10_470, 101, "n3", "n0");
+        assert_eq!(
+            p.next_timeout(),
+            10_470,
+            "the last sibling asked: place them now"
+        );
+        p.on_timeout(10_470);
+        assert_eq!(decided(&mut p), vec![100, 101]);
+    }
+
+    #[test]
+    fn a_sibling_that_never_asks_holds_an_orphan_for_the_sibling_wait_only() {
+        let mut p = six_node_tree();
+        lose(&mut p, 10_000, "n0", &["n2", "n3"]);
+        orphan(&mut p, 10_010, 100, "n2", "n0");
+        p.on_timeout(10_400);
+        p.on_timeout(10_649);
+        assert_eq!(decided(&mut p), Vec::<u64>::new());
+        p.on_timeout(10_650);
+        assert_eq!(decided(&mut p), vec![100]);
+        assert!(
+            p.siblings.is_empty() && p.awaited.is_empty(),
+            "nothing left waiting"
+        );
+    }
+
+    #[test]
+    fn orphans_whose_siblings_all_asked_keep_the_plain_heal_window() {
+        let mut p = six_node_tree();
+        lose(&mut p, 10_000, "n0", &["n2", "n3"]);
+        orphan(&mut p, 10_010, 100, "n2", "n0");
+        orphan(&mut p, 10_020, 101, "n3", "n0");
+        p.on_timeout(10_399);
+        assert_eq!(decided(&mut p), Vec::<u64>::new());
+        p.on_timeout(10_400);
+        assert_eq!(decided(&mut p), vec![100, 101]);
+    }
+
+    #[test]
+    fn a_sibling_seen_attached_elsewhere_is_not_waited_for() {
+        let mut p = six_node_tree();
+        lose(&mut p, 10_000, "n0", &["n2", "n3"]);
+        orphan(&mut p, 10_010, 100, "n2", "n0");
+        let gen = p.nodes["n3"].gen + 1;
+        p.handle_membership(
+            10_100,
+            &MembershipDelta {
+                upsert: vec![Member {
+                    name: "n3".into(),
+                    parent: "n4".into(),
+                    addr: "n3:1337".into(),
+                    gen,
+                    grant: Sealed::default(),
+                }],
+                ..Default::default()
+            },
+        );
+        p.on_timeout(10_400);
+        assert_eq!(decided(&mut p), vec![100]);
     }
 
     #[test]
