@@ -10,6 +10,7 @@
 //! This crate does not serve HTTP and does not decide placement: that is the root's job.
 
 pub mod actions;
+pub mod alarm;
 pub mod bmc;
 pub mod collect;
 pub mod config;

@@ -237,9 +237,10 @@ impl Core {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
+        let mut alarm = crate::alarm::Alarm::new();
         loop {
             let now = self.now();
-            let wait = self.node.next_timeout().saturating_sub(now);
+            let due = self.node.next_timeout();
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 ev = rx.recv() => {
@@ -247,7 +248,7 @@ impl Core {
                     self.handle(ev)?;
                 }
                 Some(ev) = rank_rx.recv() => self.handle_rank(ev),
-                _ = tokio::time::sleep(Duration::from_millis(wait)) => {
+                _ = alarm.until(due, now) => {
                     let now = self.now();
                     if now >= self.node.next_wave_at() {
                         let (mut own, mut carried) = self.sampler.sample(now);

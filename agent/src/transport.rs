@@ -72,13 +72,86 @@ impl LinkError {
     }
 }
 
-fn transport() -> Arc<TransportConfig> {
+/// Which end of a connection a transport config is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The end that accepts: a parent (or the root) serving its children.
+    Server,
+    Client,
+}
+
+fn transport(end: End) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     // The tree detects dead peers itself within 3 s; QUIC's own idle timeout is a backstop that
     // also frees connections of peers that vanished.
     t.max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
-    t.keep_alive_interval(Some(Duration::from_millis(1000)));
+    // The tree's own messages cross every link it uses more often than this (reports,
+    // heartbeats: `tree::TreeConfig::heartbeat_ms`), so QUIC pings only a link the tree is
+    // silent on (a join waiting for its place). Once a second, they were wake-ups of their own.
+    t.keep_alive_interval(Some(Duration::from_secs(4)));
+    if end == End::Server {
+        // Asked to acknowledge its parent's messages (heartbeats, mostly) at once, a child does it
+        // in the wake-up that received them instead of waking again 25 ms later (QUIC's default
+        // delay) to send the acknowledgement.
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(0));
+        t.ack_frequency_config(Some(ack));
+    }
     Arc::new(t)
+}
+
+/// quinn on tokio, with timers that wake only when they are due.
+///
+/// quinn keeps one timer per connection and moves it at almost every packet, mostly later (the
+/// idle and keep-alive deadlines follow the last packet). tokio moves a timer later lazily: it
+/// stays in its old slot, wakes the thread there and is only then filed again. On a quiet link
+/// that was a wake-up for nothing after every exchange; here a timer moved later is filed anew.
+#[derive(Debug)]
+struct ExactTimers;
+
+impl quinn::Runtime for ExactTimers {
+    fn new_timer(&self, at: std::time::Instant) -> std::pin::Pin<Box<dyn quinn::AsyncTimer>> {
+        Box::pin(ExactTimer {
+            at,
+            sleep: Box::pin(tokio::time::sleep_until(at.into())),
+        })
+    }
+
+    fn spawn(&self, future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        tokio::spawn(future);
+    }
+
+    fn wrap_udp_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        quinn::TokioRuntime.wrap_udp_socket(socket)
+    }
+}
+
+#[derive(Debug)]
+struct ExactTimer {
+    at: std::time::Instant,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl quinn::AsyncTimer for ExactTimer {
+    fn reset(mut self: std::pin::Pin<&mut Self>, at: std::time::Instant) {
+        if at > self.at {
+            // A new entry, so that the old one leaves the wheel now (see `ExactTimers`).
+            self.sleep = Box::pin(tokio::time::sleep_until(at.into()));
+        } else {
+            self.sleep.as_mut().reset(at.into());
+        }
+        self.at = at;
+    }
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::future::Future::poll(self.sleep.as_mut(), cx)
+    }
 }
 
 /// A mesh endpoint bound to `addr`, serving with `id` and connecting as `id`.
@@ -91,8 +164,16 @@ pub fn endpoint(
     let server =
         QuicServerConfig::try_from(Arc::new(server)).map_err(|e| LinkError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
-    server.transport_config(transport());
-    let mut ep = Endpoint::server(server, addr).map_err(|e| LinkError::Unreachable {
+    server.transport_config(transport(End::Server));
+    let bound = std::net::UdpSocket::bind(addr).and_then(|socket| {
+        Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(ExactTimers),
+        )
+    });
+    let mut ep = bound.map_err(|e| LinkError::Unreachable {
         peer: addr.to_string(),
         detail: format!("cannot bind the mesh address: {e}"),
     })?;
@@ -118,7 +199,7 @@ pub fn client_config(config: rustls::ClientConfig) -> Result<quinn::ClientConfig
     let crypto =
         QuicClientConfig::try_from(Arc::new(config)).map_err(|e| LinkError::Tls(e.to_string()))?;
     let mut c = quinn::ClientConfig::new(Arc::new(crypto));
-    c.transport_config(transport());
+    c.transport_config(transport(End::Client));
     Ok(c)
 }
 

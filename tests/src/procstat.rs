@@ -42,6 +42,27 @@ pub fn wakeups(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
+/// The time the threads of process `pid` have run on a CPU so far, in nanoseconds (the first
+/// field of each thread's `/proc/PID/task/TID/schedstat`): the scheduler's own account, not
+/// rounded to clock ticks, so a window of a quiet process measures to the microsecond. Threads
+/// that exited are not counted, as in [`wakeups`].
+pub fn run_time(pid: u32) -> Result<Duration> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0u64;
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = entry?.path().join("schedstat");
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("{}: no run time", path.display()))?;
+    }
+    Ok(Duration::from_nanos(total))
+}
+
 /// The CPU time (user + system, every thread) process `pid` has used so far.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");

@@ -225,7 +225,15 @@ fn main() -> Result<()> {
         procstat::wakeups(agent_pid)?,
         procstat::wakeups(exporter_pid)?,
     );
+    let run0 = (
+        procstat::run_time(agent_pid)?,
+        procstat::run_time(exporter_pid)?,
+    );
     thread::sleep(duration);
+    let run1 = (
+        procstat::run_time(agent_pid)?,
+        procstat::run_time(exporter_pid)?,
+    );
     let agent_used = agent_cpu.finish()?;
     let exporter_used = exporter_cpu.finish()?;
     let wake1 = (
@@ -297,6 +305,20 @@ fn main() -> Result<()> {
         "agent CPU: {:.3}% of one core (target <= 0.05%: {})",
         agent_used.percent(),
         verdict(agent_used.percent() <= 0.05)
+    );
+    // The same window in the scheduler's nanoseconds: at these rates a window holds a handful
+    // of clock ticks, too few to tell one change from another.
+    let ns = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64();
+    let wall = agent_used.wall.as_secs_f64();
+    let (agent_s, exporter_s) = (ns(run0.0, run1.0), ns(run0.1, run1.1));
+    let per_sample = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
+    println!(
+        "from schedstat (ns): agent {:.4}% of one core, {:.0} µs/sample; node_exporter {:.4}%, {:.0} µs/sample; ratio {:.3}",
+        100.0 * agent_s / wall,
+        per_sample(agent_s, waves),
+        100.0 * exporter_s / wall,
+        per_sample(exporter_s, scrapes),
+        per_sample(agent_s, waves) / per_sample(exporter_s, scrapes).max(1e-9)
     );
     println!(
         "agent RSS: {:.1} MiB, peak {:.1} MiB (target <= 8 MiB on a leaf: {})",
