@@ -23,6 +23,8 @@ const JOIN_STEP_MS: u64 = 10;
 const JOIN_LIMIT_MS: u64 = 300_000;
 const HEAL_STEP_MS: u64 = 50;
 const HEAL_LIMIT_MS: u64 = 30_000;
+/// The heal time operators are promised.
+const HEAL_TARGET_MS: u64 = 5_000;
 /// Quiet time before failures: counters bumped just before a kill must have reached the root,
 /// or the dead agent's last values could never be counted and the totals would never match.
 const QUIESCE_MS: u64 = 2_500;
@@ -319,6 +321,8 @@ fn kill_round(sim: &mut Sim, notes: &mut Vec<String>, round: usize) -> Round {
     let mut detect_ms = None;
     let mut heal_ms = None;
     let mut settled_ms = None;
+    // Why the tree was not sound at the 5 s target, when it was not: the thing to fix next.
+    let mut at_target: Option<String> = None;
     let start = sim.now();
     sim.run_until_cond(HEAL_STEP_MS, HEAL_LIMIT_MS, |s| {
         let t = s.now() - start;
@@ -326,15 +330,28 @@ fn kill_round(sim: &mut Sim, notes: &mut Vec<String>, round: usize) -> Round {
             detect_ms = Some(t);
         }
         if heal_ms.is_none() || settled_ms.is_none() {
-            if let Ok(shape) = s.check(true) {
-                heal_ms.get_or_insert(t);
-                if shape.moving == 0 {
-                    settled_ms.get_or_insert(t);
+            match s.check(true) {
+                Ok(shape) => {
+                    heal_ms.get_or_insert(t);
+                    if shape.moving == 0 {
+                        settled_ms.get_or_insert(t);
+                    }
                 }
+                Err(e) if t >= HEAL_TARGET_MS && heal_ms.is_none() && at_target.is_none() => {
+                    at_target = Some(e)
+                }
+                Err(_) => {}
             }
         }
         detect_ms.is_some() && heal_ms.is_some() && settled_ms.is_some()
     });
+    if let Some(e) = at_target {
+        notes.push(format!(
+            "round {}: not sound {} s after the kills: {e}",
+            round + 1,
+            HEAL_TARGET_MS / 1000
+        ));
+    }
     let heal_error = match heal_ms {
         Some(_) => None,
         None => sim.check(true).err(),
