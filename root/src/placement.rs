@@ -148,6 +148,8 @@ pub struct Placement {
     awaited: HashMap<String, String>,
     /// The window was held open past its end for siblings.
     window_extended: bool,
+    /// When the current heal window opened.
+    window_opened: u64,
     decisions: VecDeque<(u64, Msg)>,
     moves: VecDeque<(String, Peer, u64)>,
     next_rebalance: u64,
@@ -187,6 +189,7 @@ impl Placement {
             siblings: HashMap::new(),
             awaited: HashMap::new(),
             window_extended: false,
+            window_opened: 0,
             decisions: VecDeque::new(),
             moves: VecDeque::new(),
             next_rebalance: 0,
@@ -335,8 +338,14 @@ impl Placement {
                 join,
                 lost_parent,
             });
-            self.window_close
-                .get_or_insert(now + self.cfg.heal_window_ms);
+            self.open_window(now);
+        }
+    }
+
+    fn open_window(&mut self, now: u64) {
+        if self.window_close.is_none() {
+            self.window_close = Some(now + self.cfg.heal_window_ms);
+            self.window_opened = now;
         }
     }
 
@@ -423,8 +432,7 @@ impl Placement {
         }
         if !delta.lost.is_empty() {
             // Orphans of this loss will ask for places within moments: collect them together.
-            self.window_close
-                .get_or_insert(now + self.cfg.heal_window_ms);
+            self.open_window(now);
         }
     }
 
@@ -752,29 +760,27 @@ impl Placement {
     }
 
     fn close_window(&mut self, now: u64) {
-        let all = std::mem::take(&mut self.held);
-        // Orphans whose lost parent's other children have not asked yet stay held (at most until
-        // their sibling wait ends); the rest are placed now.
-        let mut held = Vec::with_capacity(all.len());
-        let mut reopen: Option<u64> = None;
-        for h in all {
-            match self.awaits_siblings(now, &h) {
-                Some(until) => {
-                    reopen = Some(reopen.map_or(until, |r: u64| r.min(until)));
-                    self.held.push(h);
-                }
-                None => held.push(h),
-            }
+        // While an orphan's lost parent has children that have not asked yet, every orphan stays
+        // held (all of them, so that the tallest still get the shallowest places), until the
+        // siblings ask or their wait ends, and never longer than the sibling wait past the
+        // window's own end (losses that keep coming must not hold the window open for good).
+        let cap = self.window_opened + self.cfg.heal_window_ms + self.cfg.sibling_wait_ms;
+        let waiting = self
+            .held
+            .iter()
+            .filter_map(|h| self.awaits_siblings(now, h))
+            .min();
+        if let Some(until) = waiting.filter(|_| now < cap) {
+            self.window_close = Some(until.min(cap));
+            self.window_extended = true;
+            return;
         }
-        self.window_close = reopen;
-        self.window_extended = reopen.is_some();
-        if !self.window_extended {
-            self.forget_sibling_waits(now);
-        }
+        self.window_close = None;
+        self.window_extended = false;
+        self.forget_sibling_waits(now);
+        let mut held = std::mem::take(&mut self.held);
         if held.is_empty() {
-            if !self.window_extended {
-                self.suspects.clear();
-            }
+            self.suspects.clear();
             return;
         }
         if self.dirty {
@@ -817,10 +823,7 @@ impl Placement {
             placed.insert(h.join.name.clone(), answer.clone());
             self.decisions.push_back((h.ticket, answer));
         }
-        // Orphans still held keep their suspects out of the candidate parents.
-        if self.held.is_empty() {
-            self.suspects.clear();
-        }
+        self.suspects.clear();
     }
 
     /// Compacts the tree after failures: moves the deepest leaves into the shallowest free slots
