@@ -24,6 +24,11 @@
 //!
 //! [bmc]
 //! gateway = true                    # this node talks to BMCs for the root (default false)
+//!
+//! [vm]                              # QEMU guests (every key optional; see crate::vm::config)
+//! qemu = "qemu-system-x86_64"
+//! accel = "auto"                    # auto (KVM where it works, TCG elsewhere), kvm or tcg
+//! state_dir = "/var/lib/banyan-agent"   # default: the agent's --state-dir; guests in STATE_DIR/vm/
 //! ```
 //!
 //! A BMC gateway is a node on the BMC network (a management node) that makes the root's BMC calls
@@ -38,6 +43,7 @@
 //! state (`status` or `pid_file`); no command is empty. A configured unit must still be listed in
 //! `allow` to be touched: removing it from `allow` disables it without losing its commands.
 
+use crate::vm::VmConfig;
 use banyan_protocol::action::{validate_unit_name, validate_user_name};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -61,6 +67,32 @@ pub struct ActionsConfig {
     pub exec: ExecConfig,
     pub service: ServiceConfig,
     pub bmc: BmcGatewayConfig,
+    pub vm: VmSection,
+}
+
+/// `[vm]`: how this node runs QEMU guests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmSection {
+    /// The table with [`VmConfig`]'s defaults for missing keys.
+    pub config: VmConfig,
+    /// Whether the table names a `state_dir`; without one, guests live in the agent's own.
+    pub state_dir_given: bool,
+}
+
+impl VmSection {
+    /// The guests' config on an agent with this state dir, or why this node cannot run guests.
+    pub fn resolve(&self, agent_state_dir: Option<&Path>) -> Result<VmConfig, String> {
+        let mut cfg = self.config.clone();
+        if !self.state_dir_given {
+            cfg.state_dir = agent_state_dir
+                .ok_or(
+                    "this agent has no state dir for guests: start it with --state-dir or set \
+                     [vm] state_dir in agent.toml",
+                )?
+                .to_path_buf();
+        }
+        Ok(cfg)
+    }
 }
 
 /// `[bmc]`: whether this node makes BMC calls for the root.
@@ -274,6 +306,21 @@ struct RawFile {
     service: ServiceConfig,
     #[serde(default)]
     bmc: BmcGatewayConfig,
+    #[serde(default)]
+    vm: VmConfig,
+}
+
+/// Whether `[vm]` names a state dir: read apart (ignoring every other key) because [`VmConfig`]
+/// fills a missing `state_dir` with its default, which cannot be told from one written out.
+#[derive(Deserialize, Default)]
+struct VmStateDirProbe {
+    #[serde(default)]
+    vm: Option<StateDirKey>,
+}
+
+#[derive(Deserialize)]
+struct StateDirKey {
+    state_dir: Option<PathBuf>,
 }
 
 /// Reads the config at `path`, or at [`DEFAULT_PATH`] (where a missing file means the defaults).
@@ -314,11 +361,20 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, String> {
             message.join("; ")
         )
     })?;
+    // The text parsed as a whole above, so this second look cannot fail on anything new.
+    let state_dir_given = toml::from_str::<VmStateDirProbe>(text)
+        .ok()
+        .and_then(|p| p.vm)
+        .is_some_and(|v| v.state_dir.is_some());
     Ok(FileConfig {
         actions: ActionsConfig {
             exec: raw.exec,
             service: raw.service,
             bmc: raw.bmc,
+            vm: VmSection {
+                config: raw.vm,
+                state_dir_given,
+            },
         },
     })
 }
@@ -434,6 +490,24 @@ user = "nova"
 
         let e = parse_err("[service.units.x]\nstart = 3\npid_file = \"/x\"\n");
         assert!(e.contains("list of arguments"), "{e}");
+    }
+
+    #[test]
+    fn guests_live_in_the_agents_state_dir_unless_vm_names_one() {
+        let c = parse_ok("[vm]\naccel = \"tcg\"\n");
+        assert_eq!(c.vm.config.accel, crate::vm::AccelChoice::Tcg);
+        let agent = Path::new("/var/lib/agent-a");
+        assert_eq!(c.vm.resolve(Some(agent)).unwrap().state_dir, agent);
+        let e = c.vm.resolve(None).unwrap_err();
+        assert!(e.contains("--state-dir"), "{e}");
+        let c = parse_ok("[vm]\nstate_dir = \"/srv/guests\"\n");
+        assert_eq!(
+            c.vm.resolve(None).unwrap().guests_dir(),
+            Path::new("/srv/guests/vm")
+        );
+        assert_eq!(parse_ok("").vm.resolve(Some(agent)).unwrap().machine, "q35");
+        let e = parse_err("[vm]\nacel = \"tcg\"\n");
+        assert!(e.contains("line 2") && e.contains("acel"), "{e}");
     }
 
     #[test]

@@ -319,6 +319,7 @@ pub fn render_action(a: &Action, layout: Layout) -> String {
     match &task {
         Some(Task::Service(_)) => out.push_str(&units::render(a)),
         Some(Task::Hv(h)) => out.push_str(&crate::hv::render(a, h)),
+        Some(Task::Vm(v)) => out.push_str(&crate::vm::render(a, &v.op)),
         _ => match layout {
             Layout::Grouped => out.push_str(&grouped::render(&grouped::group(a))),
             Layout::ByNode => out.push_str(&grouped::render_by_node(a)),
@@ -347,6 +348,7 @@ pub fn render_action(a: &Action, layout: Layout) -> String {
         let mutates = match &task {
             Some(Task::Service(s)) => s.op.mutates(),
             Some(Task::Hv(h)) => !h.op.reads_only() || h.cleanup_errors,
+            Some(Task::Vm(v)) => !v.op.reads_only(),
             _ => true,
         };
         if mutates {

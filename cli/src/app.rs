@@ -151,6 +151,8 @@ pub enum Command {
     Power(PowerArgs),
     /// OpenStack hypervisors: status, enable, drain-and-disable, servers (the root's [openstack]).
     Hv(crate::hv::HvArgs),
+    /// QEMU guests on the nodes: launch, list, stop, logs (run by each node's agent).
+    Vm(crate::vm::VmArgs),
     /// A node's serial console (IPMI serial-over-LAN, through the root); `&.` leaves.
     #[command(after_help = "\
 The first to attach may type; others see the same output, read-only, until the writer leaves.
@@ -490,6 +492,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Service(args) => commands::service(&client, &args),
         Command::Power(args) => commands::power(&client, &args),
         Command::Hv(args) => commands::hv(&client, args),
+        Command::Vm(args) => commands::vm(&client, args),
         Command::Console { node, read_only } => crate::console::console(&client, &node, read_only),
         Command::Actions {
             id,
@@ -629,6 +632,7 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
         | Command::Service(_)
         | Command::Power(_)
         | Command::Hv(_)
+        | Command::Vm(_)
         | Command::Console { .. }
         | Command::Actions { .. }
         | Command::Cancel { .. }

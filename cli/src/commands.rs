@@ -142,6 +142,86 @@ pub fn hv(client: &Client, args: crate::hv::HvArgs) -> Result<u8, CliError> {
     run_action(client, body, &task, r.json, Layout::Grouped)
 }
 
+/// `banyan vm ...`: launch and stop are dry runs without --for-real; list and logs read.
+pub fn vm(client: &Client, args: crate::vm::VmArgs) -> Result<u8, CliError> {
+    use crate::vm::{self, VmCommand};
+    let usage = CliError::Usage;
+    match args.cmd {
+        VmCommand::Launch(a) => {
+            let task = Task::Vm(vm::launch_task(&a).map_err(usage)?);
+            // Each node checks, then starts its guests in parallel: QMP answers in seconds.
+            let timeout = Duration::from_secs(120);
+            start(
+                client,
+                &a.nodes,
+                task,
+                a.for_real,
+                Some(timeout),
+                a.json,
+                Layout::Grouped,
+            )
+        }
+        VmCommand::List { nodes, json } => {
+            let nodes = match nodes {
+                Some(expr) => nodes::for_root(&expr, client)?,
+                None => every_node(client)?,
+            };
+            let task = Task::Vm(banyan_protocol::action::VmTask {
+                op: banyan_protocol::action::VmOp::List,
+            });
+            let body = json!({"nodes": nodes, "for_real": true, "task": task});
+            run_action(client, body, &task, json, Layout::Grouped)
+        }
+        VmCommand::Stop {
+            guests,
+            all,
+            timeout,
+            for_real,
+            json,
+        } => {
+            let action_timeout = Some(vm::stop_action_timeout(timeout));
+            if let Some(expr) = all {
+                let task = Task::Vm(vm::stop_task(Vec::new(), true, timeout));
+                return start(
+                    client,
+                    &expr,
+                    task,
+                    for_real,
+                    action_timeout,
+                    json,
+                    Layout::Grouped,
+                );
+            }
+            // One action per set of names; the exit status is the worst of them.
+            let mut code = EXIT_OK;
+            for (nodes, task) in vm::stops_by_names(&guests, timeout).map_err(usage)? {
+                let set = banyan_protocol::nodeset::NodeSet::from_names(nodes);
+                let c = start(
+                    client,
+                    &set.fold(),
+                    Task::Vm(task),
+                    for_real,
+                    action_timeout,
+                    json,
+                    Layout::Grouped,
+                )?;
+                code = code.max(c);
+            }
+            Ok(code)
+        }
+        VmCommand::Logs { guest, bytes, json } => {
+            let (node, name) = vm::split_guest(&guest).map_err(usage)?;
+            let task = Task::Vm(banyan_protocol::action::VmTask {
+                op: banyan_protocol::action::VmOp::Logs {
+                    name,
+                    bytes: bytes.unwrap_or(banyan_protocol::action::DEFAULT_VM_LOG_BYTES),
+                },
+            });
+            start(client, &node, task, true, None, json, Layout::Grouped)
+        }
+    }
+}
+
 /// Every node of the cluster, folded (what `hv status` means without a node set; `@*` would need
 /// group files).
 fn every_node(client: &Client) -> Result<String, CliError> {

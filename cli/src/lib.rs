@@ -24,3 +24,4 @@ pub mod nodeset;
 pub mod table;
 pub mod times;
 pub mod units;
+pub mod vm;

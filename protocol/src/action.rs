@@ -63,6 +63,8 @@ pub enum Task {
     /// Ask or change OpenStack hypervisors: Nova's view of them and their daemons (carried out by
     /// the root, which talks to OpenStack and orders the daemons through the tree).
     Hv(HvTask),
+    /// Launch, list, stop QEMU guests on the targets, or read a guest's serial log.
+    Vm(VmTask),
 }
 
 impl Task {
@@ -75,6 +77,7 @@ impl Task {
             Task::Power(_) => "power",
             Task::Bmc(_) => "bmc",
             Task::Hv(_) => "hv",
+            Task::Vm(_) => "vm",
         }
     }
 
@@ -87,6 +90,7 @@ impl Task {
             Task::Power(p) => p.validate(),
             Task::Bmc(b) => b.validate(),
             Task::Hv(h) => h.validate(),
+            Task::Vm(v) => v.validate(),
         }
     }
 }
@@ -509,6 +513,382 @@ impl ServiceTask {
     }
 }
 
+/// Most guests one launch starts on each target (`--count`).
+pub const MAX_VM_COUNT: u32 = 64;
+/// Most guests one stop names.
+pub const MAX_VM_NAMES: usize = 256;
+/// The longest guest name, with the `-K` of a `--count` launch (it becomes a directory name and
+/// part of socket paths on the node).
+pub const MAX_VM_NAME: usize = 48;
+/// Most port forwards per guest.
+pub const MAX_VM_FORWARDS: usize = 16;
+/// Default tail of a serial log (`banyan vm logs`).
+pub const DEFAULT_VM_LOG_BYTES: u64 = 16 * 1024;
+/// Longest TTL: a year (longer is no TTL at all, and an overflow risk on the node).
+pub const MAX_VM_TTL_MS: u64 = 365 * 86_400_000;
+
+/// What to do with the QEMU guests of the targets (carried out by each agent's `vm` executor).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct VmTask {
+    pub op: VmOp,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum VmOp {
+    /// Start guests (`count` of them on each target).
+    Launch(VmLaunch),
+    /// Every guest of the targets; reads only.
+    List,
+    /// Stop guests by name (or all of them): ACPI power button, then after `timeout_ms` QMP
+    /// `quit`, then SIGKILL; their files are removed.
+    Stop {
+        #[serde(default)]
+        names: Vec<String>,
+        /// Every guest of each target (then `names` is empty).
+        #[serde(default)]
+        all: bool,
+        /// How long a guest is given to power off before QEMU is told to quit.
+        #[serde(default = "default_vm_stop_ms")]
+        timeout_ms: u64,
+    },
+    /// The last `bytes` of one guest's serial log; reads only.
+    Logs {
+        name: String,
+        #[serde(default = "default_vm_log_bytes")]
+        bytes: u64,
+    },
+}
+
+fn default_vm_stop_ms() -> u64 {
+    30_000
+}
+
+fn default_vm_log_bytes() -> u64 {
+    DEFAULT_VM_LOG_BYTES
+}
+
+impl VmOp {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VmOp::Launch(_) => "launch",
+            VmOp::List => "list",
+            VmOp::Stop { .. } => "stop",
+            VmOp::Logs { .. } => "logs",
+        }
+    }
+
+    /// Whether it changes nothing (it then runs in a dry run too).
+    pub fn reads_only(&self) -> bool {
+        matches!(self, VmOp::List | VmOp::Logs { .. })
+    }
+}
+
+/// How a guest boots. Paths name files on the target node.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum VmBoot {
+    /// A kernel (and initramfs) given to QEMU directly.
+    Kernel {
+        kernel: String,
+        #[serde(default)]
+        initrd: Option<String>,
+        /// The kernel command line [default on the node: `console=ttyS0 panic=-1`].
+        #[serde(default)]
+        append: Option<String>,
+    },
+    /// A disk image; with `overlay` the guest writes to a qcow2 overlay of its own and the image
+    /// is left untouched.
+    Disk {
+        image: String,
+        #[serde(default)]
+        overlay: bool,
+    },
+}
+
+/// What `vm launch` starts on each target.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct VmLaunch {
+    /// The guest's name; with `count` > 1 the guests are NAME-1 .. NAME-K.
+    pub name: String,
+    #[serde(default = "one")]
+    pub count: u32,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub boot: VmBoot,
+    /// Boot through UEFI (the node's OVMF, with a private copy of its vars).
+    #[serde(default)]
+    pub ovmf: bool,
+    /// `auto`, `kvm` or `tcg` [default: the node's `[vm] accel`].
+    #[serde(default)]
+    pub accel: Option<String>,
+    #[serde(default)]
+    pub sev_snp: bool,
+    #[serde(default)]
+    pub tdx: bool,
+    /// TCP forwards from the node's 127.0.0.1 to the guest, `HOST:GUEST` (HOST 0: a free port).
+    #[serde(default)]
+    pub forwards: Vec<String>,
+    /// The guest is stopped this long after its launch.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl VmLaunch {
+    /// The names of the guests it starts on each target.
+    pub fn names(&self) -> Vec<String> {
+        if self.count <= 1 {
+            vec![self.name.clone()]
+        } else {
+            (1..=self.count)
+                .map(|k| format!("{}-{k}", self.name))
+                .collect()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        validate_vm_name(&self.name)?;
+        if self.count == 0 || self.count > MAX_VM_COUNT {
+            return Err(format!(
+                "--count {}: launch 1 to {MAX_VM_COUNT} guests per node",
+                self.count
+            ));
+        }
+        if self.count > 1 {
+            // The longest suffixed name must still be a name.
+            validate_vm_name(&format!("{}-{}", self.name, self.count))?;
+        }
+        if self.cpus == 0 || self.cpus > 1024 {
+            return Err(format!(
+                "--cpus {}: a guest needs 1 to 1024 CPUs",
+                self.cpus
+            ));
+        }
+        if self.memory_mib < 16 || self.memory_mib > 16 << 20 {
+            return Err(format!(
+                "--memory {} MiB: a guest needs 16 MiB to 16 TiB",
+                self.memory_mib
+            ));
+        }
+        match &self.boot {
+            VmBoot::Kernel {
+                kernel,
+                initrd,
+                append,
+            } => {
+                validate_node_path("--kernel", kernel)?;
+                if let Some(i) = initrd {
+                    validate_node_path("--initrd", i)?;
+                }
+                if let Some(a) = append {
+                    if a.len() > 4096 || a.chars().any(char::is_control) {
+                        return Err(
+                            "--append: at most 4096 characters, no control characters".into()
+                        );
+                    }
+                }
+            }
+            VmBoot::Disk { image, .. } => validate_node_path("--disk", image)?,
+        }
+        if let Some(a) = &self.accel {
+            if !matches!(a.as_str(), "auto" | "kvm" | "tcg") {
+                return Err(format!(
+                    "unknown accelerator {:?}: use auto, kvm or tcg",
+                    truncate_for_error(a)
+                ));
+            }
+        }
+        if self.sev_snp && self.tdx {
+            return Err("give --sev-snp or --tdx, not both".into());
+        }
+        if (self.sev_snp || self.tdx) && self.accel.as_deref() == Some("tcg") {
+            return Err("SEV-SNP and TDX guests need KVM, not tcg".into());
+        }
+        if self.forwards.len() > MAX_VM_FORWARDS {
+            return Err(format!("at most {MAX_VM_FORWARDS} --fwd per guest"));
+        }
+        let mut hosts = Vec::new();
+        for f in &self.forwards {
+            let (host, _) = parse_vm_forward(f)?;
+            if host != 0 {
+                if hosts.contains(&host) {
+                    return Err(format!("host port {host} is forwarded twice"));
+                }
+                hosts.push(host);
+            }
+        }
+        if self.count > 1 && !hosts.is_empty() {
+            return Err(
+                "a fixed host port cannot serve several guests: use --fwd 0:GUEST with --count"
+                    .into(),
+            );
+        }
+        match self.ttl_ms {
+            Some(0) => Err("--ttl must be more than 0".into()),
+            Some(t) if t > MAX_VM_TTL_MS => Err("--ttl is longer than a year".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `HOST:GUEST`, two TCP ports; HOST 0 picks a free port on the node, GUEST is not 0.
+pub fn parse_vm_forward(s: &str) -> Result<(u16, u16), String> {
+    let bad = || {
+        format!(
+            "bad port forward {:?}: write HOST:GUEST, two TCP ports (HOST 0 picks a free port)",
+            truncate_for_error(s)
+        )
+    };
+    let (h, g) = s.split_once(':').ok_or_else(bad)?;
+    let host: u16 = h.parse().map_err(|_| bad())?;
+    let guest: u16 = g.parse().map_err(|_| bad())?;
+    if guest == 0 {
+        return Err(bad());
+    }
+    Ok((host, guest))
+}
+
+/// A file on the node named for QEMU: absolute (so never one of QEMU's `json:` or `nbd:`
+/// pseudo-files), printable, and without the comma that would end the value in a QEMU option
+/// list (`-drive file=...,`).
+fn validate_node_path(what: &str, p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!(
+            "{what} {:?}: give an absolute path of a file on the node",
+            truncate_for_error(p)
+        ));
+    }
+    if p.len() > 4096 || p.chars().any(|c| c.is_control() || c == ',') {
+        return Err(format!(
+            "{what} {:?}: a path of at most 4096 characters without commas or control characters",
+            truncate_for_error(p)
+        ));
+    }
+    Ok(())
+}
+
+impl VmTask {
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.op {
+            VmOp::Launch(l) => l.validate(),
+            VmOp::List => Ok(()),
+            VmOp::Stop {
+                names,
+                all,
+                timeout_ms,
+            } => {
+                match (names.is_empty(), *all) {
+                    (true, false) => return Err("name the guests to stop, or all of them".into()),
+                    (false, true) => return Err("name guests or stop all of them, not both".into()),
+                    _ => {}
+                }
+                if names.len() > MAX_VM_NAMES {
+                    return Err(format!("at most {MAX_VM_NAMES} guests per stop"));
+                }
+                names.iter().try_for_each(|n| validate_vm_name(n))?;
+                if *timeout_ms == 0 || *timeout_ms > 3_600_000 {
+                    return Err("--timeout: more than 0, at most an hour".into());
+                }
+                Ok(())
+            }
+            VmOp::Logs { name, bytes } => {
+                validate_vm_name(name)?;
+                if *bytes == 0 || *bytes > MAX_OUTPUT_LIMIT {
+                    return Err(format!("--bytes {bytes}: 1 to {MAX_OUTPUT_LIMIT}"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A guest name: letters, digits, `-`, `_` and `.` (not first, nor `-`), at most
+/// [`MAX_VM_NAME`] bytes. So a name is never a path, an option or anything a shell would read.
+/// (The agent's `vm` module checks the same rule on its side.)
+pub fn validate_vm_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_VM_NAME
+        && !name.starts_with('.')
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad guest name {:?}: use letters, digits, '-', '_' and '.' (not first), at most {MAX_VM_NAME}",
+            truncate_for_error(name)
+        ))
+    }
+}
+
+/// One guest in a target's answer to a `vm` task.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct VmStatus {
+    pub name: String,
+    pub state: VmState,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// `none`, `sev-snp` or `tdx`.
+    pub confidential: String,
+    /// When it was launched (unix ms, the node's clock).
+    pub started_ms: u64,
+    /// Its age when the node answered (so clocks need not agree).
+    pub uptime_ms: u64,
+    /// Time left before its TTL stops it, when the node answered.
+    pub ttl_left_ms: Option<u64>,
+    /// QEMU's pid on the node.
+    pub pid: u32,
+    /// `127.0.0.1:HOST -> GUEST` forwards, with the host ports QEMU bound.
+    pub forwards: Vec<String>,
+    /// Started by an earlier run of the agent.
+    pub reattached: bool,
+    /// Why it crashed or failed; how it stopped; what a dry run would run.
+    pub detail: String,
+}
+
+/// Where a guest is, as a `vm` task's answer says.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Running,
+    Stopping,
+    /// Its QEMU ended without a stop; its files are gone.
+    Crashed,
+    /// Stopped by this task; its files are gone.
+    Stopped,
+    /// A dry run: would be launched (or stopped).
+    DryRun,
+    /// This task failed for this guest (`detail` says why).
+    Failed,
+    /// A state this program does not know (a newer node's).
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Crashed => "crashed",
+            VmState::Stopped => "stopped",
+            VmState::DryRun => "dry-run",
+            VmState::Failed => "failed",
+            VmState::Unknown => "unknown",
+        }
+    }
+}
+
 /// A target's answer to an order, signed with its node key.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Receipt {
@@ -549,6 +929,10 @@ pub struct NodeResult {
     /// Service tasks: each unit's state after the operation.
     pub units: Vec<UnitStatus>,
     pub duration_ms: u64,
+    /// Vm tasks: the guests listed, launched or stopped (logs come in `stdout`). Defaults to
+    /// none in JSON, so an older root's records still read.
+    #[serde(default)]
+    pub vms: Vec<VmStatus>,
 }
 
 impl NodeResult {
@@ -707,5 +1091,174 @@ mod tests {
         let s: Task =
             serde_json::from_str(r#"{"service": {"op": "status", "units": ["sshd"]}}"#).unwrap();
         assert_eq!(s.kind(), "service");
+    }
+
+    fn launch() -> VmLaunch {
+        VmLaunch {
+            name: "web".into(),
+            count: 1,
+            cpus: 1,
+            memory_mib: 128,
+            boot: VmBoot::Kernel {
+                kernel: "/srv/guest/vmlinuz".into(),
+                initrd: Some("/srv/guest/initramfs.gz".into()),
+                append: None,
+            },
+            ovmf: false,
+            accel: None,
+            sev_snp: false,
+            tdx: false,
+            forwards: vec!["0:22".into()],
+            ttl_ms: Some(60_000),
+        }
+    }
+
+    #[test]
+    fn vm_launches_refuse_what_the_node_would() {
+        assert_eq!(launch().validate(), Ok(()));
+        let bad = |f: &dyn Fn(&mut VmLaunch), says: &str| {
+            let mut l = launch();
+            f(&mut l);
+            let e = l.validate().unwrap_err();
+            assert!(e.contains(says), "{l:?}: {e}");
+        };
+        bad(&|l| l.name = "a/b".into(), "bad guest name");
+        bad(&|l| l.name = "-rf".into(), "bad guest name");
+        bad(
+            &|l| {
+                l.name = "x".repeat(47); // fits alone, but not as x...x-10
+                l.count = 10;
+                l.forwards.clear();
+            },
+            "bad guest name",
+        );
+        bad(&|l| l.count = 0, "--count 0");
+        bad(&|l| l.count = 65, "--count 65");
+        bad(&|l| l.cpus = 0, "--cpus 0");
+        bad(&|l| l.memory_mib = 0, "--memory 0");
+        bad(
+            &|l| {
+                l.boot = VmBoot::Kernel {
+                    kernel: "vmlinuz".into(),
+                    initrd: None,
+                    append: None,
+                }
+            },
+            "absolute path",
+        );
+        bad(
+            &|l| {
+                l.boot = VmBoot::Disk {
+                    image: "/a,if=none".into(),
+                    overlay: true,
+                }
+            },
+            "without commas",
+        );
+        bad(&|l| l.accel = Some("xen".into()), "unknown accelerator");
+        bad(
+            &|l| {
+                l.sev_snp = true;
+                l.tdx = true
+            },
+            "not both",
+        );
+        bad(&|l| l.forwards = vec!["22".into()], "bad port forward");
+        bad(&|l| l.forwards = vec!["2222:0".into()], "bad port forward");
+        bad(
+            &|l| l.forwards = vec!["2222:22".into(), "2222:80".into()],
+            "forwarded twice",
+        );
+        bad(&|l| l.ttl_ms = Some(0), "--ttl");
+        let mut l = launch();
+        l.count = 10;
+        l.name = "x".repeat(45);
+        assert_eq!(l.validate(), Ok(()));
+        assert_eq!(l.names().len(), 10);
+        assert!(l.names()[9].ends_with("-10"));
+        l.forwards = vec!["2222:22".into()];
+        assert!(l.validate().unwrap_err().contains("several guests"));
+    }
+
+    #[test]
+    fn vm_stops_and_logs_are_bounded() {
+        let stop = |names: &[&str], all: bool| {
+            VmTask {
+                op: VmOp::Stop {
+                    names: names.iter().map(|n| n.to_string()).collect(),
+                    all,
+                    timeout_ms: 1000,
+                },
+            }
+            .validate()
+        };
+        assert!(stop(&["a", "b"], false).is_ok());
+        assert!(stop(&[], true).is_ok());
+        assert!(stop(&[], false).is_err());
+        assert!(stop(&["a"], true).is_err());
+        assert!(stop(&["../x"], false).is_err());
+        let logs = |bytes| {
+            VmTask {
+                op: VmOp::Logs {
+                    name: "a".into(),
+                    bytes,
+                },
+            }
+            .validate()
+        };
+        assert!(logs(1).is_ok());
+        assert!(logs(0).is_err());
+        assert!(logs(MAX_OUTPUT_LIMIT + 1).is_err());
+    }
+
+    #[test]
+    fn vm_tasks_and_results_travel_in_json_and_postcard() {
+        let t: Task = serde_json::from_str(
+            r#"{"vm": {"op": {"launch": {"name": "a", "cpus": 1, "memory_mib": 64,
+                "boot": {"kernel": {"kernel": "/k"}}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.kind(), "vm");
+        let Task::Vm(VmTask {
+            op: VmOp::Launch(l),
+        }) = &t
+        else {
+            panic!("{t:?}")
+        };
+        assert_eq!((l.count, l.forwards.len(), l.ttl_ms), (1, 0, None));
+        let list: Task = serde_json::from_str(r#"{"vm": {"op": "list"}}"#).unwrap();
+        assert!(matches!(&list, Task::Vm(v) if v.op.reads_only()));
+        for task in [t, list] {
+            let bytes = postcard::to_allocvec(&task).unwrap();
+            assert_eq!(postcard::from_bytes::<Task>(&bytes).unwrap(), task);
+        }
+        let r = NodeResult {
+            ok: true,
+            vms: vec![VmStatus {
+                name: "a".into(),
+                state: VmState::Running,
+                ttl_left_ms: Some(5),
+                ..VmStatus::default()
+            }],
+            ..NodeResult::default()
+        };
+        let bytes = postcard::to_allocvec(&r).unwrap();
+        assert_eq!(postcard::from_bytes::<NodeResult>(&bytes).unwrap(), r);
+        // Every truncation and a flipped byte decode to an error or a value, never a panic.
+        for cut in 0..bytes.len() {
+            let _ = postcard::from_bytes::<NodeResult>(&bytes[..cut]);
+            let mut flipped = bytes.clone();
+            flipped[cut] ^= 0xff;
+            let _ = postcard::from_bytes::<NodeResult>(&flipped);
+        }
+        // An older root's JSON (no `vms`) and a newer node's state still read.
+        let old: NodeResult = serde_json::from_str(
+            r#"{"ok": true, "dry_run": false, "summary": "", "exit": null, "signal": null,
+               "stdout": "", "stderr": "", "truncated": false, "units": [], "duration_ms": 1}"#,
+        )
+        .unwrap();
+        assert!(old.vms.is_empty());
+        let s: VmStatus = serde_json::from_str(r#"{"name": "a", "state": "paused"}"#).unwrap();
+        assert_eq!(s.state, VmState::Unknown);
     }
 }

@@ -18,9 +18,10 @@ use crate::metric::MetricSet;
 use crate::seal::Sealed;
 use serde::{Deserialize, Serialize};
 
-/// Version of the messages below, and of the orders they carry (5: orders may carry BMC calls for
-/// a gateway, `action::Task::Bmc`). A peer with another version is refused at its greeting.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// Version of the messages below, and of the orders they carry (6: orders may carry guest tasks,
+/// `action::Task::Vm`, and results the guests of a node, `NodeResult::vms`). A peer with another
+/// version is refused at its greeting.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The root's name in the tree and in its certificate.
 pub const ROOT_NAME: &str = "banyan-root";

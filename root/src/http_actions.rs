@@ -16,7 +16,7 @@ use axum::extract::{rejection::JsonRejection, FromRequestParts, Path, Query, Sta
 use axum::http::{request::Parts, HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use banyan_protocol::action::{Order, Task};
+use banyan_protocol::action::{Order, Task, VmBoot, VmOp, VmTask};
 use banyan_protocol::nodeset::NodeSet;
 use banyan_protocol::seal::Purpose;
 use serde::Deserialize;
@@ -161,6 +161,12 @@ fn fresh_groups(api: &Api) -> std::sync::MutexGuard<'_, crate::groups::RootGroup
     groups
 }
 
+/// Whether `task` launches guests that write a node's file in place (a disk without overlay).
+fn vm_writes_node_file(task: &Task) -> bool {
+    matches!(task, Task::Vm(VmTask { op: VmOp::Launch(l) })
+        if matches!(l.boot, VmBoot::Disk { overlay: false, .. }))
+}
+
 #[derive(Deserialize)]
 struct ActionRequest {
     nodes: String,
@@ -284,6 +290,13 @@ async fn start_action(
     }
     let scope = if matches!(req.task, Task::Exec(_)) {
         principal.require_admin("exec")
+    } else if vm_writes_node_file(&req.task) {
+        // A guest booted from a disk without an overlay writes that file of the node in place,
+        // whatever it is (`/dev/sda`): as much power over the node as exec.
+        principal.require_admin("vm launch --disk without --overlay")
+    } else if matches!(&req.task, Task::Vm(v) if matches!(v.op, VmOp::List)) {
+        // Listing guests reads, and viewers read everything; any token may.
+        Ok(())
     } else {
         let groups = lock(&api.groups);
         principal.scope_check(&targets, &|g: &str| groups.group(g))

@@ -28,6 +28,7 @@ mod child;
 pub mod exec;
 pub mod service;
 pub mod stream;
+pub mod vm;
 
 pub use stream::OutputTap;
 
@@ -108,6 +109,9 @@ pub fn default_executors(cfg: &ActionsConfig, state_dir: Option<&Path>) -> Vec<A
         Arc::new(exec::Exec::new(&cfg.exec)),
         Arc::new(service::Service::new(&cfg.service, state_dir)),
         Arc::new(bmc::Bmc::new(&cfg.bmc)),
+        // Inside the agent's runtime this also opens the guests left by an earlier run and
+        // starts their tick (see `vm`).
+        Arc::new(vm::Vm::new(&cfg.vm, state_dir)),
     ]
 }
 
@@ -318,6 +322,6 @@ mod tests {
             ctx,
         );
         is_send_static(&fut);
-        assert_eq!(executors.kinds(), ["exec", "service", "bmc"]);
+        assert_eq!(executors.kinds(), ["exec", "service", "bmc", "vm"]);
     }
 }

@@ -12,8 +12,8 @@
 //! or for ten minutes of `tick`; a crash found by `tick` is also one `TickEvent`). TTLs are absolute deadlines kept in the
 //! state file, so a restart does not extend them.
 //!
-//! This module is not wired to the tree, the root or the CLI yet: nothing in the agent calls it.
-//! It does no async I/O: its calls block (QMP round trips, a stop waits for the guest to power
+//! The agent reaches it through the `vm` action executor ([`crate::actions::vm`]), which owns the
+//! node's one manager and ticks it. It does no async I/O: its calls block (QMP round trips, a stop waits for the guest to power
 //! off), so async code calls it through `tokio::task::spawn_blocking`. It does not make the
 //! guest image (`scripts/lib/guest image` does, for tests).
 //!
