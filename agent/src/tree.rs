@@ -8,7 +8,12 @@
 //!
 //! What it guarantees:
 //! - **Liveness of links.** Both ends of a link send something at least every `heartbeat_ms`; a peer
-//!   silent for `dead_after_ms` is declared lost (by the child *and* by the parent).
+//!   silent for `dead_after_ms` is declared lost (by the child *and* by the parent). A child's
+//!   reports count as its heartbeats, and a parent answers a child's report or heartbeat with a
+//!   heartbeat of its own when it has sent that child nothing for half a `heartbeat_ms`, so at a
+//!   period shorter than `heartbeat_ms` a link carries one message each way per wave and no timer
+//!   of its own: a leaf wakes once for its wave and once for its parent's answer. The answers also
+//!   put the orphans of one parent's death on the same clock: they heard it last at the same wave.
 //! - **Waves.** Every period, at the same wall-clock boundary on every node, a node samples itself,
 //!   waits until each child has reported that wave (or until a deadline that grows with the height
 //!   of its subtree), then sends one report up. The root therefore sees a wave after about
@@ -156,7 +161,10 @@ pub struct RefusedClaim {
 pub struct TreeConfig {
     /// Reduction period (one wave per period).
     pub period_ms: u64,
-    /// Maximum silence on a link before sending a heartbeat.
+    /// Maximum silence on a link before sending a heartbeat. Above the period, so that a child's
+    /// reports (one per wave, within the hop budget) and its parent's answers to them keep a link
+    /// alive without heartbeats of their own; half of `dead_after_ms`, so that a peer is declared
+    /// lost only after it missed what it owed for a whole `heartbeat_ms`.
     pub heartbeat_ms: u64,
     /// Silence after which a peer is declared lost. Detection happens within this plus one timer
     /// tick, so 2,500 keeps detection under the 3 s promised to operators.
@@ -175,7 +183,7 @@ impl Default for TreeConfig {
     fn default() -> Self {
         TreeConfig {
             period_ms: 1000,
-            heartbeat_ms: 500,
+            heartbeat_ms: 1250,
             dead_after_ms: 2500,
             hop_budget_ms: 50,
             join_backoff_min_ms: 200,
@@ -1317,6 +1325,18 @@ impl Node {
             return;
         };
         link.last_heard = now;
+        // The child's reports and heartbeats are answered here rather than on a timer of our own:
+        // the answer leaves while its packet is being handled (it carries the transport's
+        // acknowledgement too), and every child of this node hears it at the same wave.
+        if matches!(msg, Msg::Heartbeat { .. } | Msg::Report(_))
+            && now >= link.last_sent + self.cfg.heartbeat_ms / 2
+        {
+            let depth = self.depth + 1;
+            self.send_child(now, child, Msg::Heartbeat { depth });
+        }
+        let Some(link) = self.children.get_mut(child) else {
+            return;
+        };
         match msg {
             Msg::Heartbeat { .. } => {}
             Msg::Report(mut report) => {
@@ -2085,6 +2105,99 @@ mod tests {
             holds: Vec::new(),
             digests: Vec::new(),
         })
+    }
+
+    /// A root and a leaf `x` at the default period, each message arriving `latency` ms after it
+    /// left, the leaf's clock `skew` ms behind the root's, run until `until` (root's time);
+    /// with `parent_dies_at`, the root stops there. What each side sent, as (root's time, kind),
+    /// and when (leaf's time) the leaf lost its parent.
+    #[allow(clippy::type_complexity)]
+    fn leaf_link(
+        latency: u64,
+        skew: u64,
+        until: u64,
+        parent_dies_at: Option<u64>,
+    ) -> (
+        Vec<(u64, &'static str)>,
+        Vec<(u64, &'static str)>,
+        Option<u64>,
+    ) {
+        let kind = |m: &Msg| match m {
+            Msg::Heartbeat { .. } => "heartbeat",
+            Msg::Report(_) => "report",
+            _ => "other",
+        };
+        let mut root = Node::new_root("root", TreeConfig::default(), MetricSet::new(), 7, 0);
+        let mut x = attached("x", "root", 0);
+        assert!(matches!(
+            root.handle_attach(0, attach("x")),
+            Msg::Accepted { .. }
+        ));
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        let mut to_root: VecDeque<(u64, Msg)> = VecDeque::new();
+        let mut to_x: VecDeque<(u64, Msg)> = VecDeque::new();
+        let mut lost = None;
+        for now in 1..=until {
+            let root_alive = parent_dies_at.is_none_or(|d| now < d);
+            while to_root.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, m) = to_root.pop_front().expect("looked at");
+                if root_alive {
+                    root.handle_child_msg(now, "x", m);
+                }
+            }
+            // The leaf's clock is `skew` behind the root's, so its waves start a little later.
+            let x_now = now.saturating_sub(skew);
+            while to_x.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, m) = to_x.pop_front().expect("looked at");
+                x.handle_parent_msg(x_now, m);
+            }
+            if root_alive && now >= root.next_timeout() {
+                root.on_timeout(now);
+            }
+            if x_now >= x.next_timeout() {
+                x.on_timeout(x_now);
+            }
+            while let Some(a) = root.poll_action() {
+                if let Action::ToChild { msg, .. } = a {
+                    down.push((now, kind(&msg)));
+                    to_x.push_back((now + latency, msg));
+                }
+            }
+            while let Some(a) = x.poll_action() {
+                match a {
+                    Action::ToParent(msg) => {
+                        up.push((now, kind(&msg)));
+                        to_root.push_back((now + latency, msg));
+                    }
+                    Action::CloseParent { .. } => lost = lost.or(Some(x_now)),
+                    _ => {}
+                }
+            }
+        }
+        (up, down, lost)
+    }
+
+    #[test]
+    fn a_leaf_link_carries_one_report_up_and_one_answer_down_per_wave() {
+        let (up, down, lost) = leaf_link(2, 3, 10_000, None);
+        assert_eq!(lost, None);
+        // Reports only, one per wave, each on the leaf's wave: no heartbeat of its own.
+        let waves: Vec<(u64, &str)> = (1..=9).map(|w| (w * 1000 + 3, "report")).collect();
+        assert_eq!(up, waves);
+        // The root answers each report as it arrives, and sends nothing on a timer.
+        let answers: Vec<(u64, &str)> = (1..=9).map(|w| (w * 1000 + 5, "heartbeat")).collect();
+        assert_eq!(down, answers);
+    }
+
+    #[test]
+    fn a_leaf_loses_a_dead_parent_silent_for_dead_after() {
+        let cfg = TreeConfig::default();
+        // The root dies just after answering the report of wave 4 (at 4005).
+        let (_, down, lost) = leaf_link(2, 3, 10_000, Some(4100));
+        assert_eq!(down.last(), Some(&(4005, "heartbeat")));
+        // Heard last at 4007, 4004 on the leaf's clock; lost once silent for longer than
+        // dead_after_ms, within 3 s of the death.
+        assert_eq!(lost, Some(4004 + cfg.dead_after_ms + 1));
     }
 
     /// Numbers of the reports the node sent up, with their counter, in order.

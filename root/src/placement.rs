@@ -33,9 +33,10 @@ pub struct PlacementConfig {
     /// How often the tree is compacted: leaves deeper than a free slot plus one move up into it.
     pub rebalance_every_ms: u64,
     /// Longest the orphans of one lost parent are held, from the moment the root first hears of
-    /// the loss, for the parent's other children to ask too. Children notice a parent's silence
-    /// up to one heartbeat apart (each link keeps its own heartbeat phase), so a heartbeat and a
-    /// margin covers them; a sibling that never asks (dead too, cut off elsewhere) costs this once.
+    /// the loss, for the parent's other children to ask too. Children hear their parent's answers
+    /// at the same wave and notice its silence within the hop budget of each other (within half a
+    /// heartbeat at short periods), plus the time a join takes to reach the root; a sibling that
+    /// never asks (dead too, cut off elsewhere) costs this once.
     pub sibling_wait_ms: u64,
 }
 
