@@ -250,21 +250,8 @@ impl Run {
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let started = self
             .blocking("launching", move |m| {
-                // One thread per guest: each launch waits for its QEMU's QMP, so they overlap.
-                std::thread::scope(|scope| {
-                    let launches: Vec<_> = specs
-                        .into_iter()
-                        .map(|s| scope.spawn(move || m.launch(s, false)))
-                        .collect();
-                    launches
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(VmError::Refused("the launch thread panicked".into()))
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                })
+                // Each launch waits for its QEMU's QMP: they overlap.
+                each_at_once(specs, "launch", |s| m.launch(s, false))
             })
             .await;
         let started = match started {
@@ -353,21 +340,8 @@ impl Run {
         let asked = names.clone();
         let stopped = self
             .blocking("stopping", move |m| {
-                // One thread per guest: each stop waits up to `timeout` for its guest.
-                std::thread::scope(|scope| {
-                    let stops: Vec<_> = asked
-                        .iter()
-                        .map(|n| scope.spawn(move || m.stop(n, timeout)))
-                        .collect();
-                    stops
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(VmError::Refused("the stop thread panicked".into()))
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                })
+                // Each stop waits up to `timeout` for its guest: they overlap.
+                each_at_once(asked, "stop", |n| m.stop(&n, timeout))
             })
             .await;
         let stopped = match stopped {
@@ -537,6 +511,30 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs `f` on every item at once, one thread each, and gives the results in the items' order (a
+/// thread that panicked gives an error naming `what`).
+fn each_at_once<I: Send, R: Send>(
+    items: Vec<I>,
+    what: &str,
+    f: impl Fn(I) -> Result<R, VmError> + Sync,
+) -> Vec<Result<R, VmError>> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let threads: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || f(item)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(VmError::Refused(format!("the {what} thread panicked")))
+                })
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
