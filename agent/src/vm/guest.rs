@@ -352,7 +352,7 @@ pub(crate) fn build_argv(i: &ArgvInput<'_>) -> Vec<String> {
     a.extend([
         s("-chardev"),
         format!(
-            "socket,id=ser0,path={},server=on,wait=off,logfile={}",
+            "socket,id=ser0,path={},server=on,wait=off,logfile={},logappend=on",
             p(&i.paths.serial_sock),
             p(&i.paths.serial_log)
         ),
@@ -469,7 +469,7 @@ mod tests {
             "-smp 1 -m 128M",
             "-display none -no-reboot",
             "-qmp unix:/s/vm/g1/qmp.sock,server=on,wait=off",
-            "logfile=/s/vm/g1/serial.log",
+            "logfile=/s/vm/g1/serial.log,logappend=on",
             "file=/s/vm/g1/OVMF_VARS.fd",
             "-kernel /k -initrd /i -append console=ttyS0 panic=-1",
             "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",

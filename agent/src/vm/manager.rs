@@ -871,6 +871,21 @@ impl Manager {
                 !matches!(e.state, GuestState::Crashed { .. })
                     || now_ms.saturating_sub(e.crashed_at_ms) < CRASHED_KEPT_MS
             });
+            for e in t.guests.values().filter(|e| e.state == GuestState::Running) {
+                match super::serial::trim(
+                    &e.paths.serial_log,
+                    super::serial::MAX_LOG,
+                    super::serial::KEEP_LOG,
+                ) {
+                    Ok(0) => {}
+                    Ok(cut) => {
+                        tracing::debug!(guest = %e.rec.name, bytes = cut, "vm: serial log cut")
+                    }
+                    Err(err) => {
+                        tracing::warn!(guest = %e.rec.name, error = %err, "vm: serial log not cut")
+                    }
+                }
+            }
             t.guests
                 .values()
                 .filter(|e| e.state == GuestState::Running)

@@ -25,6 +25,7 @@ pub mod config;
 pub mod guest;
 pub mod manager;
 pub mod qmp;
+pub mod serial;
 
 pub use accel::{Accel, AccelChoice, Confidential, HostCaps};
 pub use config::VmConfig;
