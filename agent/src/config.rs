@@ -77,6 +77,9 @@ pub struct VmSection {
     pub config: VmConfig,
     /// Whether the table names a `state_dir`; without one, guests live in the agent's own.
     pub state_dir_given: bool,
+    /// This agent's node name and the root's mesh address, from its command line (not from
+    /// the file): what a guest launched with `--join` is told. `None` outside an agent.
+    pub host: Option<(String, std::net::SocketAddr)>,
 }
 
 impl VmSection {
@@ -374,6 +377,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, String> {
             vm: VmSection {
                 config: raw.vm,
                 state_dir_given,
+                host: None,
             },
         },
     })

@@ -154,7 +154,9 @@ pub async fn run(
     tokio::spawn(crate::ingest::serve(listener, rank_tx));
     let gate = OrderGate::new(&cfg.name, &id.ca_der, &id.key_pem).map_err(AgentError::Setup)?;
     let grants = GrantVerifier::new(&id.ca_der).map_err(AgentError::Setup)?;
-    let executors = Executors::new(&cfg.actions, cfg.state_dir.as_deref());
+    let mut actions = cfg.actions.clone();
+    actions.vm.host = Some((cfg.name.clone(), cfg.root));
+    let executors = Executors::new(&actions, cfg.state_dir.as_deref());
     let advertised = cfg.mesh.to_string();
     let mut node = Node::new_agent(
         &cfg.name,

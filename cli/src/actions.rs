@@ -81,6 +81,10 @@ pub struct Action {
     pub ended_ms: Option<u64>,
     pub deadline_ms: Option<u64>,
     pub targets: BTreeMap<String, Target>,
+    /// `vm list`: whether the agent of each guest that joins the tree (by node name) is up
+    /// there, as the command read `/nodes`; not part of the root's answer.
+    #[serde(skip)]
+    pub guest_agents: Option<BTreeMap<String, bool>>,
 }
 
 /// Where one target is.

@@ -170,7 +170,18 @@ pub fn vm(client: &Client, args: crate::vm::VmArgs) -> Result<u8, CliError> {
                 op: banyan_protocol::action::VmOp::List,
             });
             let body = json!({"nodes": nodes, "for_real": true, "task": task});
-            run_action(client, body, &task, json, Layout::Grouped)
+            // The AGENT column: the tree as it is once the guests answered.
+            run_action_with(client, body, &task, json, Layout::Grouped, &|a| {
+                let joined = a
+                    .targets
+                    .values()
+                    .filter_map(|t| t.result.as_ref())
+                    .any(|r| r.vms.iter().any(|v| !v.node.is_empty()));
+                if joined && !json {
+                    a.guest_agents = Some(vm::agents_up(&client.get("/nodes")?));
+                }
+                Ok(())
+            })
         }
         VmCommand::Stop {
             guests,
@@ -271,6 +282,19 @@ fn run_action(
     json: bool,
     layout: Layout,
 ) -> Result<u8, CliError> {
+    run_action_with(client, body, task, json, layout, &|_| Ok(()))
+}
+
+/// [`run_action`], with `annotate` adding what the command read beside the action before it is
+/// shown.
+fn run_action_with(
+    client: &Client,
+    body: Value,
+    task: &Task,
+    json: bool,
+    layout: Layout,
+    annotate: &dyn Fn(&mut Action) -> Result<(), CliError>,
+) -> Result<u8, CliError> {
     let started: Started = parse(client, "/actions", client.post("/actions", &body)?)?;
     eprintln!(
         "action {}: {} on {} ({} target{}), {}",
@@ -292,13 +316,14 @@ fn run_action(
     })?;
     let streams = matches!(&task, Task::Exec(e) if e.stream);
     let mut printer = LivePrinter::default();
-    let (action, value) = follow(
+    let (mut action, value) = follow(
         client,
         &started.id,
         Progress::detect(),
         OnInterrupt::AskToCancel,
         streams.then_some(&mut printer),
     )?;
+    annotate(&mut action)?;
     let layout = if streams { Layout::Streamed } else { layout };
     show_action(&action, &value, json, layout);
     Ok(Outcome::of(&action).exit_code())

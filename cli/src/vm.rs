@@ -2,14 +2,17 @@
 //! and the table of guests a result reads as:
 //!
 //! ```text
-//! HOST NAME  STATE   CPUS MEMORY ACCEL UPTIME TTL LEFT PID   DETAIL
-//! cn1  web-1 running    1 128M   tcg   2m     58m      41234
+//! HOST NAME  STATE   CPUS MEMORY ACCEL UPTIME TTL LEFT PID   AGENT DETAIL
+//! cn1  web-1 running    1 128M   tcg   2m     58m      41234 up
 //! ```
+//!
+//! AGENT is the guest's own agent in the tree (`--join`): `up`, `down` (not, or no longer, in
+//! the tree), `-` for a guest that does not join (or when the tree was not read).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use banyan_protocol::action::{VmBoot, VmLaunch, VmOp, VmTask};
+use banyan_protocol::action::{VmBoot, VmJoin, VmLaunch, VmOp, VmTask};
 use clap::{Args, Subcommand};
 
 use crate::actions::Action;
@@ -29,9 +32,17 @@ pub enum VmCommand {
 Paths name files on the nodes. A dry run checks everything on each node (names free, files there,
 accelerator, memory) and shows the QEMU command line it would run; nothing starts.
 
+With --join, each guest's own banyan-agent joins the tree as the node HOST-vm-NAME: the root mints
+a join token for that name alone (single use, valid 15 min or the TTL if shorter) and the guest
+gets it, the root's address and its name through QEMU's fw_cfg (never its kernel command line).
+The guest needs an image whose init starts the agent (scripts/lib/guest image DIR --agent BIN)
+and is given unrestricted user networking: it reaches what its host reaches. Stopping it makes
+its node a planned departure (`off`), not a lost node.
+
 Examples:
   banyan vm launch 'cn[1-2]' --name test --count 2 --kernel /srv/vmlinuz --initrd /srv/initrd.gz
-  banyan vm launch cn1 --name web --memory 1G --cpus 2 --disk /srv/web.qcow2 --overlay --fwd 0:22 --ttl 2h --for-real")]
+  banyan vm launch cn1 --name web --memory 1G --cpus 2 --disk /srv/web.qcow2 --overlay --fwd 0:22 --ttl 2h --for-real
+  banyan vm launch cn1 --name j --memory 512M --kernel /srv/vmlinuz --initrd /srv/agent-initrd.gz --join --for-real")]
     Launch(LaunchArgs),
     /// The guests of a node set [default: every node].
     #[command(after_help = "Examples:\n  banyan vm list\n  banyan vm list 'cn[1-4]' --json")]
@@ -124,6 +135,9 @@ pub struct LaunchArgs {
     /// Stop the guests this long after launch (30m, 2h).
     #[arg(long, value_name = "DUR", value_parser = times::parse_duration)]
     pub ttl: Option<Duration>,
+    /// Each guest's own agent joins the tree as the node HOST-vm-NAME.
+    #[arg(long)]
+    pub join: bool,
     /// Really launch (without it: a dry run).
     #[arg(long, alias = "yes")]
     pub for_real: bool,
@@ -174,6 +188,8 @@ pub fn launch_task(a: &LaunchArgs) -> Result<VmTask, String> {
             tdx: a.tdx,
             forwards: a.forwards.clone(),
             ttl_ms: a.ttl.map(ms),
+            // The root mints the tokens: a request only asks.
+            join: a.join.then(VmJoin::default),
         }),
     };
     task.validate()?;
@@ -263,7 +279,8 @@ pub fn render(a: &Action, op: &VmOp) -> String {
         return out;
     }
     let mut t = table::new(&[
-        "HOST", "NAME", "STATE", "CPUS", "MEMORY", "ACCEL", "UPTIME", "TTL LEFT", "PID", "DETAIL",
+        "HOST", "NAME", "STATE", "CPUS", "MEMORY", "ACCEL", "UPTIME", "TTL LEFT", "PID", "AGENT",
+        "DETAIL",
     ]);
     let mut rows = 0;
     let hosts = banyan_protocol::nodeset::NodeSet::from_names(a.targets.keys().cloned());
@@ -292,6 +309,7 @@ pub fn render(a: &Action, op: &VmOp) -> String {
                 } else {
                     "-".into()
                 },
+                agent_word(a, &v.node).into(),
                 one_line(&v.detail).into_owned(),
             ]);
         }
@@ -304,6 +322,28 @@ pub fn render(a: &Action, op: &VmOp) -> String {
     }
     table::align_right(&mut t, 3);
     table::render(&t)
+}
+
+/// The AGENT column: the guest's node as the command read the tree.
+fn agent_word(a: &Action, node: &str) -> &'static str {
+    match &a.guest_agents {
+        _ if node.is_empty() => "-",
+        None => "-",
+        Some(up) if up.get(node).copied().unwrap_or(false) => "up",
+        Some(_) => "down",
+    }
+}
+
+/// Whether each node of the tree is up, from the root's `/nodes` answer (`[{name, status}]`).
+pub fn agents_up(nodes: &serde_json::Value) -> BTreeMap<String, bool> {
+    nodes
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|n| Some((n["name"].as_str()?.to_string(), n["status"] == "up")))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -353,7 +393,7 @@ mod tests {
         let text = render(&a, &VmOp::List);
         let lines: Vec<&str> = text.lines().collect();
         assert!(
-            lines[0].starts_with("HOST NAME STATE   CPUS MEMORY ACCEL UPTIME TTL LEFT PID"),
+            lines[0].starts_with("HOST NAME STATE   CPUS MEMORY ACCEL UPTIME TTL LEFT PID  AGENT"),
             "{text}"
         );
         assert!(
@@ -381,6 +421,31 @@ mod tests {
             json!({"cn1": answer(true, "0 guests", json!([]))}),
         );
         assert_eq!(render(&empty, &VmOp::List), "no guests\n");
+    }
+
+    #[test]
+    fn the_agent_column_reads_the_tree_for_joined_guests() {
+        let mut j1 = guest("j1", 1, 256, 5_000, None, 10);
+        j1["node"] = json!("cn1-vm-j1");
+        let mut j2 = guest("j2", 1, 256, 5_000, None, 11);
+        j2["node"] = json!("cn1-vm-j2");
+        let mut a = vm_action(
+            json!("list"),
+            true,
+            json!({"cn1": answer(true, "3 guests", json!([j1, j2, guest("plain", 1, 128, 5_000, None, 12)]))}),
+        );
+        a.guest_agents = Some(agents_up(&json!([
+            {"name": "cn1", "status": "up"},
+            {"name": "cn1-vm-j1", "status": "up"},
+            {"name": "cn1-vm-j2", "status": "lost"},
+        ])));
+        let text = render(&a, &VmOp::List);
+        let agent: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().nth(9).unwrap_or("?"))
+            .collect();
+        assert_eq!(agent, ["up", "down", "-"], "{text}");
     }
 
     #[test]
@@ -452,9 +517,24 @@ mod tests {
             panic!("not a launch")
         };
         assert_eq!(
-            (l.memory_mib, l.count, l.ttl_ms),
-            (1024, 2, Some(7_200_000))
+            (l.memory_mib, l.count, l.ttl_ms, l.join),
+            (1024, 2, Some(7_200_000), None)
         );
+        let cli = Cli::try_parse_from([
+            "banyan", "vm", "launch", "cn1", "--name", "j", "--kernel", "/k", "--join",
+        ])
+        .unwrap();
+        let Command::Vm(VmArgs {
+            cmd: VmCommand::Launch(a),
+        }) = cli.command
+        else {
+            panic!("not vm launch")
+        };
+        let VmOp::Launch(l) = launch_task(&a).unwrap().op else {
+            panic!("not a launch")
+        };
+        // The request asks; the root fills the tokens in.
+        assert_eq!(l.join, Some(VmJoin::default()));
         assert!(!a.for_real);
         // --kernel and --disk exclude each other; one is needed.
         assert!(Cli::try_parse_from(["banyan", "vm", "launch", "cn1", "--name", "g"]).is_err());

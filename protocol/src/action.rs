@@ -11,6 +11,7 @@
 //! flight (the root's), no clock: times are given.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Most arguments in a command line of an exec task.
 pub const MAX_ARGS: usize = 1024;
@@ -632,6 +633,36 @@ pub struct VmLaunch {
     /// The guest is stopped this long after its launch.
     #[serde(default)]
     pub ttl_ms: Option<u64>,
+    /// The guests' own agents join the tree (`--join`), each as the node `HOST-vm-NAME`.
+    #[serde(default)]
+    pub join: Option<VmJoin>,
+}
+
+/// What a `--join` launch gives each guest so that its agent can enrol: a join token for its
+/// node name alone. The root's address is the target agent's own `--root`, which it knows.
+///
+/// A request carries `join: {}` (no tokens: the caller asks, the root mints); the root fills
+/// `tokens` only in the sealed order of a launch for real, never in the action's record nor the
+/// audit log, so a dry run or a listing never shows a usable token.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Default)]
+pub struct VmJoin {
+    /// Guest node name (`HOST-vm-NAME`) -> the text of its join token (`BNY1.<ca>.<secret>`).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for VmJoin {
+    /// The node names only: a token in a log line would let its reader enrol in the guest's place.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmJoin")
+            .field("tokens", &self.tokens.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The node name of guest `guest` of host `host` when it joins the tree.
+pub fn vm_node_name(host: &str, guest: &str) -> String {
+    format!("{host}-vm-{guest}")
 }
 
 fn one() -> u32 {
@@ -726,6 +757,23 @@ impl VmLaunch {
                 "a fixed host port cannot serve several guests: use --fwd 0:GUEST with --count"
                     .into(),
             );
+        }
+        if self.join.is_some() {
+            // The guest's node name must be a node name (no '_'); the host part is checked by
+            // the root, which knows the targets.
+            for n in self.names() {
+                if n.contains('_') {
+                    return Err(format!(
+                        "--join: guest {n} would join as a node named HOST-vm-{n}, and node names take no '_': rename the guest"
+                    ));
+                }
+            }
+        }
+        if let Some(j) = &self.join {
+            // A token is ~135 characters; anything far longer is not one.
+            if j.tokens.iter().any(|(n, t)| n.len() > 512 || t.len() > 512) {
+                return Err("--join: a guest's node name or token is too long".into());
+            }
         }
         match self.ttl_ms {
             Some(0) => Err("--ttl must be more than 0".into()),
@@ -853,6 +901,9 @@ pub struct VmStatus {
     pub reattached: bool,
     /// Why it crashed or failed; how it stopped; what a dry run would run.
     pub detail: String,
+    /// The node its own agent joins the tree as (`HOST-vm-NAME`), when launched with `--join`;
+    /// empty otherwise.
+    pub node: String,
 }
 
 /// Where a guest is, as a `vm` task's answer says.
@@ -1110,6 +1161,7 @@ mod tests {
             tdx: false,
             forwards: vec!["0:22".into()],
             ttl_ms: Some(60_000),
+            join: None,
         }
     }
 
@@ -1170,6 +1222,13 @@ mod tests {
             "forwarded twice",
         );
         bad(&|l| l.ttl_ms = Some(0), "--ttl");
+        bad(
+            &|l| {
+                l.name = "a_b".into();
+                l.join = Some(VmJoin::default());
+            },
+            "node names take no '_'",
+        );
         let mut l = launch();
         l.count = 10;
         l.name = "x".repeat(45);
@@ -1178,6 +1237,22 @@ mod tests {
         assert!(l.names()[9].ends_with("-10"));
         l.forwards = vec!["2222:22".into()];
         assert!(l.validate().unwrap_err().contains("several guests"));
+    }
+
+    #[test]
+    fn a_joins_tokens_never_show_in_debug() {
+        let mut j = VmJoin::default();
+        j.tokens
+            .insert(vm_node_name("cn1", "g"), "BNY1.aa.secretsecret".into());
+        let shown = format!("{j:?}");
+        assert_eq!(shown, r#"VmJoin { tokens: ["cn1-vm-g"] }"#);
+        // A request asks with an empty object; an older request without the field is no join.
+        let l: VmLaunch = serde_json::from_value(serde_json::json!({
+            "name": "g", "cpus": 1, "memory_mib": 128,
+            "boot": {"kernel": {"kernel": "/k"}}, "join": {}
+        }))
+        .unwrap();
+        assert_eq!(l.join, Some(VmJoin::default()));
     }
 
     #[test]

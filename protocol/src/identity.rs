@@ -156,7 +156,9 @@ impl JoinToken {
     }
 }
 
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+/// Whether two 32-byte values (hashes of secrets) are equal, in time that does not depend on
+/// where they differ.
+pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let mut diff = 0u8;
     for (x, y) in a.iter().zip(b.iter()) {
         // black_box keeps the compiler from turning the loop into an early exit.

@@ -19,9 +19,10 @@ use crate::seal::Sealed;
 use serde::{Deserialize, Serialize};
 
 /// Version of the messages below, and of the orders they carry (6: orders may carry guest tasks,
-/// `action::Task::Vm`, and results the guests of a node, `NodeResult::vms`). A peer with another
-/// version is refused at its greeting.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// `action::Task::Vm`, and results the guests of a node, `NodeResult::vms`; 7: a guest launch
+/// may carry join tokens, `VmLaunch::join`, and a guest its node name, `VmStatus::node`). A peer
+/// with another version is refused at its greeting.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The root's name in the tree and in its certificate.
 pub const ROOT_NAME: &str = "banyan-root";

@@ -8,6 +8,7 @@ use crate::alarms::AlarmBook;
 use crate::audit::{AuditEvent, AuditLog};
 use crate::core::{Kept, RootAction, RootCore};
 use crate::departures::Departures;
+use crate::guesttokens::{GuestTokens, Redeemed};
 use crate::jobs::JobBook;
 use crate::placement::{NodeView, PlacementConfig};
 use crate::registry::Registry;
@@ -151,6 +152,8 @@ pub struct RootHandle {
     pub departures: Arc<Mutex<Departures>>,
     /// Nodes' serial consoles open now.
     pub consoles: Arc<crate::console::Consoles>,
+    /// Join tokens of guests launched with `--join`: minted by the API, spent at enrolment.
+    pub guest_tokens: Arc<Mutex<GuestTokens>>,
 }
 
 impl RootHandle {
@@ -232,13 +235,21 @@ pub fn start(
         }
     }
     let actions = Arc::new(Mutex::new(book));
+    let guest_tokens = Arc::new(Mutex::new(GuestTokens::open(
+        Some(&state.dir),
+        state.ca.fingerprint(),
+        now,
+    )));
     let (tx, rx) = mpsc::unbounded_channel();
     let mesh_rx = Arc::new(AtomicU64::new(0));
     tokio::spawn(accept_loop(
         ep.clone(),
         tx.clone(),
         state.clone(),
-        registry.clone(),
+        Enrolment {
+            registry: registry.clone(),
+            guest_tokens: guest_tokens.clone(),
+        },
         mesh_rx.clone(),
     ));
     let epoch = rand::random::<u64>() | 1;
@@ -307,6 +318,7 @@ pub fn start(
             audit,
             departures,
             consoles: Arc::default(),
+            guest_tokens,
         },
         task,
     ))
@@ -718,18 +730,25 @@ async fn totals_writer(state: Arc<RootState>, mut rx: tokio::sync::watch::Receiv
     }
 }
 
+/// What enrolments and joins check: the certificates issued, and the guests' tokens.
+#[derive(Clone)]
+struct Enrolment {
+    registry: Arc<Mutex<Registry>>,
+    guest_tokens: Arc<Mutex<GuestTokens>>,
+}
+
 async fn accept_loop(
     ep: Endpoint,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<RootState>,
-    registry: Arc<Mutex<Registry>>,
+    enrolment: Enrolment,
     mesh_rx: Arc<AtomicU64>,
 ) {
     let mut next_link: u64 = 1;
     while let Some(incoming) = ep.accept().await {
         next_link += 1;
         let (tx, state, link) = (tx.clone(), state.clone(), next_link);
-        let registry = registry.clone();
+        let enrolment = enrolment.clone();
         let mesh_rx = mesh_rx.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
@@ -740,7 +759,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            if let Err(e) = serve(conn, link, tx, state, registry, mesh_rx).await {
+            if let Err(e) = serve(conn, link, tx, state, enrolment, mesh_rx).await {
                 debug!(peer = %remote, error = %e, "connection ended");
             }
         });
@@ -753,9 +772,10 @@ async fn serve(
     link: u64,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<RootState>,
-    registry: Arc<Mutex<Registry>>,
+    enrolment: Enrolment,
     mesh_rx: Arc<AtomicU64>,
 ) -> Result<(), LinkError> {
+    let registry = enrolment.registry.clone();
     let remote = conn.remote_address();
     let cert_name = transport::peer_cert_name(&conn);
     let label = cert_name.clone().unwrap_or_else(|| remote.to_string());
@@ -776,7 +796,7 @@ async fn serve(
             },
             _,
         ) => {
-            let answer = enrol(&state, &registry, &name, &secret, &csr_der);
+            let answer = enrol(&state, &enrolment, &name, &secret, &csr_der);
             match &answer {
                 Msg::Enrolled { .. } => info!(node = %name, peer = %remote, "enrolled"),
                 Msg::Refused { reason } => {
@@ -861,24 +881,39 @@ fn check_certificate(
         .map_err(|e| e.to_string())
 }
 
-fn enrol(
-    state: &RootState,
-    registry: &Mutex<Registry>,
-    name: &str,
-    secret: &str,
-    csr: &[u8],
-) -> Msg {
-    if !state.join_token.secret_matches(secret) {
-        return Msg::Refused {
-            reason: "wrong join secret: use the token printed by this cluster's banyan-root".into(),
-        };
-    }
+/// Answers an enrolment: the cluster's join token enrols a new name; a guest's token
+/// ([`crate::guesttokens`]) enrols its own name once, replacing an earlier certificate of that
+/// name (the same guest launched again).
+fn enrol(state: &RootState, enrolment: &Enrolment, name: &str, secret: &str, csr: &[u8]) -> Msg {
     if let Err(e) = validate_node_name(name) {
         return Msg::Refused {
             reason: format!("invalid node name {name:?}: {e}"),
         };
     }
-    let mut registry = lock(registry);
+    let guest = if state.join_token.secret_matches(secret) {
+        false
+    } else {
+        // Held across the signing below, so that two enrolments with one token cannot both pass.
+        match lock(&enrolment.guest_tokens).redeem(name, secret, transport::unix_ms()) {
+            Redeemed::Accepted => true,
+            Redeemed::Refused(reason) => return Msg::Refused { reason },
+            Redeemed::NotGuest => {
+                return Msg::Refused {
+                    reason:
+                        "wrong join secret: use the token printed by this cluster's banyan-root"
+                            .into(),
+                }
+            }
+        }
+    };
+    let mut registry = lock(&enrolment.registry);
+    if guest {
+        if let Err(e) = registry.forget(name) {
+            return Msg::Refused {
+                reason: e.to_string(),
+            };
+        }
+    }
     if let Err(e) = registry.may_enrol(name) {
         return Msg::Refused {
             reason: e.to_string(),

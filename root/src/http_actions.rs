@@ -16,7 +16,7 @@ use axum::extract::{rejection::JsonRejection, FromRequestParts, Path, Query, Sta
 use axum::http::{request::Parts, HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use banyan_protocol::action::{Order, Task, VmBoot, VmOp, VmTask};
+use banyan_protocol::action::{vm_node_name, Order, Task, VmBoot, VmJoin, VmOp, VmTask};
 use banyan_protocol::nodeset::NodeSet;
 use banyan_protocol::seal::Purpose;
 use serde::Deserialize;
@@ -224,6 +224,12 @@ async fn start_action(
         ));
     }
     req.task.validate().map_err(&bad)?;
+    if guest_join(&req.task).is_some_and(|j| !j.tokens.is_empty()) {
+        return Err(bad(
+            "guest join tokens are minted by the root: ask with \"join\": {} (banyan vm launch --join)"
+                .into(),
+        ));
+    }
     // Power: the BMC config is read now (edits apply to the next action) and must be usable.
     let bmcs = match &req.task {
         Task::Power(_) => {
@@ -288,6 +294,7 @@ async fn start_action(
             targets.len()
         )));
     }
+    check_guest_node_names(&req.task, &targets).map_err(&bad)?;
     let scope = if matches!(req.task, Task::Exec(_)) {
         principal.require_admin("exec")
     } else if vm_writes_node_file(&req.task) {
@@ -312,6 +319,20 @@ async fn start_action(
 
     let id = format!("{:016x}", rand::random::<u64>());
     let folded = targets.fold();
+    // Guests' join tokens go in the sealed order only: the record and the audit line keep the
+    // request's task, which has none.
+    let task = if req.for_real {
+        mint_guest_tokens(&api, &req.task, &targets, &id, now).map_err(|e| {
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot mint guest tokens",
+                e,
+                args.clone(),
+            )
+        })?
+    } else {
+        req.task.clone()
+    };
     let order = Order {
         id: id.clone(),
         issued_ms: now,
@@ -320,7 +341,7 @@ async fn start_action(
         for_real: req.for_real,
         who: principal.name.clone(),
         targets: folded.clone(),
-        task: req.task.clone(),
+        task,
     };
     let sealed = seal(&api, &order)?;
     // The audit line is on disk before the order leaves the root.
@@ -417,6 +438,9 @@ async fn start_action(
             ),
         ));
     }
+    if order.for_real {
+        plan_guest_departures(&api, &order, &targets, &snap, deadline_ms);
+    }
     if !api
         .root
         .start_action(id.clone(), names, sealed, deadline_ms)
@@ -430,6 +454,111 @@ async fn start_action(
             json!({"id": id, "targets": folded, "count": targets.len(), "for_real": order.for_real}),
         ),
     ))
+}
+
+/// The join of a guest launch, if it asks for one.
+fn guest_join(task: &Task) -> Option<&VmJoin> {
+    match task {
+        Task::Vm(VmTask {
+            op: VmOp::Launch(l),
+        }) => l.join.as_ref(),
+        _ => None,
+    }
+}
+
+/// A joining guest's node name (`HOST-vm-NAME`) must be a node name for every target.
+fn check_guest_node_names(task: &Task, targets: &NodeSet) -> Result<(), String> {
+    let Task::Vm(VmTask {
+        op: VmOp::Launch(l),
+    }) = task
+    else {
+        return Ok(());
+    };
+    if l.join.is_none() {
+        return Ok(());
+    }
+    for host in targets.iter() {
+        for guest in l.names() {
+            let node = vm_node_name(host, &guest);
+            banyan_protocol::identity::validate_node_name(&node).map_err(|e| {
+                format!(
+                    "--join: guest {guest} of {host} would join as {node:?}, not a node name: {e}"
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The task of the order: for a guest launch with `join`, one token per guest of each target,
+/// for its node name alone, valid 15 minutes (or the TTL, if shorter).
+fn mint_guest_tokens(
+    api: &Api,
+    task: &Task,
+    targets: &NodeSet,
+    action: &str,
+    now: u64,
+) -> Result<Task, String> {
+    let Task::Vm(VmTask {
+        op: VmOp::Launch(l),
+    }) = task
+    else {
+        return Ok(task.clone());
+    };
+    if l.join.is_none() {
+        return Ok(task.clone());
+    }
+    let ttl = l
+        .ttl_ms
+        .unwrap_or(crate::guesttokens::MAX_TTL_MS)
+        .min(crate::guesttokens::MAX_TTL_MS);
+    let guests = l.names();
+    let nodes: Vec<String> = targets
+        .iter()
+        .flat_map(|host| guests.iter().map(move |g| vm_node_name(host, g)))
+        .collect();
+    let minted = lock(&api.root.guest_tokens).mint(&nodes, ttl, action, now)?;
+    let tokens: BTreeMap<String, String> = nodes
+        .into_iter()
+        .zip(minted.iter().map(ToString::to_string))
+        .collect();
+    tracing::info!(action, guests = tokens.len(), "guest join tokens minted");
+    let mut l = l.clone();
+    l.join = Some(VmJoin { tokens });
+    Ok(Task::Vm(VmTask {
+        op: VmOp::Launch(l),
+    }))
+}
+
+/// A `vm stop` for real: the nodes of the guests it stops that joined the tree leave as
+/// planned (shown `off`, not lost), if they leave before the action's deadline.
+fn plan_guest_departures(
+    api: &Api,
+    order: &Order,
+    hosts: &NodeSet,
+    snap: &crate::daemon::Snapshot,
+    deadline_ms: u64,
+) {
+    let Task::Vm(VmTask {
+        op: VmOp::Stop { names, all, .. },
+    }) = &order.task
+    else {
+        return;
+    };
+    let why = format!("vm stop by {}, action {}", order.who, order.id);
+    let mut departures = lock(&api.root.departures);
+    for host in hosts.iter() {
+        let prefix = vm_node_name(host, "");
+        for n in &snap.nodes {
+            let stopped = match n.name.strip_prefix(&prefix) {
+                Some(guest) => *all || names.iter().any(|g| g == guest),
+                None => false,
+            };
+            if stopped {
+                departures.plan(&n.name, why.clone(), deadline_ms);
+            }
+        }
+    }
 }
 
 /// Seals an order with the root's key (the cluster CA's).

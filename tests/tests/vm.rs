@@ -378,7 +378,10 @@ fn guests_outlive_their_agent_expire_and_crash_through_the_tree() -> Result<()> 
         // link (an order sent there would wait out its deadline).
         let deadline = Instant::now() + FORM;
         while c.topology()?.is_attached(&host) {
-            ensure!(Instant::now() < deadline, "the root never noticed {host}'s death");
+            ensure!(
+                Instant::now() < deadline,
+                "the root never noticed {host}'s death"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         c.restart_agent(0)?;

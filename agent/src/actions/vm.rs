@@ -19,17 +19,23 @@
 //! so a refusal leaves nothing behind; then the guests start in parallel, and `ok` means all did.
 //! A stop names guests (unknown names fail, the others are stopped) or all of them; guests stop
 //! in parallel. A dry run of a launch says the QEMU command line each guest would run.
+//!
+//! With `join` each guest is told, through fw_cfg, its node name `HOST-vm-NAME`, the root's
+//! address as it reaches it (this agent's `--root`, a loopback one turned into user
+//! networking's gateway 10.0.2.2) and the join token the root minted for that name alone.
 
 use super::{cancelled, deadline_after, BoxFuture, Executor, RunContext};
 use crate::actions::quote_argv;
 use crate::config::VmSection;
 use crate::vm::{
-    Boot, Confidential, Forward, GuestInfo, GuestState, LaunchSpec, Manager, StopOutcome,
-    TickEvent, VmConfig, VmError,
+    Boot, Confidential, Forward, GuestInfo, GuestJoin, GuestState, LaunchSpec, Manager,
+    StopOutcome, TickEvent, VmConfig, VmError,
 };
 use banyan_protocol::action::{
-    parse_vm_forward, NodeResult, Task, VmBoot, VmLaunch, VmOp, VmState, VmStatus, VmTask,
+    parse_vm_forward, vm_node_name, NodeResult, Task, VmBoot, VmLaunch, VmOp, VmState, VmStatus,
+    VmTask,
 };
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,6 +56,8 @@ struct Shared {
     manager: watch::Sender<Option<Arc<Manager>>>,
     /// Held while opening, so two first tasks do not open two managers of one directory.
     opening: tokio::sync::Mutex<()>,
+    /// This agent's node name and the root's address, for guests that join the tree.
+    host: Option<(String, SocketAddr)>,
 }
 
 impl Vm {
@@ -62,6 +70,7 @@ impl Vm {
             cfg: section.resolve(agent_state_dir),
             manager,
             opening: tokio::sync::Mutex::new(()),
+            host: section.host.clone(),
         });
         if let (Ok(cfg), Ok(rt)) = (&shared.cfg, tokio::runtime::Handle::try_current()) {
             let reopen = cfg.guests_dir().is_dir();
@@ -79,6 +88,7 @@ impl Vm {
             m,
             deadline: deadline_after(ctx.timeout),
             ctx,
+            host: self.shared.host.clone(),
         };
         match &task.op {
             VmOp::Launch(l) => run.launch(l).await,
@@ -183,6 +193,7 @@ struct Run {
     m: Arc<Manager>,
     deadline: tokio::time::Instant,
     ctx: RunContext,
+    host: Option<(String, SocketAddr)>,
 }
 
 impl Run {
@@ -206,10 +217,11 @@ impl Run {
     }
 
     async fn launch(&mut self, l: &VmLaunch) -> NodeResult {
+        let for_real = self.ctx.for_real;
         let specs = match l
             .names()
             .iter()
-            .map(|n| spec(l, n))
+            .map(|n| spec(l, n, self.host.as_ref(), for_real))
             .collect::<Result<Vec<_>, _>>()
         {
             Ok(s) => s,
@@ -404,8 +416,34 @@ impl Run {
     }
 }
 
-/// The manager's launch spec for one guest of a launch task.
-fn spec(l: &VmLaunch, name: &str) -> Result<LaunchSpec, String> {
+/// The manager's launch spec for one guest of a launch task; `host` is this agent's node name
+/// and root address (for `join`), `for_real` whether its token must be in the order.
+fn spec(
+    l: &VmLaunch,
+    name: &str,
+    host: Option<&(String, SocketAddr)>,
+    for_real: bool,
+) -> Result<LaunchSpec, String> {
+    let join = match (&l.join, host) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err("--join needs the agent's node name and root address; this executor runs outside an agent".into())
+        }
+        (Some(j), Some((node, root))) => {
+            let guest_node = vm_node_name(node, name);
+            let token = j.tokens.get(&guest_node).cloned();
+            if for_real && token.is_none() {
+                return Err(format!(
+                    "the order carries no join token for {guest_node}: the root mints one per guest; nothing was launched"
+                ));
+            }
+            Some(GuestJoin {
+                node: guest_node,
+                root: guest_root(*root).to_string(),
+                token,
+            })
+        }
+    };
     let boot = match &l.boot {
         VmBoot::Kernel {
             kernel,
@@ -440,7 +478,19 @@ fn spec(l: &VmLaunch, name: &str) -> Result<LaunchSpec, String> {
         },
         forwards,
         ttl: l.ttl_ms.map(Duration::from_millis),
+        join,
     })
+}
+
+/// The root's address as a guest on QEMU's user networking reaches it: the host's loopback is
+/// the guest's own, so a loopback root is reached through the gateway 10.0.2.2; any other
+/// address is NATed through the host as is (the guest reaches what its host reaches).
+fn guest_root(root: SocketAddr) -> SocketAddr {
+    if root.ip().is_loopback() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), root.port())
+    } else {
+        root
+    }
 }
 
 /// How a guest is shown in a result, at `now` (unix ms, this node's clock).
@@ -482,6 +532,7 @@ fn status(g: &GuestInfo, now: u64) -> VmStatus {
             .collect(),
         reattached: g.reattached,
         detail,
+        node: g.node.clone().unwrap_or_default(),
     }
 }
 
@@ -553,6 +604,53 @@ mod tests {
     }
 
     #[test]
+    fn a_loopback_root_is_reached_through_the_user_network_gateway() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(guest_root(at("127.0.0.1:1337")), at("10.0.2.2:1337"));
+        assert_eq!(guest_root(at("[::1]:7000")), at("10.0.2.2:7000"));
+        assert_eq!(guest_root(at("198.18.0.1:1337")), at("198.18.0.1:1337"));
+    }
+
+    #[test]
+    fn a_joining_guest_takes_its_own_token_and_a_real_launch_needs_one() {
+        let mut l = VmLaunch {
+            name: "g".into(),
+            count: 2,
+            cpus: 1,
+            memory_mib: 64,
+            boot: VmBoot::Kernel {
+                kernel: "/k".into(),
+                initrd: None,
+                append: None,
+            },
+            ovmf: false,
+            accel: None,
+            sev_snp: false,
+            tdx: false,
+            forwards: Vec::new(),
+            ttl_ms: None,
+            join: Some(banyan_protocol::action::VmJoin::default()),
+        };
+        let host = ("cn1".to_string(), "127.0.0.1:1337".parse().unwrap());
+        // A dry run: no token minted, none needed.
+        let s = spec(&l, "g-1", Some(&host), false).unwrap();
+        let j = s.join.unwrap();
+        assert_eq!(
+            (j.node.as_str(), j.root.as_str(), j.token),
+            ("cn1-vm-g-1", "10.0.2.2:1337", None)
+        );
+        let e = spec(&l, "g-1", Some(&host), true).unwrap_err();
+        assert_eq!(e, "the order carries no join token for cn1-vm-g-1: the root mints one per guest; nothing was launched");
+        if let Some(j) = &mut l.join {
+            j.tokens.insert("cn1-vm-g-1".into(), "T1".into());
+            j.tokens.insert("cn1-vm-g-2".into(), "T2".into());
+        }
+        let s = spec(&l, "g-2", Some(&host), true).unwrap();
+        assert_eq!(s.join.and_then(|j| j.token).as_deref(), Some("T2"));
+        assert!(spec(&l, "g-1", None, true).is_err());
+    }
+
+    #[test]
     fn without_a_state_dir_guests_are_refused_with_the_fix() {
         let vm = Vm::new(&VmSection::default(), None);
         let (ctx, _cancel) = RunContext::new(true, Duration::from_secs(5));
@@ -585,6 +683,7 @@ mod tests {
                 tdx: false,
                 forwards: Vec::new(),
                 ttl_ms: None,
+                join: None,
             }),
         });
         let r = block_on(vm.run(&task, ctx));

@@ -56,6 +56,30 @@ pub enum Boot {
     Disk { image: PathBuf, overlay: bool },
 }
 
+/// What a guest whose agent joins the tree (`--join`) is given, through QEMU's fw_cfg (files
+/// under `opt/banyan/` the guest reads in `/sys/firmware/qemu_fw_cfg`), never on its kernel
+/// command line, which the guest's every process can read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GuestJoin {
+    /// Its node name in the tree, `HOST-vm-NAME` (`opt/banyan/name`).
+    pub node: String,
+    /// The root's mesh address as the guest reaches it (`opt/banyan/root`).
+    pub root: String,
+    /// Its join token's text (`opt/banyan/token`); `None` in a dry run, for which the root
+    /// mints none.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for GuestJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestJoin")
+            .field("node", &self.node)
+            .field("root", &self.root)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
 /// What an operator asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchSpec {
@@ -71,6 +95,8 @@ pub struct LaunchSpec {
     pub forwards: Vec<Forward>,
     /// The guest is stopped this long after its launch (kept as an absolute deadline).
     pub ttl: Option<Duration>,
+    /// Its own agent joins the tree.
+    pub join: Option<GuestJoin>,
 }
 
 impl LaunchSpec {
@@ -90,6 +116,7 @@ impl LaunchSpec {
             confidential: Confidential::None,
             forwards: Vec::new(),
             ttl: None,
+            join: None,
         }
     }
 }
@@ -129,6 +156,8 @@ pub struct GuestInfo {
     pub reattached: bool,
     /// The QEMU command line (program first).
     pub argv: Vec<String>,
+    /// The node its agent joins the tree as, when launched with `--join`.
+    pub node: Option<String>,
 }
 
 /// The state file: what a restarted agent needs to find and judge a guest.
@@ -151,6 +180,9 @@ pub(crate) struct Record {
     pub started_at_ms: u64,
     pub ttl_deadline_ms: Option<u64>,
     pub forwards: Vec<Forward>,
+    /// The node its agent joins the tree as (`--join`); absent in older state files.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 pub(crate) const RECORD_VERSION: u32 = 1;
@@ -170,6 +202,7 @@ impl Record {
             forwards: self.forwards.clone(),
             reattached,
             argv: self.argv.clone(),
+            node: self.node.clone(),
         }
     }
 }
@@ -185,6 +218,9 @@ pub(crate) struct Paths {
     pub qemu_log: PathBuf,
     pub vars: PathBuf,
     pub overlay: PathBuf,
+    /// A joining guest's token, handed to QEMU's fw_cfg (mode 0600, owner only; it goes with
+    /// the directory). Spent at the guest's enrolment, so it enrols nothing afterwards.
+    pub token: PathBuf,
 }
 
 /// sun_path holds 108 bytes with its NUL.
@@ -201,6 +237,7 @@ impl Paths {
             qemu_log: dir.join("qemu.log"),
             vars: dir.join("OVMF_VARS.fd"),
             overlay: dir.join("overlay.qcow2"),
+            token: dir.join("join-token"),
             dir,
         }
     }
@@ -308,8 +345,10 @@ pub(crate) struct ArgvInput<'a> {
 /// file, so the log exists from the start and a console can attach to the socket later.
 /// Networking, only when there are forwards, is QEMU's user networking with `restrict=on`: the
 /// guest reaches neither the host nor anything beyond it, and the `hostfwd` rules (which
-/// `restrict` does not affect) are bound to 127.0.0.1 only. A guest that must reach the root
-/// later (`--join`) will get an explicit `guestfwd` rule, which `restrict=on` allows too.
+/// `restrict` does not affect) are bound to 127.0.0.1 only. A guest that joins the tree
+/// (`--join`) must reach the root over UDP (QUIC), which `restrict=on` and `guestfwd` (TCP only)
+/// cannot give: its user networking is unrestricted, so it reaches what its host reaches, NATed
+/// behind the host's address; its node name, the root's address and its token come by fw_cfg.
 pub(crate) fn build_argv(i: &ArgvInput<'_>) -> Vec<String> {
     let s = |x: &str| x.to_string();
     let p = |x: &Path| x.display().to_string();
@@ -399,8 +438,22 @@ pub(crate) fn build_argv(i: &ArgvInput<'_>) -> Vec<String> {
             ]);
         }
     }
-    if !i.forwards.is_empty() {
-        let mut netdev = s("user,id=n0,restrict=on");
+    if let Some(j) = &i.spec.join {
+        a.extend([
+            s("-fw_cfg"),
+            format!("name=opt/banyan/name,string={}", j.node),
+            s("-fw_cfg"),
+            format!("name=opt/banyan/root,string={}", j.root),
+            s("-fw_cfg"),
+            format!("name=opt/banyan/token,file={}", p(&i.paths.token)),
+        ]);
+    }
+    if !i.forwards.is_empty() || i.spec.join.is_some() {
+        let mut netdev = s(if i.spec.join.is_some() {
+            "user,id=n0"
+        } else {
+            "user,id=n0,restrict=on"
+        });
         for f in i.forwards {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
         }
@@ -477,6 +530,42 @@ mod tests {
             assert!(line.contains(want), "missing {want} in {line}");
         }
         assert!(!line.contains("-cpu host"));
+        assert!(!line.contains("fw_cfg"));
+    }
+
+    #[test]
+    fn a_joining_guest_gets_its_token_by_fw_cfg_and_unrestricted_networking() {
+        let cfg = VmConfig::default();
+        let paths = Paths::new(Path::new("/s/vm"), "g1");
+        let mut spec = LaunchSpec::kernel("g1", Path::new("/k"), Some(Path::new("/i")));
+        spec.join = Some(GuestJoin {
+            node: "cn1-vm-g1".into(),
+            root: "10.0.2.2:1337".into(),
+            token: Some("BNY1.secret".into()),
+        });
+        assert!(!format!("{spec:?}").contains("BNY1.secret"));
+        let argv = build_argv(&ArgvInput {
+            cfg: &cfg,
+            spec: &spec,
+            accel: Accel::Tcg,
+            paths: &paths,
+            disk_format: None,
+            forwards: &[],
+        });
+        let line = argv.join(" ");
+        for want in [
+            "-fw_cfg name=opt/banyan/name,string=cn1-vm-g1",
+            "-fw_cfg name=opt/banyan/root,string=10.0.2.2:1337",
+            "-fw_cfg name=opt/banyan/token,file=/s/vm/g1/join-token",
+            "-netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=",
+            "-append console=ttyS0 panic=-1",
+        ] {
+            assert!(line.contains(want), "missing {want} in {line}");
+        }
+        assert!(
+            !line.contains("BNY1") && !line.contains("restrict"),
+            "{line}"
+        );
     }
 
     #[test]

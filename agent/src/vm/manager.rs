@@ -559,6 +559,7 @@ impl Manager {
             started_at_ms: now,
             ttl_deadline_ms: spec.ttl.map(|t| now.saturating_add(t.as_millis() as u64)),
             forwards,
+            node: spec.join.as_ref().map(|j| j.node.clone()),
         }
     }
 
@@ -604,6 +605,18 @@ impl Manager {
             }
             Boot::Kernel { .. } => None,
         };
+        if let Some(j) = &spec.join {
+            let token = j.token.as_deref().ok_or_else(|| {
+                VmError::Refused(format!(
+                    "no join token for {}: the root mints one per guest of a launch for real",
+                    j.node
+                ))
+            })?;
+            crate::enrol::write_private(&paths.token, token).map_err(|e| VmError::Start {
+                name: spec.name.clone(),
+                why: e.to_string(),
+            })?;
+        }
         let fixed: BTreeSet<u16> = spec.forwards.iter().map(|f| f.host).collect();
         let mut last_conflict = 0;
         for attempt in 1..=PORT_PICK_TRIES {

@@ -29,7 +29,7 @@ pub mod serial;
 
 pub use accel::{Accel, AccelChoice, Confidential, HostCaps};
 pub use config::VmConfig;
-pub use guest::{Boot, Forward, GuestInfo, GuestState, LaunchSpec};
+pub use guest::{Boot, Forward, GuestInfo, GuestJoin, GuestState, LaunchSpec};
 pub use manager::{Manager, StopOutcome, TickEvent};
 
 /// The longest guest name: it becomes a directory name and part of socket paths.
