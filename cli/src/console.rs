@@ -1,4 +1,5 @@
-//! `banyan console NODE`: a node's serial console, through the root, in this terminal.
+//! `banyan console NODE` and `banyan vm console NODE:NAME`: a node's or a guest's serial console,
+//! through the root, in this terminal (`NODE:NAME` is `GET /console/NODE:NAME`).
 //!
 //! The root turns `GET /console/NODE` (with `Upgrade: banyan-console`) into the console's raw
 //! byte stream. Here: the terminal in raw mode (when stdin is one), keys to the root, output to
