@@ -14,6 +14,7 @@ pub mod alarm;
 pub mod bmc;
 pub mod collect;
 pub mod config;
+pub mod consoles;
 pub mod enrol;
 pub mod grants;
 pub mod incarnation;

@@ -10,6 +10,7 @@
 //! the clock skew allowed), so memory is bounded by the orders of the last minutes.
 
 use banyan_protocol::action::{validate_order_id, NodeResult, Order, OutputLines, Receipt};
+use banyan_protocol::console::{ConsoleInput, ConsoleOutput};
 use banyan_protocol::nodeset::NodeSet;
 use banyan_protocol::seal::{Purpose, Sealed, Signer, Verifier};
 use std::collections::HashMap;
@@ -96,6 +97,33 @@ impl OrderGate {
         lines.node = self.name.clone();
         self.signer
             .seal(Purpose::Output, &lines)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Checks keys for a console session: sealed by the root, well formed, for this node. Whether
+    /// they name a live session of this node, in order, is the caller's check (it holds them).
+    pub fn open_console_input(&self, sealed: &Sealed) -> Result<ConsoleInput, String> {
+        let input: ConsoleInput = self
+            .root
+            .open(Purpose::ConsoleInput, sealed)
+            .map_err(|e| format!("console input refused: {e}"))?;
+        input
+            .validate()
+            .map_err(|e| format!("console input refused: {e}"))?;
+        if input.node != self.name {
+            return Err(format!(
+                "console input refused: it is for {}, not {}",
+                input.node, self.name
+            ));
+        }
+        Ok(input)
+    }
+
+    /// Signs what a guest printed on a console session of this node.
+    pub fn seal_console(&self, mut output: ConsoleOutput) -> Result<Sealed, String> {
+        output.node = self.name.clone();
+        self.signer
+            .seal(Purpose::ConsoleOutput, &output)
             .map_err(|e| e.to_string())
     }
 

@@ -7,6 +7,7 @@
 use crate::actions::stream::batch_lines;
 use crate::actions::{Executors, RunContext};
 use crate::config::ActionsConfig;
+use crate::consoles::ConsoleSessions;
 use crate::enrol::{self, EnrolError};
 use crate::grants::GrantVerifier;
 use crate::incarnation::Incarnation;
@@ -17,7 +18,8 @@ use crate::sampler::Sampler;
 use crate::scrape::Scrapes;
 use crate::transport::{self, close, Framed, LinkError};
 use crate::tree::{Action, Node, Phase, TreeConfig};
-use banyan_protocol::action::{NodeResult, OutputLines, Task};
+use banyan_protocol::action::{NodeResult, OutputLines, Task, VmOp, VmTask};
+use banyan_protocol::console::ConsoleOutput;
 use banyan_protocol::identity::{ClientAuth, Identity, JoinToken};
 use banyan_protocol::seal::Sealed;
 use banyan_protocol::wire::{Answer, Attach, CommandBody, Msg, Peer, Query, ROOT_NAME};
@@ -85,6 +87,11 @@ enum Event {
     OrderOutput {
         command: u64,
         lines: OutputLines,
+    },
+    /// What a guest printed on a console session: send it up, signed.
+    ConsoleOutput {
+        command: u64,
+        output: ConsoleOutput,
     },
 }
 
@@ -186,6 +193,7 @@ pub async fn run(
         gate,
         executors,
         running: HashMap::new(),
+        consoles: ConsoleSessions::default(),
         cfg,
         ep: ep.clone(),
         tx,
@@ -216,6 +224,8 @@ struct Core {
     executors: Executors,
     /// Orders being carried out: id -> the switch that cancels it.
     running: HashMap<String, tokio::sync::watch::Sender<bool>>,
+    /// Guest console sessions open now (orders among `running`).
+    consoles: ConsoleSessions,
     ep: Endpoint,
     tx: mpsc::UnboundedSender<Event>,
     parent: Option<(u64, mpsc::UnboundedSender<Msg>)>,
@@ -369,6 +379,7 @@ impl Core {
                 result,
             } => {
                 self.running.remove(&order);
+                self.consoles.close(&order);
                 info!(node = %self.cfg.name, order = %order, ok = result.ok, summary = %result.summary, "order done");
                 self.answer_order(command, &order, result);
             }
@@ -380,6 +391,16 @@ impl Core {
                         .seal_output(lines)
                         .map(Answer::Output)
                         .map_err(|e| format!("cannot sign output: {e}"));
+                    self.node.answer_command(now, command, answer);
+                }
+            }
+            Event::ConsoleOutput { command, output } => {
+                if self.running.contains_key(&output.order) {
+                    let answer = self
+                        .gate
+                        .seal_console(output)
+                        .map(Answer::Console)
+                        .map_err(|e| format!("cannot sign console output: {e}"));
                     self.node.answer_command(now, command, answer);
                 }
             }
@@ -434,12 +455,42 @@ impl Core {
                 let _ = tx.send(Event::OrderOutput { command, lines });
             }));
         }
+        // A guest's console: a session of this order, whose output goes up as it comes.
+        let mut forwarder = None;
+        if let (
+            true,
+            Task::Vm(VmTask {
+                op: VmOp::Console { name, .. },
+            }),
+        ) = (order.for_real, &order.task)
+        {
+            match self.consoles.open(&order.id, name) {
+                Ok((link, output)) => {
+                    ctx.console = Some(link);
+                    forwarder = Some(tokio::spawn(forward_console(
+                        output,
+                        self.tx.clone(),
+                        command,
+                        order.id.clone(),
+                    )));
+                }
+                Err(why) => {
+                    warn!(node = %self.cfg.name, order = %order.id, guest = %name, reason = %why, "console refused");
+                    self.answer_order(command, &order.id, NodeResult::refused(why));
+                    return;
+                }
+            }
+        }
         self.running.insert(order.id.clone(), switch);
         let run = self.executors.run(order.task, ctx);
         let tx = self.tx.clone();
         let id = order.id;
         tokio::spawn(async move {
             let result = run.await;
+            // A console's last output goes up before its receipt.
+            if let Some(f) = forwarder {
+                let _ = f.await;
+            }
             let _ = tx.send(Event::OrderDone {
                 command,
                 order: id,
@@ -504,6 +555,21 @@ impl Core {
                     id,
                     body: CommandBody::Action(sealed),
                 } => self.take_order(id, &sealed),
+                Action::Execute {
+                    id,
+                    body: CommandBody::ConsoleInput(sealed),
+                } => {
+                    let answer = self
+                        .gate
+                        .open_console_input(&sealed)
+                        .and_then(|input| self.consoles.input(input))
+                        .map(|()| Answer::Done);
+                    if let Err(why) = &answer {
+                        debug!(node = %self.cfg.name, reason = %why, "console input refused");
+                    }
+                    let now = self.now();
+                    self.node.answer_command(now, id, answer);
+                }
                 Action::Execute { id, body } => {
                     let answer = self.execute(&body);
                     let now = self.now();
@@ -595,6 +661,30 @@ impl Core {
         peer.addr
             .parse()
             .map_err(|_| format!("{} has an unusable address {:?}", peer.name, peer.addr))
+    }
+}
+
+/// Numbers a console session's output chunks from 0 and hands them to the core to sign and
+/// send up, until the executor lets the session go.
+async fn forward_console(
+    mut output: mpsc::Receiver<(Vec<u8>, u64)>,
+    tx: mpsc::UnboundedSender<Event>,
+    command: u64,
+    order: String,
+) {
+    let mut seq = 0u64;
+    while let Some((bytes, skipped)) = output.recv().await {
+        let output = ConsoleOutput {
+            order: order.clone(),
+            node: String::new(),
+            seq,
+            bytes,
+            skipped,
+        };
+        if tx.send(Event::ConsoleOutput { command, output }).is_err() {
+            return;
+        }
+        seq += 1;
     }
 }
 

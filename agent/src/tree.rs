@@ -1716,6 +1716,7 @@ impl Node {
                 | CommandBody::Query(Query::Scrapes)
                 | CommandBody::ForgetJob(_)
                 | CommandBody::Action(_)
+                | CommandBody::ConsoleInput(_)
         )
     }
 
@@ -1767,7 +1768,8 @@ impl Node {
             CommandBody::Scrape(_)
             | CommandBody::Query(Query::Scrapes)
             | CommandBody::ForgetJob(_)
-            | CommandBody::Action(_) => Err("not carried out by the tree".into()),
+            | CommandBody::Action(_)
+            | CommandBody::ConsoleInput(_) => Err("not carried out by the tree".into()),
             CommandBody::Ping => Ok(Answer::Pong),
             CommandBody::Query(Query::NodeMetrics) => Ok(Answer::Metrics(self.own.clone())),
             CommandBody::Move { parent, .. } => {

@@ -151,7 +151,8 @@ pub enum Command {
     Power(PowerArgs),
     /// OpenStack hypervisors: status, enable, drain-and-disable, servers (the root's [openstack]).
     Hv(crate::hv::HvArgs),
-    /// QEMU guests on the nodes: launch (--join: their own agents join the tree), list, stop, logs.
+    /// QEMU guests on the nodes: launch (--join: their own agents join the tree), list, stop, logs,
+    /// console (run by each node's agent).
     Vm(crate::vm::VmArgs),
     /// A node's serial console (IPMI serial-over-LAN, through the root); `&.` leaves.
     #[command(after_help = "\

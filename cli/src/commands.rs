@@ -230,6 +230,10 @@ pub fn vm(client: &Client, args: crate::vm::VmArgs) -> Result<u8, CliError> {
             });
             start(client, &node, task, true, None, json, Layout::Grouped)
         }
+        VmCommand::Console { guest, read_only } => {
+            let (node, name) = vm::split_guest(&guest).map_err(usage)?;
+            crate::console::console(client, &format!("{node}:{name}"), read_only)
+        }
     }
 }
 

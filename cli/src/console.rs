@@ -1,4 +1,5 @@
-//! `banyan console NODE`: a node's serial console, through the root, in this terminal.
+//! `banyan console NODE` and `banyan vm console NODE:NAME`: a node's or a guest's serial console,
+//! through the root, in this terminal (`NODE:NAME` is `GET /console/NODE:NAME`).
 //!
 //! The root turns `GET /console/NODE` (with `Upgrade: banyan-console`) into the console's raw
 //! byte stream. Here: the terminal in raw mode (when stdin is one), keys to the root, output to
@@ -169,16 +170,32 @@ pub fn console(client: &Client, node: &str, read_only: bool) -> Result<u8, CliEr
             }
         }
     });
+    // Keys are read on their own thread, so that a console the root ends (the guest stopped)
+    // ends this client too, without waiting for a key.
+    let (keys_tx, keys) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin();
+        let mut buf = [0u8; 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if keys_tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
     let mut escape = Escape::default();
-    let mut stdin = io::stdin();
-    let mut buf = [0u8; 1024];
     'typing: loop {
-        let n = match stdin.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let typed = match keys.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(t) => t,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !printer.is_finished() => continue,
+            Err(_) => break,
         };
-        let mut send = Vec::with_capacity(n);
-        for &b in &buf[..n] {
+        let mut send = Vec::with_capacity(typed.len());
+        for &b in &typed {
             match escape.key(b) {
                 Key::Send(bytes) => send.extend_from_slice(&bytes),
                 Key::Hold => {}

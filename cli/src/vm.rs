@@ -76,6 +76,26 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// A guest's serial console, through the root and the tree; `&.` leaves.
+    #[command(after_help = "\
+The first to attach may type; others see the same output, read-only, until the writer leaves.
+`&.` at the start of a line leaves. Every session is in the audit log (console.start, console.end,
+and the order that opened it on the host). Without a terminal, stdin is typed as it comes and its
+end leaves.
+
+Examples:
+  banyan vm console cn1:web
+  banyan vm console cn1:web --read-only
+
+Exit status: 0 after leaving, 1 the console could not be opened (no such guest: one line saying
+so), 3 refused, 4 the root is unreachable.")]
+    Console {
+        #[arg(value_name = "NODE:NAME")]
+        guest: String,
+        /// Watch only, even if nobody is typing.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// The end of a guest's serial log.
     #[command(after_help = "Example:\n  banyan vm logs cn1:web --bytes 64K")]
     Logs {

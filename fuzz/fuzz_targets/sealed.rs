@@ -4,6 +4,7 @@
 #![no_main]
 
 use banyan_protocol::action::{Order, OutputLines, Receipt};
+use banyan_protocol::console::{ConsoleInput, ConsoleOutput};
 use banyan_protocol::seal::{Purpose, Sealed, Verifier};
 use banyan_protocol::wire::Grant;
 use libfuzzer_sys::fuzz_target;
@@ -29,6 +30,8 @@ fuzz_target!(|data: &[u8]| {
             Purpose::Receipt,
             Purpose::Placement,
             Purpose::Output,
+            Purpose::ConsoleInput,
+            Purpose::ConsoleOutput,
         ] {
             assert!(verifier.open::<Order>(purpose, &sealed).is_err());
         }
@@ -38,6 +41,14 @@ fuzz_target!(|data: &[u8]| {
     payload::<Receipt>(data);
     payload::<Grant>(data);
     payload::<OutputLines>(data);
+    payload::<ConsoleInput>(data);
+    payload::<ConsoleOutput>(data);
+    if let Ok(input) = postcard::from_bytes::<ConsoleInput>(data) {
+        let _ = input.validate();
+    }
+    if let Ok(output) = postcard::from_bytes::<ConsoleOutput>(data) {
+        let _ = output.validate();
+    }
     if let Ok(order) = postcard::from_bytes::<Order>(data) {
         let _ = order.task.validate();
     }

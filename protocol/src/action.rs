@@ -559,6 +559,19 @@ pub enum VmOp {
         #[serde(default = "default_vm_log_bytes")]
         bytes: u64,
     },
+    /// One guest's serial console, for at most `session_ms` (sent by the root alone, for `GET
+    /// /console/HOST:NAME`): the host sends what the guest prints up as sealed chunks and types
+    /// the root's sealed keys ([`crate::console`]) until the root closes it, falls silent, the
+    /// guest stops or the time is up; then its receipt ends the order.
+    Console {
+        name: String,
+        #[serde(default = "default_console_session_ms")]
+        session_ms: u64,
+    },
+}
+
+fn default_console_session_ms() -> u64 {
+    crate::console::DEFAULT_CONSOLE_SESSION_MS
 }
 
 fn default_vm_stop_ms() -> u64 {
@@ -576,6 +589,7 @@ impl VmOp {
             VmOp::List => "list",
             VmOp::Stop { .. } => "stop",
             VmOp::Logs { .. } => "logs",
+            VmOp::Console { .. } => "console",
         }
     }
 
@@ -847,6 +861,16 @@ impl VmTask {
                 validate_vm_name(name)?;
                 if *bytes == 0 || *bytes > MAX_OUTPUT_LIMIT {
                     return Err(format!("--bytes {bytes}: 1 to {MAX_OUTPUT_LIMIT}"));
+                }
+                Ok(())
+            }
+            VmOp::Console { name, session_ms } => {
+                validate_vm_name(name)?;
+                let max = crate::console::MAX_CONSOLE_SESSION_MS;
+                if *session_ms < 1000 || *session_ms > max {
+                    return Err(format!(
+                        "console session of {session_ms} ms: 1 s to {max} ms"
+                    ));
                 }
                 Ok(())
             }
@@ -1284,6 +1308,19 @@ mod tests {
         assert!(logs(1).is_ok());
         assert!(logs(0).is_err());
         assert!(logs(MAX_OUTPUT_LIMIT + 1).is_err());
+        let console = |name: &str, session_ms| {
+            VmTask {
+                op: VmOp::Console {
+                    name: name.into(),
+                    session_ms,
+                },
+            }
+            .validate()
+        };
+        assert!(console("a", 60_000).is_ok());
+        assert!(console("a/b", 60_000).is_err());
+        assert!(console("a", 0).is_err());
+        assert!(console("a", crate::console::MAX_CONSOLE_SESSION_MS + 1).is_err());
     }
 
     #[test]
@@ -1303,7 +1340,13 @@ mod tests {
         assert_eq!((l.count, l.forwards.len(), l.ttl_ms), (1, 0, None));
         let list: Task = serde_json::from_str(r#"{"vm": {"op": "list"}}"#).unwrap();
         assert!(matches!(&list, Task::Vm(v) if v.op.reads_only()));
-        for task in [t, list] {
+        let console: Task =
+            serde_json::from_str(r#"{"vm": {"op": {"console": {"name": "a"}}}}"#).unwrap();
+        assert!(
+            matches!(&console, Task::Vm(VmTask { op: VmOp::Console { session_ms, .. } })
+            if *session_ms == crate::console::DEFAULT_CONSOLE_SESSION_MS)
+        );
+        for task in [t, list, console] {
             let bytes = postcard::to_allocvec(&task).unwrap();
             assert_eq!(postcard::from_bytes::<Task>(&bytes).unwrap(), task);
         }

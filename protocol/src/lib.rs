@@ -10,6 +10,7 @@
 //! [`metric::MetricSet`] (what reduces up the tree) and [`nodeset::NodeSet`] (how operators name nodes).
 
 pub mod action;
+pub mod console;
 pub mod duration;
 pub mod exposition;
 pub mod frame;

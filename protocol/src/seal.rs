@@ -29,6 +29,10 @@ pub enum Purpose {
     Placement,
     /// Lines a target printed while an order runs ([`crate::action::OutputLines`]).
     Output,
+    /// Keys for a guest's console session, from the root ([`crate::console::ConsoleInput`]).
+    ConsoleInput,
+    /// What a guest printed on its console, from its host ([`crate::console::ConsoleOutput`]).
+    ConsoleOutput,
 }
 
 impl Purpose {
@@ -38,6 +42,8 @@ impl Purpose {
             Purpose::Receipt => b"banyan receipt v1\0",
             Purpose::Placement => b"banyan placement v1\0",
             Purpose::Output => b"banyan output v1\0",
+            Purpose::ConsoleInput => b"banyan console input v1\0",
+            Purpose::ConsoleOutput => b"banyan console output v1\0",
         }
     }
 }

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the messages below, and of the orders they carry (6: orders may carry guest tasks,
 /// `action::Task::Vm`, and results the guests of a node, `NodeResult::vms`; 7: a guest launch
-/// may carry join tokens, `VmLaunch::join`, and a guest its node name, `VmStatus::node`). A peer
-/// with another version is refused at its greeting.
+/// may carry join tokens, `VmLaunch::join`, and a guest its node name, `VmStatus::node`; guests'
+/// consoles, `VmOp::Console`, `CommandBody::ConsoleInput`, `Answer::Console`). A peer with another
+/// version is refused at its greeting.
 pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The root's name in the tree and in its certificate.
@@ -269,6 +270,10 @@ pub enum CommandBody {
     /// An operator action: a [`crate::action::Order`] sealed by the root. Inner nodes route it
     /// by the command's targets; each target checks the seal and that the order names it.
     Action(Sealed),
+    /// Keys for a guest's console session: a [`crate::console::ConsoleInput`] sealed by the
+    /// root, routed like an action; the target checks the seal and that it names one of its
+    /// live sessions, in order.
+    ConsoleInput(Sealed),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -293,6 +298,9 @@ pub enum Answer {
     /// Lines a target printed so far ([`crate::action::OutputLines`]), sealed with its node key;
     /// not an answer that ends the target's part (its receipt does).
     Output(Sealed),
+    /// What a guest printed on a console session ([`crate::console::ConsoleOutput`]), sealed
+    /// with its host's node key; like `Output`, not an answer that ends the target's part.
+    Console(Sealed),
 }
 
 /// Results of a command from some of its targets; the root merges them.

@@ -10,7 +10,11 @@
 //! The action path's rules hold: a token whose scope covers the node (a viewer may not attach),
 //! and the audit log has `console.start` and `console.end` (who, node, writer or reader, how long,
 //! bytes typed) for every client, `console.request` before a session is opened or joined, and
-//! `console.refused` for refusals. What is not here: consoles
+//! `console.refused` for refusals.
+//!
+//! A guest's console (`GET /console/HOST:NAME`, `banyan vm console`) has the same rules with
+//! another backend ([`crate::guest_console`]): one sealed `vm` console order to HOST, whose
+//! output comes up the tree, and keys sent down as sealed input. What is not here: consoles
 //! behind a BMC gateway and Redfish serial consoles (refused with that reason).
 
 use crate::audit::AuditEvent;
@@ -42,24 +46,55 @@ const BACKLOG: usize = 1024;
 #[derive(Default)]
 pub struct Consoles {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Guests' sessions by the id of their console order.
+    pub(crate) guests: crate::guest_console::GuestOrders,
 }
 
-struct Session {
-    node: String,
-    output: broadcast::Sender<Arc<[u8]>>,
-    input: std::sync::mpsc::Sender<Vec<u8>>,
+pub(crate) struct Session {
+    /// The node the console is on (a guest's host): the scope and the audit's target.
+    pub(crate) node: String,
+    /// What clients are told and sessions are kept by: the node, or `HOST:NAME` for a guest.
+    pub(crate) label: String,
+    pub(crate) output: broadcast::Sender<Arc<[u8]>>,
+    pub(crate) input: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
     /// The writer's name and client number.
     writer: Mutex<Option<(String, u64)>>,
     clients: Mutex<usize>,
-    sol: Mutex<Option<Sol>>,
-    /// Set when the SOL client's output ended: a new client opens a new session.
-    ended: Arc<std::sync::atomic::AtomicBool>,
+    backend: Mutex<Option<Backend>>,
+    /// Set when the console's output ended: a new client opens a new session.
+    pub(crate) ended: Arc<std::sync::atomic::AtomicBool>,
+    /// `None` while a guest's session is being opened, then whether it opened (the error says
+    /// why not, for the clients waiting).
+    pub(crate) opened: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+}
+
+/// What carries a session's bytes, closed when its last client leaves.
+pub(crate) enum Backend {
+    Sol(Sol),
+    /// A guest's console order: closing tells its input pump to close the session on the host.
+    Guest(tokio::sync::watch::Sender<bool>),
 }
 
 #[derive(Deserialize)]
 pub struct ConsoleQuery {
     #[serde(default)]
     read_only: Option<String>,
+}
+
+impl ConsoleQuery {
+    fn read_only(&self) -> bool {
+        self.read_only
+            .as_ref()
+            .is_some_and(|v| v != "0" && v != "false")
+    }
+}
+
+/// Whether a request asks for the console's byte stream.
+pub(crate) fn upgrading(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(PROTOCOL))
 }
 
 /// `GET /console/NODE`: see the module doc.
@@ -69,7 +104,7 @@ pub async fn attach(
     Path(node): Path<String>,
     Query(q): Query<ConsoleQuery>,
     headers: HeaderMap,
-    mut req: Request,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let principal = authenticate(&api, &headers, &peer, "console")?;
     let now = now_ms();
@@ -82,6 +117,21 @@ pub async fn attach(
             Err(e) => e,
         }
     };
+    if let Some((host, guest)) = node.split_once(':') {
+        // Node names have no ':': HOST:NAME is a guest's console.
+        let (host, guest) = (host.to_string(), guest.to_string());
+        return crate::guest_console::attach(
+            api,
+            principal,
+            peer,
+            host,
+            guest,
+            q.read_only(),
+            headers,
+            req,
+        )
+        .await;
+    }
     banyan_protocol::identity::validate_node_name(&node)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad node", e.to_string()))?;
     let targets = NodeSet::from_names([node.as_str()]);
@@ -90,11 +140,7 @@ pub async fn attach(
         principal.scope_check(&targets, &|g: &str| groups.group(g))
     };
     scope.map_err(|e| refuse(StatusCode::FORBIDDEN, "refused", e.to_string()))?;
-    let upgrading = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(PROTOCOL));
-    if !upgrading {
+    if !upgrading(&headers) {
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "console stream",
@@ -113,7 +159,7 @@ pub async fn attach(
             format!("{node}'s BMC is reached through the gateway {g}: consoles through a gateway are not carried out yet"),
         ));
     }
-    let read_only = q.read_only.is_some_and(|v| v != "0" && v != "false");
+    let read_only = q.read_only();
     // Audit first: opening a SOL session is an act on the BMC (it ends anyone else's session there).
     audit(
         &api,
@@ -126,8 +172,28 @@ pub async fn attach(
         .session(&node, target.endpoint)
         .await
         .map_err(|e| refuse(StatusCode::BAD_GATEWAY, "console unavailable", e))?;
+    Ok(switch(
+        api,
+        consoles,
+        session,
+        principal.name,
+        peer,
+        read_only,
+        req,
+    ))
+}
+
+/// Answers 101 and serves the client on the upgraded connection.
+pub(crate) fn switch(
+    api: Api,
+    consoles: Arc<Consoles>,
+    session: Arc<Session>,
+    who: String,
+    peer: String,
+    read_only: bool,
+    mut req: Request,
+) -> Response {
     let upgrade = hyper::upgrade::on(&mut req);
-    let who = principal.name.clone();
     tokio::spawn(async move {
         match upgrade.await {
             Ok(io) => {
@@ -143,7 +209,7 @@ pub async fn attach(
                 .await
             }
             Err(e) => {
-                warn!(node = %session.node, error = %e, "console upgrade failed");
+                warn!(console = %session.label, error = %e, "console upgrade failed");
                 consoles.leave(&session);
             }
         }
@@ -153,7 +219,7 @@ pub async fn attach(
         .insert(header::UPGRADE, HeaderValue::from_static(PROTOCOL));
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    Ok(resp)
+    resp
 }
 
 impl Consoles {
@@ -176,7 +242,7 @@ impl Consoles {
         let mut reader = sol.reader().map_err(|e| e.to_string())?;
         let mut writer = sol.writer().map_err(|e| e.to_string())?;
         let (output, _) = broadcast::channel(BACKLOG);
-        let (input, typed) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (input, mut typed) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let out = output.clone();
         let name = node.to_string();
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -197,7 +263,7 @@ impl Consoles {
             tracing::debug!(node = %name, "console output ended");
         });
         std::thread::spawn(move || {
-            while let Ok(bytes) = typed.recv() {
+            while let Some(bytes) = typed.blocking_recv() {
                 if writer.write_all(&bytes).is_err() {
                     break;
                 }
@@ -205,12 +271,14 @@ impl Consoles {
         });
         let session = Arc::new(Session {
             node: node.to_string(),
+            label: node.to_string(),
             output,
             input,
             writer: Mutex::new(None),
             clients: Mutex::new(1),
-            sol: Mutex::new(Some(sol)),
+            backend: Mutex::new(Some(Backend::Sol(sol))),
             ended,
+            opened: tokio::sync::watch::Sender::new(Some(Ok(()))),
         });
         let mut sessions = lock_std(&self.sessions);
         if let Some(s) = sessions.get(node).filter(|s| !s.is_over()) {
@@ -226,21 +294,92 @@ impl Consoles {
         Ok(session)
     }
 
+    /// The session kept under `label` that has not ended, joined (a client counted in).
+    pub(crate) fn join(&self, label: &str) -> Option<Arc<Session>> {
+        let sessions = lock_std(&self.sessions);
+        let s = sessions.get(label).filter(|s| !s.is_over())?;
+        *lock_std(&s.clients) += 1;
+        Some(s.clone())
+    }
+
+    /// A new session with its first client, kept under its label unless another was kept
+    /// meanwhile: then that one is joined and `Err` gives it back (the new one is not used).
+    pub(crate) fn add(
+        &self,
+        node: &str,
+        label: &str,
+        input: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+        backend: Backend,
+        opened: Option<Result<(), String>>,
+    ) -> Result<Arc<Session>, Arc<Session>> {
+        let mut sessions = lock_std(&self.sessions);
+        if let Some(s) = sessions.get(label).filter(|s| !s.is_over()) {
+            *lock_std(&s.clients) += 1;
+            return Err(s.clone());
+        }
+        let (output, _) = broadcast::channel(BACKLOG);
+        let session = Arc::new(Session {
+            node: node.to_string(),
+            label: label.to_string(),
+            output,
+            input,
+            writer: Mutex::new(None),
+            clients: Mutex::new(1),
+            backend: Mutex::new(Some(backend)),
+            ended: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            opened: tokio::sync::watch::Sender::new(opened),
+        });
+        sessions.insert(label.to_string(), session.clone());
+        Ok(session)
+    }
+
+    /// A session's console ended by itself: clients are told `why`, and the next client opens
+    /// a new session.
+    pub(crate) fn ended(&self, session: &Arc<Session>, why: &str) {
+        {
+            let mut sessions = lock_std(&self.sessions);
+            if sessions
+                .get(&session.label)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                sessions.remove(&session.label);
+            }
+        }
+        if !session
+            .ended
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let note = format!("\r\n[banyan: {why}]\r\n");
+            let _ = session.output.send(Arc::from(note.as_bytes()));
+            let _ = session.output.send(Arc::from(&[][..]));
+        }
+        session.opened.send_if_modified(|o| {
+            if o.is_none() {
+                *o = Some(Err(why.to_string()));
+                true
+            } else {
+                false
+            }
+        });
+        // The host's session is over; nothing to close there any more.
+        lock_std(&session.backend).take();
+    }
+
     /// A client left; the last one closes the session.
-    fn leave(&self, session: &Arc<Session>) {
+    pub(crate) fn leave(&self, session: &Arc<Session>) {
         let mut sessions = lock_std(&self.sessions);
         let mut clients = lock_std(&session.clients);
         *clients = clients.saturating_sub(1);
         if *clients == 0 {
             if sessions
-                .get(&session.node)
+                .get(&session.label)
                 .is_some_and(|s| Arc::ptr_eq(s, session))
             {
-                sessions.remove(&session.node);
+                sessions.remove(&session.label);
             }
             drop(clients);
             drop(sessions);
-            info!(node = %session.node, "console session closed");
+            info!(console = %session.label, "console session closed");
             close(session);
         }
     }
@@ -253,12 +392,18 @@ impl Session {
 }
 
 fn close(session: &Arc<Session>) {
-    if let Some(sol) = lock_std(&session.sol).take() {
-        std::thread::spawn(move || sol.close());
+    match lock_std(&session.backend).take() {
+        Some(Backend::Sol(sol)) => {
+            std::thread::spawn(move || sol.close());
+        }
+        Some(Backend::Guest(stop)) => {
+            stop.send_replace(true);
+        }
+        None => {}
     }
 }
 
-fn lock_std<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock_std<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -287,23 +432,31 @@ async fn serve<S>(
     };
     let role = if writing { "writer" } else { "reader" };
     let node = session.node.clone();
+    // What the clients see: the node, or HOST:NAME for a guest (then its name is audited too).
+    let label = session.label.clone();
+    let args = |mut v: serde_json::Value| {
+        if let Some((_, guest)) = label.split_once(':') {
+            v["guest"] = json!(guest);
+        }
+        v
+    };
     let event = AuditEvent::new(started, who.clone(), peer.clone(), "console.start")
         .targets(&NodeSet::from_names([node.as_str()]))
-        .args(json!({"node": node, "role": role}));
+        .args(args(json!({"node": node, "role": role})));
     if let Err(e) = audit(api, event) {
-        warn!(node = %node, error = %e.detail(), "cannot audit a console start");
+        warn!(console = %label, error = %e.detail(), "cannot audit a console start");
     }
-    info!(node = %node, who = %who, role, "console client attached");
+    info!(console = %label, who = %who, role, "console client attached");
     let holder = || {
         lock_std(&session.writer)
             .as_ref()
             .map_or_else(|| "nobody".to_string(), |(w, _)| w.clone())
     };
     let banner = if writing {
-        format!("[banyan: console of {node}: you may type; &. at the start of a line leaves]\r\n")
+        format!("[banyan: console of {label}: you may type; &. at the start of a line leaves]\r\n")
     } else {
         format!(
-            "[banyan: console of {node}, read-only: {} is typing; &. leaves]\r\n",
+            "[banyan: console of {label}, read-only: {} is typing; &. leaves]\r\n",
             holder()
         )
     };
@@ -340,7 +493,7 @@ async fn serve<S>(
                     ok = session.input.send(buf[..n].to_vec()).is_ok();
                 }
                 Ok(_) => {
-                    let note = format!("\r\n[banyan: read-only: {} is typing on {node}]\r\n", holder());
+                    let note = format!("\r\n[banyan: read-only: {} is typing on {label}]\r\n", holder());
                     ok = wr.write_all(note.as_bytes()).await.is_ok();
                 }
             },
@@ -356,9 +509,9 @@ async fn serve<S>(
     let ended = now_ms();
     let event = AuditEvent::new(ended, who.clone(), peer, "console.end")
         .targets(&NodeSet::from_names([node.as_str()]))
-        .args(json!({"node": node, "role": role, "duration_ms": ended.saturating_sub(started), "typed_bytes": typed}));
+        .args(args(json!({"node": node, "role": role, "duration_ms": ended.saturating_sub(started), "typed_bytes": typed})));
     if let Err(e) = audit(api, event) {
-        warn!(node = %node, error = %e.detail(), "cannot audit a console end");
+        warn!(console = %label, error = %e.detail(), "cannot audit a console end");
     }
-    info!(node = %node, who = %who, role, typed, "console client left");
+    info!(console = %label, who = %who, role, typed, "console client left");
 }

@@ -19,6 +19,7 @@ use banyan_agent::tree::{
     Action, CommandReport, GrantSign, RefusedClaim, StreamedAnswer, TreeConfig, WaveDone,
 };
 use banyan_protocol::action::{OutputLines, Receipt};
+use banyan_protocol::console::ConsoleOutput;
 use banyan_protocol::identity::{validate_node_name, ClientAuth};
 use banyan_protocol::metric::MetricSet;
 use banyan_protocol::seal::{Purpose, Sealed, Signer};
@@ -271,7 +272,9 @@ pub fn start(
     let writer = tokio::spawn(totals_writer(state.clone(), save_rx));
     let alarms = Arc::new(std::sync::Mutex::new(AlarmBook::open(Some(&state.dir))));
     let departures = Arc::new(Mutex::new(Departures::default()));
+    let consoles: Arc<crate::console::Consoles> = Arc::default();
     let mut shell = Shell {
+        consoles: consoles.clone(),
         departures: departures.clone(),
         refused_claims: std::collections::VecDeque::new(),
         alarms: alarms.clone(),
@@ -317,7 +320,7 @@ pub fn start(
             registry,
             audit,
             departures,
-            consoles: Arc::default(),
+            consoles,
             guest_tokens,
         },
         task,
@@ -326,6 +329,8 @@ pub fn start(
 
 struct Shell {
     departures: Arc<Mutex<Departures>>,
+    /// Serial consoles: guests' console output and ends are handed to them.
+    consoles: Arc<crate::console::Consoles>,
     refused_claims: std::collections::VecDeque<RefusedClaim>,
     core: RootCore,
     state: Arc<RootState>,
@@ -656,6 +661,21 @@ impl Shell {
                 }
                 return;
             }
+            Ok(Answer::Console(sealed)) => {
+                // A guest's console output: to its session, never an answer.
+                match self.open_signed::<ConsoleOutput>(&a.node, Purpose::ConsoleOutput, &sealed) {
+                    Ok(o) if o.node == a.node && o.order == action => {
+                        self.consoles.guest_output(&action, o);
+                    }
+                    Ok(o) => {
+                        warn!(action = %action, node = %a.node, signed_by = %o.node, for_action = %o.order, "console output refused: signed for another node or action")
+                    }
+                    Err(e) => {
+                        warn!(action = %action, node = %a.node, error = %e, "console output refused")
+                    }
+                }
+                return;
+            }
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(e) => Err(format!("reported by the tree (unsigned): {e}")),
         };
@@ -664,7 +684,10 @@ impl Shell {
                 let now = self.now();
                 self.core
                     .settle_answer(now, a.id, &a.node, Ok(Answer::Done));
-                lock(&self.actions).answer(&action, &a.node, Ok(result));
+                let result = Ok(result);
+                self.consoles
+                    .guest_ended(&action, &crate::guest_console::describe(&result));
+                lock(&self.actions).answer(&action, &a.node, result);
             }
             Err(e) => {
                 // The target stays pending: its genuine answer may still come. The refusal is
@@ -695,6 +718,11 @@ impl Shell {
     }
 
     fn finish_action(&mut self, action: &str) {
+        // A console whose host never answered ends for its clients too.
+        self.consoles.guest_ended(
+            action,
+            "the host did not answer before the session's deadline",
+        );
         let now = self.now();
         let Some(r) = lock(&self.actions).finish(action, now) else {
             return;

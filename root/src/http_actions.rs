@@ -223,6 +223,11 @@ async fn start_action(
             "bmc tasks are sent by the root to BMC gateways; ask for a power action instead".into(),
         ));
     }
+    if matches!(&req.task, Task::Vm(v) if matches!(v.op, VmOp::Console { .. })) {
+        return Err(bad(
+            "a guest's console is opened with GET /console/HOST:NAME (banyan vm console HOST:NAME), not as an action".into(),
+        ));
+    }
     req.task.validate().map_err(&bad)?;
     if guest_join(&req.task).is_some_and(|j| !j.tokens.is_empty()) {
         return Err(bad(

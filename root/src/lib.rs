@@ -16,6 +16,7 @@ pub mod core;
 pub mod daemon;
 pub mod departures;
 pub mod groups;
+pub mod guest_console;
 pub mod guesttokens;
 pub mod http;
 pub mod http_actions;

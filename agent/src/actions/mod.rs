@@ -29,6 +29,7 @@ pub mod exec;
 pub mod service;
 pub mod stream;
 pub mod vm;
+mod vm_console;
 
 pub use stream::OutputTap;
 
@@ -65,6 +66,25 @@ pub struct RunContext {
     pub cancel: watch::Receiver<bool>,
     /// Where a task that streams its output (`exec` with `stream`) copies it while it runs.
     pub output: Option<OutputTap>,
+    /// A console session's ways in and out (`vm` console orders run for real), made by the shell.
+    pub console: Option<ConsoleLink>,
+}
+
+/// Keys for a console session, as the shell admitted them: bytes to type, and whether the root
+/// closes the session after them (empty bytes, not closing: a keep-alive).
+pub type ConsoleKeys = (Vec<u8>, bool);
+
+/// A chunk of what a guest printed and the bytes dropped before it.
+pub type ConsoleChunk = (Vec<u8>, u64);
+
+/// What the shell gives a console session: the keys the root sends (taken once, by the
+/// executor) and where to put what the guest prints (chunks of at most
+/// [`banyan_protocol::console::MAX_CONSOLE_CHUNK`] bytes and the bytes dropped before each;
+/// bounded, so a slow tree drops output rather than the agent's memory).
+#[derive(Debug, Clone)]
+pub struct ConsoleLink {
+    pub keys: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ConsoleKeys>>>>,
+    pub output: tokio::sync::mpsc::Sender<ConsoleChunk>,
 }
 
 impl RunContext {
@@ -77,6 +97,7 @@ impl RunContext {
                 timeout,
                 cancel: rx,
                 output: None,
+                console: None,
             },
             tx,
         )

@@ -102,6 +102,9 @@ impl Vm {
                     .await
             }
             VmOp::Logs { name, bytes } => run.logs(name, *bytes).await,
+            VmOp::Console { name, session_ms } => {
+                super::vm_console::run(run.m, run.ctx, name, *session_ms).await
+            }
         }
     }
 }
