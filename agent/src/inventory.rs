@@ -132,13 +132,15 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 /// The CPU from `/proc/cpuinfo` (proc(5)): the model, sockets (distinct `physical id`s), cores
-/// (distinct `physical id`/`core id` pairs: exact on hybrid CPUs too), threads (`processor`
+/// (distinct `physical id`/`core id` pairs: exact on hybrid CPUs too; else the sum of each socket's
+/// `cpu cores`, for kernels or hypervisors that write no `core id`), threads (`processor`
 /// entries: the CPUs online) and the flags (`flags` on x86, `Features` on Arm) of the first CPU.
 /// Whatever a kernel does not write (Arm has no model name nor physical id) stays `None`.
 pub fn parse_cpuinfo(text: &str) -> Cpu {
     let mut model = None;
     let mut sockets = BTreeSet::new();
     let mut cores = BTreeSet::new();
+    let mut cores_per_socket: BTreeMap<Option<&str>, u32> = BTreeMap::new();
     let mut threads = 0u32;
     let mut flags = None;
     let mut socket: Option<&str> = None;
@@ -160,6 +162,11 @@ pub fn parse_cpuinfo(text: &str) -> Cpu {
             "core id" => {
                 cores.insert((socket, value));
             }
+            "cpu cores" => {
+                if let Ok(n) = value.parse() {
+                    cores_per_socket.entry(socket).or_insert(n);
+                }
+            }
             "flags" | "Features" if flags.is_none() => {
                 flags = Some(flags_digest(value.split_ascii_whitespace()))
             }
@@ -170,7 +177,12 @@ pub fn parse_cpuinfo(text: &str) -> Cpu {
     Cpu {
         model,
         sockets: count(sockets.len()),
-        cores: count(cores.len()),
+        cores: count(cores.len()).or_else(|| {
+            let sum = cores_per_socket
+                .values()
+                .fold(0u32, |a, n| a.saturating_add(*n));
+            (sum > 0).then_some(sum)
+        }),
         threads: count(threads as usize),
         flags_digest: flags,
     }
@@ -908,6 +920,18 @@ nfs:/data /data nfs4 rw 0 0
         assert_eq!(inv.package_manager, some("dpkg"));
         assert!(inv.packages.is_empty());
         assert_eq!(inv.kernel, some("6.1.0-18-amd64"));
+    }
+
+    #[test]
+    fn cores_come_from_cpu_cores_when_no_core_id_is_written() {
+        let cpu = parse_cpuinfo(
+            "processor : 0\nphysical id : 0\ncpu cores : 8\n\nprocessor : 1\nphysical id : 0\n\
+             cpu cores : 8\n\nprocessor : 2\nphysical id : 1\ncpu cores : 8\n",
+        );
+        assert_eq!(
+            (cpu.sockets, cpu.cores, cpu.threads),
+            (Some(2), Some(16), Some(3))
+        );
     }
 
     #[test]
