@@ -19,6 +19,8 @@ pub mod enrol;
 pub mod grants;
 pub mod incarnation;
 pub mod ingest;
+/// The node's inventory (hardware, system, packages, mounts, watched files) read under a root path.
+pub mod inventory;
 pub mod jobs;
 pub mod orders;
 pub mod process;

@@ -17,6 +17,8 @@ pub mod frame;
 pub mod groups;
 pub mod identity;
 pub mod ingest;
+/// A node's inventory (hardware, packages, watched files) and drift between nodes.
+pub mod inventory;
 pub mod job;
 pub mod metric;
 pub mod nodeset;
