@@ -2471,10 +2471,13 @@
   // The whole stop action: the power-off time, then QEMU's quit and kill, and slack for the tree
   // (cli/src/vm.rs, stop_action_timeout).
   const GUEST_STOP_ACTION_MS = GUEST_STOP_MS + 30000;
-  const vmListTask = () => ({ vm: { op: 'list' } });
+  // A list answers at once from each agent: a host silent this long is shown unreachable rather
+  // than keeping its line blank for the root's default minute.
+  const GUEST_LIST_TIMEOUT_MS = 20000;
+  const listGuests = (nodes) => adminCall('/actions', { nodes, for_real: false, task: { vm: { op: 'list' } }, timeout_ms: GUEST_LIST_TIMEOUT_MS });
   const guestKey = (host, name) => host + ':' + name;
   const guestHref = (host, name) => '#/guests/' + enc(guestKey(host, name));
-  const vmStatePill = (st) => ({ running: 'up', stopping: 'joining', crashed: 'bad', failed: 'bad', stopped: 'clear', 'dry-run': 'dry' }[st] || 'stale');
+  const vmStatePill = (st) => ({ running: 'up', stopping: 'joining', crashed: 'bad', failed: 'bad', stopped: 'clear', dry_run: 'dry' }[st] || 'stale');
   // Memory as the CLI writes it: whole GiB as `2G`, else MiB as `512M`.
   const mibText = (m) => (typeof m !== 'number' ? '–' : m >= 1024 && m % 1024 === 0 ? m / 1024 + 'G' : m + 'M');
   // A serial console's text as it may be shown: its lines, and every other control character
@@ -2636,7 +2639,7 @@
             if (t && t.state !== 'pending') {
               const r = t.result;
               const v = r && Array.isArray(r.vms) ? r.vms.find((x) => x && x.name === name) : null;
-              const good = v ? (forReal ? v.state === 'stopped' : v.state === 'dry-run') : false;
+              const good = v ? (forReal ? v.state === 'stopped' : v.state === 'dry_run') : false;
               row.state = good ? 'ok' : t.state === 'ok' ? 'failed' : t.state;
               row.text = (v && v.detail) || (r && r.summary) || t.error || t.state;
             } else if (t && t.live && t.live.stdout) {
@@ -2949,7 +2952,7 @@
         const nodes = filter.value.trim() || foldNodes(Array.from(up.keys())) || '';
         if (!nodes) { setText(asked, 'the cluster has no node yet'); return; }
         setText(asked, `listing the guests of ${nodes}…`);
-        const a = await startAction(nodes, vmListTask(), false);
+        const a = await listGuests(nodes);
         if (my !== askSeq) return;
         if (askedSet !== nodes) { askedSet = nodes; rows.clear(); selected.clear(); stop.reset(); }
         const rec = await followAction(a.id, (r) => { if (my === askSeq) apply(r); }, () => my === askSeq);
@@ -3021,7 +3024,7 @@
         }
         if (!token()) { setText(state, 'no token: its guests were not listed (any token lists them)'); return; }
         setText(state, 'listing its guests…');
-        const a = await startAction(name, vmListTask(), false);
+        const a = await listGuests(name);
         const rec = await followAction(a.id, () => {}, () => my === askSeq);
         if (!rec || my !== askSeq) return;
         const { guests, problems } = guestsOf(rec);
