@@ -736,6 +736,7 @@
       panel('Node', kv), h('p'),
       nodePower(name), h('p'),
       nodeCloud(name),
+      nodeGuests(name), h('p'),
       panel('Digest over time (since this page opened)', h('div', { class: 'charts' }, Object.values(charts).map((c) => c.el))), h('p'),
       panel('All metrics of the node (fetched through the tree)', h('div', { class: 'toolbar' }, metricFilter), metrics.el));
     every(POLL_MS, async () => {
@@ -2452,6 +2453,597 @@
     return el;
   }
 
+  // ----- Guests ------------------------------------------------------------------------------------
+
+  // QEMU guests go through the action path like any action (POST /actions with a `vm` task, the
+  // token's scope, the audit log), carried out by each node's agent. `list` reads and any token
+  // may send it (the page sends it as a dry run: reads run in one); `logs` reads one guest's serial
+  // log within the token's scope; `stop` runs as a dry run first (each node checks the names),
+  // whose preview the operator confirms by the guests' names before the real one is sent.
+  // How often the list is asked again while the page is shown: each ask is an audited action that
+  // reaches every node's agent, so no faster, and never while the tab is hidden.
+  const GUESTS_REFRESH_MS = 10000;
+  const GUESTS_FILTER_KEY = 'banyan.guestsFilter';
+  // The tail of a serial log the page shows (the CLI's default too).
+  const GUEST_LOG_BYTES = 16 * 1024;
+  // How long a stopped guest is given to power off before QEMU is told to quit (the CLI's default).
+  const GUEST_STOP_MS = 30000;
+  // The whole stop action: the power-off time, then QEMU's quit and kill, and slack for the tree
+  // (cli/src/vm.rs, stop_action_timeout).
+  const GUEST_STOP_ACTION_MS = GUEST_STOP_MS + 30000;
+  // A list answers at once from each agent: a host silent this long is shown unreachable rather
+  // than keeping its line blank for the root's default minute.
+  const GUEST_LIST_TIMEOUT_MS = 20000;
+  const listGuests = (nodes) => adminCall('/actions', { nodes, for_real: false, task: { vm: { op: 'list' } }, timeout_ms: GUEST_LIST_TIMEOUT_MS });
+  const guestKey = (host, name) => host + ':' + name;
+  const guestHref = (host, name) => '#/guests/' + enc(guestKey(host, name));
+  const vmStatePill = (st) => ({ running: 'up', stopping: 'joining', crashed: 'bad', failed: 'bad', stopped: 'clear', dry_run: 'dry' }[st] || 'stale');
+  // Memory as the CLI writes it: whole GiB as `2G`, else MiB as `512M`.
+  const mibText = (m) => (typeof m !== 'number' ? '–' : m >= 1024 && m % 1024 === 0 ? m / 1024 + 'G' : m + 'M');
+  // A serial console's text as it may be shown: its lines, and every other control character
+  // written as an escape (as the CLI does, cli/src/escape.rs), and the direction overrides too, so
+  // that nothing a guest printed reads as something else. It goes into the page as text anyway.
+  const consoleText = (t) => String(t).replace(/\r\n/g, '\n')
+    .replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+      (c) => (c === '\r' ? '\\r' : '\\u{' + c.charCodeAt(0).toString(16) + '}'));
+  // A guest that is itself a node of the tree (`--join`): `HOST-vm-NAME` (protocol's vm_node_name).
+  // The host part is taken when it names a node of the tree; a guest name may hold `-vm-` itself,
+  // so each split is tried, the longest host first.
+  function guestOfNode(name, known) {
+    for (let i = name.lastIndexOf('-vm-'); i > 0; i = name.lastIndexOf('-vm-', i - 1)) {
+      const host = name.slice(0, i), guest = name.slice(i + 4);
+      if (guest && known.has(host)) return { host, guest };
+    }
+    return null;
+  }
+  // Whether each node of the tree is up, from /nodes (the AGENT column of `banyan vm list`).
+  async function agentsUp() {
+    const nodes = await api('/nodes');
+    return new Map((Array.isArray(nodes) ? nodes : []).map((n) => [String(n.name), n.status === 'up']));
+  }
+  const agentWord = (node, up) => (!node ? '-' : !up ? '?' : up.get(node) ? 'up' : 'down');
+  const agentPill = (w) => ({ up: 'up', down: 'lost' }[w] || 'clear');
+
+  // What a list action says: the guests of each host that answered, and one line for each host
+  // that did not (`{host, state, text}`; pending hosts are left out of both).
+  function guestsOf(rec) {
+    const guests = [], problems = [], pending = [];
+    for (const [host, t] of Object.entries(rec.targets || {})) {
+      if (t.state === 'pending') { pending.push(host); continue; }
+      const r = t.result;
+      if (t.state === 'ok' && r) {
+        for (const v of Array.isArray(r.vms) ? r.vms : []) {
+          if (!v || typeof v.name !== 'string') continue;
+          guests.push(Object.assign({}, v, { host, key: guestKey(host, v.name) }));
+        }
+        continue;
+      }
+      const why = (r && r.summary) || t.error || '';
+      problems.push({ host, state: t.state, text: `${host}: ${t.state === 'unreachable' ? 'unreachable' : t.state}` + (why ? ': ' + why : '') });
+    }
+    return { guests, problems, pending };
+  }
+
+  // The columns of a guest table; `opts.select(td, g)` and `opts.stop(td, g)` add the checkbox and
+  // the stop button, `opts.open(g)` what a click on the name does (else it is a plain link).
+  function guestColumns(opts) {
+    const nameCell = (td, g) => {
+      let a = td.firstChild;
+      if (!a) {
+        a = td.appendChild(h('a', { class: 'guest-open' }));
+        a.addEventListener('click', (ev) => {
+          // A click with a modifier opens the link as the browser would (a new tab).
+          if (!opts.open || !td._g || ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.altKey) return;
+          ev.preventDefault();
+          opts.open(td._g);
+        });
+      }
+      td._g = g;
+      const href = guestHref(g.host, g.name);
+      if (a.getAttribute('href') !== href) a.setAttribute('href', href);
+      setText(a, g.name);
+    };
+    const cols = [
+      opts.select ? { label: '', cell: opts.select } : null,
+      { label: 'Host', name: true, sort: (g) => g.host, text: (g) => g.host, href: (g) => nodeHref(g.host) },
+      { label: 'Name', name: true, sort: (g) => g.name, cell: nameCell },
+      { label: 'State', sort: (g) => g.state, text: (g) => String(g.state || 'unknown'), pill: (g) => vmStatePill(g.state) },
+      { label: 'CPUs', num: true, sort: (g) => g.cpus, text: (g) => (typeof g.cpus === 'number' ? String(g.cpus) : '–') },
+      { label: 'Memory', num: true, sort: (g) => g.memory_mib, text: (g) => mibText(g.memory_mib) },
+      { label: 'Accel', sort: (g) => g.accel, text: (g) => g.accel || '–' },
+      { label: 'Uptime', num: true, sort: (g) => g.uptime_ms, text: (g) => (g.uptime_ms > 0 ? dur(g.uptime_ms) : '–') },
+      { label: 'TTL left', num: true, sort: (g) => g.ttl_left_ms, text: (g) => (typeof g.ttl_left_ms === 'number' ? dur(g.ttl_left_ms) : '–') },
+      { label: 'Agent', sort: (g) => g.agent, cell: (td, g) => pillCell(td, g.agent === '-' ? null : g.agent, agentPill(g.agent), g.node || '') },
+      { label: 'Detail', name: true, text: (g) => g.detail || '' },
+      opts.stop ? { label: '', cell: opts.stop } : null,
+    ];
+    return cols.filter((c) => c);
+  }
+
+  // The stop menu: a dry run for the given guests and its preview (each guest and what would be
+  // done), a confirmation naming the guests, then the real stop followed live. One order carries
+  // one task for all its targets, so guests are stopped by one action per set of names, with the
+  // hosts that have exactly those names (as `banyan vm stop` does).
+  // o.onDone() runs when a real stop ended; o.needToken() when a token is missing or refused.
+  function guestStopMenu(o) {
+    const msg = h('div', { id: 'guests-stop-msg', role: 'status' });
+    const say = (text, bad) => { setText(msg, text); msg.className = bad ? 'error' : 'note'; };
+    const cols = (third) => [
+      { label: 'Guest', name: true, sort: (r) => r.key, text: (r) => r.key, href: (r) => guestHref(r.host, r.name) },
+      { label: 'State', sort: (r) => r.state, text: (r) => r.state, pill: (r) => phasePill(r.state) },
+      { label: third, name: true, text: (r) => r.text },
+    ];
+    const previewTitle = h('h2', { id: 'guests-stop-preview-title' });
+    const preview = new Table(cols('What would be done'), (r) => r.key, { id: 'guests-stop-preview-table', sortCol: 0, wrap: true, empty: 'waiting for the dry run…' });
+    const warn = h('p', { class: 'warn-text', id: 'guests-stop-preview-warn', hidden: true });
+    const confirm = h('button', { type: 'button', class: 'danger confirm', id: 'guests-stop-confirm', hidden: true });
+    const back = h('button', { type: 'button', id: 'guests-stop-back' }, 'Do nothing');
+    const previewBox = h('div', { id: 'guests-stop-preview', class: 'power-step', hidden: true },
+      previewTitle, h('p', { class: 'note' }, 'Dry run: each host checked the names; no guest was stopped.'), preview.el, warn,
+      h('div', { class: 'toolbar' }, confirm, back));
+    const progressTitle = h('h2', { id: 'guests-stop-progress-title' });
+    const progressState = h('span', { id: 'guests-stop-progress-state' });
+    const answered = h('span', { class: 'note', id: 'guests-stop-progress-count' });
+    const links = h('span', { id: 'guests-stop-links' });
+    const progress = new Table(cols('Result'), (r) => r.key, { id: 'guests-stop-progress-table', sortCol: 0, wrap: true, empty: 'no guest' });
+    const progressBox = h('div', { id: 'guests-stop-progress', class: 'power-step', hidden: true },
+      progressTitle, h('div', { class: 'toolbar' }, progressState, answered, links), progress.el);
+
+    // A newer request makes the answers of an older one moot.
+    let seq = 0;
+    let planned = null;
+    let running = false;
+    const buttons = new Set();
+    const setBusy = (b) => {
+      for (const x of Array.from(buttons)) {
+        // The rows' buttons go with their rows.
+        if (!x.isConnected && x.id !== 'guests-stop') buttons.delete(x); else x.disabled = b;
+      }
+    };
+    const needToken = () => { if (o.needToken) o.needToken(); };
+    const named = (gs) => {
+      const keys = gs.map((g) => guestKey(g.host, g.name)).sort(natural.compare);
+      return keys.length <= 8 ? keys.join(', ') : keys.slice(0, 8).join(', ') + ` and ${keys.length - 8} more`;
+    };
+    // [{nodes, hosts, names}]: one action each.
+    const groupsOf = (gs) => {
+      const perHost = new Map();
+      for (const g of gs) {
+        const l = perHost.get(g.host) || [];
+        if (!l.includes(g.name)) l.push(g.name);
+        perHost.set(g.host, l);
+      }
+      const perNames = new Map();
+      for (const [host, names] of perHost) {
+        names.sort(naturalCmp);
+        const k = names.join('\u0000');
+        const grp = perNames.get(k) || { names, hosts: [] };
+        grp.hosts.push(host);
+        perNames.set(k, grp);
+      }
+      return Array.from(perNames.values()).map((grp) => Object.assign(grp, { nodes: foldNodes(grp.hosts) }));
+    };
+    const stopTask = (names) => ({ vm: { op: { stop: { names, all: false, timeout_ms: GUEST_STOP_MS } } } });
+    const send = (grp, forReal) => adminCall('/actions', {
+      nodes: grp.nodes, for_real: forReal, task: stopTask(grp.names), timeout_ms: forReal ? GUEST_STOP_ACTION_MS : undefined,
+    });
+    // One row per guest of the groups, from the latest record of each group's action.
+    const rowsOf = (groups, recs, forReal) => {
+      const rows = [];
+      groups.forEach((grp, i) => {
+        const rec = recs[i];
+        for (const host of grp.hosts) {
+          const t = rec && rec.targets ? rec.targets[host] : null;
+          for (const name of grp.names) {
+            const row = { key: guestKey(host, name), host, name, state: 'pending', text: forReal ? 'stopping…' : 'waiting for ' + host + '…' };
+            if (t && t.state !== 'pending') {
+              const r = t.result;
+              const v = r && Array.isArray(r.vms) ? r.vms.find((x) => x && x.name === name) : null;
+              const good = v ? (forReal ? v.state === 'stopped' : v.state === 'dry_run') : false;
+              row.state = good ? 'ok' : t.state === 'ok' ? 'failed' : t.state;
+              row.text = (v && v.detail) || (r && r.summary) || t.error || t.state;
+            } else if (t && t.live && t.live.stdout) {
+              row.text = t.live.stdout.trim().split('\n').pop();
+            }
+            rows.push(row);
+          }
+        }
+      });
+      return rows;
+    };
+
+    async function dryRun(gs) {
+      if (!gs.length) { say('no guest to stop: select some in the table', true); return; }
+      if (!token()) { say('paste a token first: stopping guests needs one', true); needToken(); return; }
+      const my = ++seq;
+      planned = null;
+      confirm.hidden = true;
+      warn.hidden = true;
+      progressBox.hidden = true;
+      setBusy(true);
+      const groups = groupsOf(gs);
+      say(`dry run: asking the hosts about ${named(gs)}…`);
+      try {
+        const started = await Promise.all(groups.map((grp) => send(grp, false)));
+        if (my !== seq) return;
+        setText(previewTitle, `Stop ${plural(gs.length, 'guest')}: ${named(gs)}`);
+        const recs = groups.map(() => null);
+        preview.update(rowsOf(groups, recs, false));
+        previewBox.hidden = false;
+        const ends = await Promise.all(started.map((a, i) => followAction(a.id, (r) => {
+          if (my !== seq) return;
+          recs[i] = r;
+          preview.update(rowsOf(groups, recs, false));
+        }, () => my === seq)));
+        if (my !== seq || ends.some((r) => !r)) return;
+        const rows = rowsOf(groups, ends, false);
+        const good = rows.filter((r) => r.state === 'ok');
+        const bad = rows.filter((r) => r.state !== 'ok');
+        if (!good.length) {
+          say(`no guest can be stopped (${plural(rows.length, 'guest')}): the reasons are above`, true);
+          return;
+        }
+        warn.hidden = bad.length === 0;
+        setText(warn, bad.length ? `${bad.map((r) => r.key).join(', ')} would fail (${bad.length} of ${rows.length}): the reasons are above; only the others are stopped` : '');
+        const keep = good.map((r) => ({ host: r.host, name: r.name }));
+        planned = keep;
+        setText(confirm, `Stop ${plural(keep.length, 'guest')}: ${named(keep)}`);
+        confirm.hidden = false;
+        say('dry run done; confirm to stop them for real');
+      } catch (e) {
+        if (my !== seq) return;
+        say(refusal(e), true);
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) needToken();
+      } finally {
+        if (my === seq && !running) setBusy(false);
+      }
+    }
+
+    function showProgress(groups, recs) {
+      const rows = rowsOf(groups, recs, true);
+      const done = rows.filter((r) => r.state !== 'pending').length;
+      const failed = rows.filter((r) => r.state !== 'pending' && r.state !== 'ok').length;
+      const states = recs.map((r) => (r ? r.state : 'sending'));
+      const state = states.includes('sending') || states.includes('running') ? 'running' : states.every((s) => s === 'done') ? 'done' : states.find((s) => s !== 'done');
+      replace(progressState, h('span', { class: 'pill ' + actionPill(state) }, state), ' ', h('span', { class: 'pill ' + modePill(true) }, modeText(true)));
+      setText(answered, `${done} of ${plural(rows.length, 'guest')} done` + (failed ? ` · ${failed} failed` : ''));
+      progress.update(rows);
+      return { rows, failed };
+    }
+
+    confirm.addEventListener('click', async () => {
+      if (!planned || running) return;
+      const gs = planned;
+      const my = ++seq;
+      planned = null;
+      running = true;
+      confirm.hidden = true;
+      previewBox.hidden = true;
+      setBusy(true);
+      const groups = groupsOf(gs);
+      say(`stopping ${named(gs)}: sending it for real…`);
+      // The progress box may still show the previous stop: cleared before anything is sent.
+      replace(progressState, h('span', { class: 'pill' }, 'sending'));
+      setText(answered, '');
+      clear(links);
+      progress.update([]);
+      try {
+        const started = await Promise.all(groups.map((grp) => send(grp, true)));
+        setText(progressTitle, `Stop ${plural(gs.length, 'guest')}: ${named(gs)}`);
+        add(links, started.map((a, i) => [i ? ' ' : '', h('a', { href: actionHref(a.id), class: 'guests-stop-link' }, started.length > 1 ? 'action ' + (i + 1) : 'action page')]));
+        progressBox.hidden = false;
+        const recs = groups.map(() => null);
+        showProgress(groups, recs);
+        say(`stopping ${named(gs)}: running`);
+        const ends = await Promise.all(started.map((a, i) => followAction(a.id, (r) => { recs[i] = r; showProgress(groups, recs); })));
+        if (ends.some((r) => !r)) return;
+        const { rows, failed } = showProgress(groups, ends);
+        say(`stopped ${rows.length - failed} of ${plural(rows.length, 'guest')}` + (failed ? `; ${failed} not: the reasons are above` : ''), failed > 0);
+        if (o.onDone) o.onDone();
+      } catch (e) {
+        say(refusal(e), true);
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) needToken();
+      } finally {
+        running = false;
+        if (my === seq) setBusy(false);
+      }
+    });
+    back.addEventListener('click', () => {
+      seq++;
+      planned = null;
+      previewBox.hidden = true;
+      if (!running) setBusy(false);
+      say('nothing was done');
+    });
+
+    return {
+      el: h('div', { class: 'power-menu' }, msg, previewBox, progressBox),
+      stop: dryRun,
+      // Buttons that start a dry run, disabled while one runs.
+      button(b) { buttons.add(b); b.disabled = running; return b; },
+      // The guests changed under a preview: it must not be confirmed. A real stop goes on.
+      reset() {
+        if (running || previewBox.hidden) return;
+        seq++;
+        planned = null;
+        previewBox.hidden = true;
+        setBusy(false);
+        say('the guests changed: ask for the dry run again');
+      },
+    };
+  }
+
+  // The console log panel: the tail of one guest's serial log, read when a guest is opened and
+  // again on request (each read is an audited action).
+  function guestLog() {
+    const title = h('h2', { id: 'guests-log-title' }, 'Console log');
+    const note = h('div', { class: 'note', id: 'guests-log-note' }, 'click a guest\u2019s name to read the end of its serial console');
+    const err = h('div', { class: 'error', id: 'guests-log-error', role: 'alert' });
+    const again = h('button', { type: 'button', id: 'guests-log-refresh', hidden: true }, 'Read again');
+    const out = h('pre', { class: 'out', id: 'guests-log' });
+    let seq = 0;
+    let cur = null;
+    const read = async () => {
+      const my = ++seq;
+      if (!cur) return;
+      const { host, name } = cur;
+      setText(err, '');
+      if (!token()) { setText(note, 'no token: the log was not read (reading a guest\u2019s log needs one)'); return; }
+      setText(note, `reading the last ${bytes(GUEST_LOG_BYTES)} of ${guestKey(host, name)}\u2019s serial log…`);
+      try {
+        const a = await startAction(host, { vm: { op: { logs: { name, bytes: GUEST_LOG_BYTES } } } }, false);
+        const rec = await followAction(a.id, () => {}, () => my === seq);
+        if (!rec || my !== seq) return;
+        const t = (rec.targets || {})[host];
+        if (!t || t.state !== 'ok' || !t.result) {
+          const why = (t && ((t.result && t.result.summary) || t.error)) || (t ? t.state : 'no answer');
+          setText(note, '');
+          setText(err, `${host}: ${t && t.state === 'unreachable' ? 'unreachable' : 'failed'}: ${why}`);
+          return;
+        }
+        const text = consoleText(t.result.stdout || '');
+        setText(out, text);
+        out.setAttribute('data-action', rec.id);
+        setText(note, `the last ${bytes(GUEST_LOG_BYTES)} of its serial log as of ${new Date().toLocaleTimeString()}` + (text ? '' : ': empty'));
+        out.scrollTop = out.scrollHeight;
+      } catch (e) {
+        if (my !== seq) return;
+        setText(note, '');
+        setText(err, refusal(e));
+      }
+    };
+    again.addEventListener('click', read);
+    return {
+      el: h('div', { id: 'guests-log-box' }, title, h('div', { class: 'toolbar' }, again, note), err, out),
+      open(host, name) {
+        cur = { host, name };
+        setText(title, 'Console log of ' + guestKey(host, name));
+        setText(out, '');
+        out.removeAttribute('data-action');
+        again.hidden = false;
+        read();
+      },
+      read,
+      current: () => cur,
+    };
+  }
+
+  function pageGuests(arg) {
+    const tok = tokenBox('guests are not listed: every request about them needs a token (any token lists them)');
+    const filter = h('input', { class: 'mono', id: 'guests-filter', size: 28, placeholder: 'node set, e.g. @compute or cn[1-32] (empty: all)', spellcheck: 'false',
+      title: 'a node set or group expression, resolved by the root; asked when entered (Enter); empty: every node of the cluster' });
+    const count = h('span', { class: 'muted', id: 'guests-count' });
+    const again = h('button', { type: 'button', id: 'guests-refresh' }, 'Refresh');
+    const auto = h('span', { class: 'note', id: 'guests-auto' });
+    const asked = h('div', { class: 'note', id: 'guests-asked' });
+    const askErr = h('div', { class: 'error', id: 'guests-error', role: 'alert' });
+    const hostErr = h('div', { class: 'error', id: 'guests-hosts', role: 'alert' });
+    const rows = new Map();
+    const selected = new Set();
+    let up = null;
+    let askedSet = null;
+    const log = guestLog();
+    const selectCell = (td, g) => {
+      let cb = td.firstChild;
+      if (!cb) {
+        cb = h('input', { type: 'checkbox', class: 'guests-select', title: 'select this guest' });
+        cb.addEventListener('change', () => {
+          if (!td._g) return;
+          if (cb.checked) selected.add(td._g.key); else selected.delete(td._g.key);
+          showSelected();
+        });
+        td.appendChild(cb);
+      }
+      td._g = g;
+      cb.setAttribute('aria-label', 'select ' + g.key);
+      cb.checked = selected.has(g.key);
+    };
+    const stopCell = (td, g) => {
+      td._g = g;
+      if (td.firstChild) return;
+      const b = stop.button(h('button', { type: 'button', class: 'danger guest-stop' }, 'Stop…'));
+      b.addEventListener('click', () => { if (td._g) stop.stop([td._g]); });
+      td.appendChild(b);
+    };
+    const open = (g) => {
+      history.replaceState(null, '', guestHref(g.host, g.name));
+      document.title = 'banyan · ' + g.key;
+      log.open(g.host, g.name);
+      markOpen();
+    };
+    const table = new Table(guestColumns({ select: selectCell, stop: stopCell, open }), (g) => g.key,
+      { id: 'guests-table', sortCol: 1, wrap: true, empty: 'not asked yet' });
+    const markOpen = () => {
+      const c = log.current();
+      const k = c ? guestKey(c.host, c.name) : null;
+      for (const [key, r] of table.byKey) r.tr.classList.toggle('open', key === k);
+    };
+    const draw = () => {
+      const list = Array.from(rows.values()).map((g) => Object.assign(g, { agent: agentWord(g.node, up) }));
+      table.update(list);
+      markOpen();
+      const hosts = new Set(list.map((g) => g.host));
+      setText(count, `${plural(list.length, 'guest')} on ${plural(hosts.size, 'host')} · ${list.filter((g) => g.state === 'running').length} running`);
+    };
+    const stopSel = h('button', { type: 'button', class: 'danger', id: 'guests-stop' }, 'Stop the selected…');
+    const selLine = h('span', { class: 'note', id: 'guests-selected' });
+    const showSelected = () => {
+      for (const k of Array.from(selected)) if (!rows.has(k)) selected.delete(k);
+      setText(selLine, selected.size ? `${plural(selected.size, 'guest')} selected` : 'none selected: tick guests in the table, or use a row\u2019s Stop button');
+    };
+    const stop = guestStopMenu({ onDone: () => ask(), needToken: () => tok.focus() });
+    stop.button(stopSel);
+    stopSel.addEventListener('click', () => stop.stop(Array.from(selected).map((k) => rows.get(k)).filter((g) => g)));
+
+    // Results into the table as they come: a host's guests are replaced once it answered, so a
+    // host still answering keeps its rows of the last ask.
+    const apply = (rec) => {
+      const { guests, problems, pending } = guestsOf(rec);
+      const answered = new Set(Object.keys(rec.targets || {}).filter((n) => !pending.includes(n)));
+      const before = Array.from(rows.keys()).join('\u0000');
+      const targets = rec.targets || {};
+      for (const [k, g] of Array.from(rows)) {
+        if (!targets[g.host] || answered.has(g.host)) rows.delete(k);
+      }
+      for (const g of guests) rows.set(g.key, g);
+      const after = Array.from(rows.keys()).join('\u0000');
+      if (before !== after) stop.reset();
+      setText(table.emptyRow.firstChild, 'no guest on ' + (askedSet || 'these nodes'));
+      replace(hostErr, problems.sort((a, b) => naturalCmp(a.host, b.host)).map((p) => h('div', { 'data-host': p.host }, p.text)));
+      draw();
+      showSelected();
+    };
+
+    // The list, asked now and again every GUESTS_REFRESH_MS while the page is visible.
+    const mine = gen;
+    let askSeq = 0;
+    let inFlight = false;
+    let lastAsk = 0;
+    let timer = null;
+    const schedule = () => {
+      clearTimeout(timer);
+      timer = null;
+      if (mine !== gen || !token()) { setText(auto, ''); return; }
+      if (document.visibilityState !== 'visible') { setText(auto, 'paused while the page is hidden'); return; }
+      setText(auto, `asked again every ${GUESTS_REFRESH_MS / 1000} s while this page is shown`);
+      timer = setTimeout(() => {
+        timer = null;
+        if (mine !== gen || document.visibilityState !== 'visible') return;
+        if (inFlight) schedule(); else ask();
+      }, Math.max(0, lastAsk + GUESTS_REFRESH_MS - Date.now()));
+    };
+    const onVisible = () => schedule();
+    document.addEventListener('visibilitychange', onVisible);
+    onLeave(() => { document.removeEventListener('visibilitychange', onVisible); clearTimeout(timer); });
+
+    const ask = async () => {
+      const my = ++askSeq;
+      clearTimeout(timer);
+      setText(askErr, '');
+      if (!token()) { setText(asked, 'no token: the guests were not listed'); schedule(); return; }
+      inFlight = true;
+      lastAsk = Date.now();
+      try {
+        // The tree as it is now: the node set to ask (empty filter: every node) and the AGENT
+        // column of joined guests.
+        up = await agentsUp();
+        if (my !== askSeq) return;
+        connOk();
+        const nodes = filter.value.trim() || foldNodes(Array.from(up.keys())) || '';
+        if (!nodes) { setText(asked, 'the cluster has no node yet'); return; }
+        setText(asked, `listing the guests of ${nodes}…`);
+        const a = await listGuests(nodes);
+        if (my !== askSeq) return;
+        if (askedSet !== nodes) { askedSet = nodes; rows.clear(); selected.clear(); stop.reset(); }
+        const rec = await followAction(a.id, (r) => { if (my === askSeq) apply(r); }, () => my === askSeq);
+        if (!rec || my !== askSeq) return;
+        const c = tally(rec);
+        const total = Object.keys(rec.targets || {}).length;
+        setText(asked, `as of ${new Date().toLocaleTimeString()}: ${a.targets}, ${c.ok} of ${plural(total, 'host')} answered` +
+          (c.failed || c.unreachable ? ' (the others are below)' : ''));
+        asked.setAttribute('data-action', rec.id);
+      } catch (e) {
+        if (my !== askSeq) return;
+        setText(asked, '');
+        setText(askErr, refusal(e));
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) tok.focus();
+        else if (!(e instanceof ApiError)) connBad(e);
+      } finally {
+        if (my === askSeq) { inFlight = false; schedule(); }
+      }
+    };
+
+    const saved = sessionStorage.getItem(GUESTS_FILTER_KEY);
+    filter.value = saved === null ? '' : saved;
+    replace(view,
+      h('h1', null, 'Guests', h('span', { class: 'sub' }, 'the QEMU guests of each node\u2019s agent; every stop is a dry run first')),
+      panel('Token', tok.el), h('p'),
+      h('div', { class: 'toolbar' }, filter, again, count, auto),
+      panel('Guests', asked, askErr, hostErr, table.el,
+        h('div', { class: 'toolbar' }, stopSel, selLine), stop.el), h('p'),
+      panel('Console', log.el));
+    // A new expression is asked when it is entered (Enter or leaving the field), not per key:
+    // each ask is an audited action.
+    filter.addEventListener('change', () => {
+      sessionStorage.setItem(GUESTS_FILTER_KEY, filter.value.trim());
+      ask();
+    });
+    again.addEventListener('click', () => ask());
+    tok.onChange(() => { ask(); if (log.current()) log.read(); });
+    showSelected();
+    ask();
+    // `#/guests/HOST:NAME` (the node page's links): that guest's log at once.
+    const m = arg === null ? null : /^(.+):([^:]+)$/.exec(arg);
+    if (m) log.open(m[1], m[2]);
+  }
+
+  // The node page's guests panel: the node's guests (one list action on it, asked when the page
+  // opens), with links to their entries on the Guests page; and, for a node that is itself a
+  // guest (`HOST-vm-NAME`, its host a node of the tree), a link back to its host.
+  function nodeGuests(name) {
+    const of = h('div', { class: 'note', id: 'node-guest-of', hidden: true });
+    const state = h('div', { class: 'note', id: 'node-guests-state' });
+    const err = h('div', { class: 'error', id: 'node-guests-error', role: 'alert' });
+    const table = new Table(guestColumns({}), (g) => g.key, { id: 'node-guests-table', sortCol: 1, wrap: true, empty: 'not asked yet' });
+    const el = panel('Guests', of, state, err, table.el,
+      h('p', { class: 'note' }, h('a', { href: '#/guests' }, 'Every guest, their consoles, and stop: the Guests page')));
+    el.id = 'node-guests';
+    const mine = gen;
+    let askSeq = 0;
+    const ask = async () => {
+      const my = ++askSeq;
+      setText(err, '');
+      try {
+        const up = await agentsUp();
+        if (my !== askSeq || mine !== gen) return;
+        const host = guestOfNode(name, up);
+        if (host) {
+          replace(of, 'This node is the guest ', h('a', { href: guestHref(host.host, host.guest), id: 'node-guest-entry' }, host.guest),
+            ' of ', h('a', { href: nodeHref(host.host), id: 'node-guest-host' }, host.host), '.');
+          of.hidden = false;
+        }
+        if (!token()) { setText(state, 'no token: its guests were not listed (any token lists them)'); return; }
+        setText(state, 'listing its guests…');
+        const a = await listGuests(name);
+        const rec = await followAction(a.id, () => {}, () => my === askSeq);
+        if (!rec || my !== askSeq) return;
+        const { guests, problems } = guestsOf(rec);
+        for (const g of guests) g.agent = agentWord(g.node, up);
+        setText(table.emptyRow.firstChild, 'no guest');
+        table.update(guests);
+        setText(state, problems.length ? '' : `${plural(guests.length, 'guest')} as of ${new Date().toLocaleTimeString()}`);
+        setText(err, problems.map((p) => p.text).join('\n'));
+        table.el.setAttribute('data-action', rec.id);
+      } catch (e) {
+        if (my !== askSeq) return;
+        setText(state, '');
+        setText(err, refusal(e));
+      }
+    };
+    ask();
+    return el;
+  }
+
   // ----- Audit -------------------------------------------------------------------------------------
 
   // An outcome `{state, targets: {ok: "cn[1-3]", failed: "cn4"}}` as one line.
@@ -2569,7 +3161,7 @@
     let arg = null;
     try { arg = rest.length ? decodeURIComponent(rest.join('/')) : null; } catch (_) { arg = null; }
     const nav = { '': 'overview', nodes: 'nodes', node: 'nodes', jobs: 'jobs', job: 'jobs', profile: 'jobs', topology: 'topology', alarms: 'alarms',
-      actions: 'actions', action: 'actions', power: 'power', cloud: 'cloud', audit: 'audit' }[page] || 'overview';
+      actions: 'actions', action: 'actions', power: 'power', cloud: 'cloud', guests: 'guests', audit: 'audit' }[page] || 'overview';
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('data-page') === nav);
     window.scrollTo(0, 0);
     if (page === 'nodes') pageNodes();
@@ -2583,6 +3175,7 @@
     else if (page === 'action' && arg !== null) pageAction(arg);
     else if (page === 'power') pagePower();
     else if (page === 'cloud') pageCloud();
+    else if (page === 'guests') pageGuests(arg);
     else if (page === 'audit') pageAudit();
     else pageOverview();
     document.title = 'banyan · ' + (arg || nav);
