@@ -3,6 +3,7 @@
 pub mod bmc;
 pub mod browser;
 pub mod cluster;
+pub mod guest;
 pub mod mpi;
 pub mod openstack;
 pub mod procstat;

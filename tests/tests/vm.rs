@@ -11,64 +11,17 @@
 //! The guest is `scripts/lib/guest image target/tmp/banyan-guest` (cached; scripts/test builds it).
 //! No wall-clock time is asserted: [`LIVENESS`] only turns a hang into a failure.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster};
+use banyan_tests::guest::{image, qemus_under, Reaper, MARKER};
 
 /// Agents joining on a busy machine.
 const FORM: Duration = Duration::from_secs(45);
 /// Four TCG guests booting at once on two cores (one boots in 5-8 s alone): a liveness bound.
 const LIVENESS: Duration = Duration::from_secs(180);
-const MARKER: &str = "banyan-guest: up";
-
-fn guest_image() -> Result<(PathBuf, PathBuf)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/tmp/banyan-guest");
-    let out = std::process::Command::new(root.join("scripts/lib/guest"))
-        .arg("image")
-        .arg(&dir)
-        .output()
-        .context("running scripts/lib/guest image")?;
-    ensure!(
-        out.status.success(),
-        "scripts/lib/guest image failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((dir.join("vmlinuz"), dir.join("initramfs.gz")))
-}
-
-/// QEMU processes whose command line names `dir` (the cluster's state dirs).
-fn qemus_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("qemu-system") && c.contains(&needle)
-            })
-        })
-        .collect()
-}
-
-/// Kills, by pid, any QEMU of the cluster still there when the test ends (a failed test), so
-/// no guest outlives it.
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in qemus_under(&self.0) {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
 
 fn cli(c: &Cluster, args: &[&str]) -> Result<String> {
     let (out, ok) = banyan_cli(c, args)?;
@@ -109,8 +62,7 @@ fn guests(c: &Cluster, nodes: &str) -> Result<Vec<Row>> {
 
 #[test]
 fn guests_launch_boot_list_and_stop_on_two_hosts() -> Result<()> {
-    let (kernel, initrd) = guest_image()?;
-    let (kernel, initrd) = (kernel.display().to_string(), initrd.display().to_string());
+    let (kernel, initrd) = image()?;
     with_cluster(2, |c| {
         let _reaper = Reaper(c.dir().to_path_buf());
         let names = c.names();
@@ -296,8 +248,7 @@ fn guest_dirs(dir: &Path) -> Result<Vec<String>> {
 
 #[test]
 fn guests_outlive_their_agent_expire_and_crash_through_the_tree() -> Result<()> {
-    let (kernel, initrd) = guest_image()?;
-    let (kernel, initrd) = (kernel.display().to_string(), initrd.display().to_string());
+    let (kernel, initrd) = image()?;
     with_cluster(1, |c| {
         let _reaper = Reaper(c.dir().to_path_buf());
         let names = c.names();

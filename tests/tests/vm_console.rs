@@ -7,60 +7,18 @@
 //! The guest is `scripts/lib/guest image target/tmp/banyan-guest` (cached; scripts/test builds it).
 //! No wall-clock time is asserted: the bounds only turn a hang into a failure.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster};
+use banyan_tests::guest::{image, Reaper, MARKER};
 
 /// Agents joining on a busy machine.
 const FORM: Duration = Duration::from_secs(45);
 /// A TCG guest booting (5-8 s alone), and a console's round trips: a liveness bound.
 const LIVENESS: Duration = Duration::from_secs(120);
-const MARKER: &str = "banyan-guest: up";
-
-fn guest_image() -> Result<(PathBuf, PathBuf)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/tmp/banyan-guest");
-    let out = Command::new(root.join("scripts/lib/guest"))
-        .arg("image")
-        .arg(&dir)
-        .output()
-        .context("running scripts/lib/guest image")?;
-    ensure!(
-        out.status.success(),
-        "scripts/lib/guest image failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((dir.join("vmlinuz"), dir.join("initramfs.gz")))
-}
-
-/// Kills, by pid, any QEMU of the cluster still there when the test ends (a failed test).
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let needle = self.0.display().to_string();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for pid in entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        {
-            let qemu = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("qemu-system") && c.contains(&needle)
-            });
-            if qemu {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-    }
-}
 
 fn cli(c: &Cluster, args: &[&str]) -> Result<String> {
     let (out, ok) = banyan_cli(c, args)?;
@@ -178,8 +136,7 @@ impl Drop for ConsoleClient {
 
 #[test]
 fn a_guests_console_through_the_tree_types_reads_and_is_audited() -> Result<()> {
-    let (kernel, initrd) = guest_image()?;
-    let (kernel, initrd) = (kernel.display().to_string(), initrd.display().to_string());
+    let (kernel, initrd) = image()?;
     with_cluster(1, |c| {
         let _reaper = Reaper(c.dir().to_path_buf());
         let names = c.names();

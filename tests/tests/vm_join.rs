@@ -10,11 +10,12 @@
 //! The guest image is `target/tmp/banyan-guest-agent` (cached; `scripts/test` builds it). No
 //! wall-clock time is asserted: [`LIVENESS`] only turns a hang into a failure.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster};
+use banyan_tests::guest::{image_with_agent, qemus_under, Reaper};
 use serde_json::Value;
 
 /// Agents joining on a busy machine.
@@ -23,59 +24,6 @@ const FORM: Duration = Duration::from_secs(45);
 const LIVENESS: Duration = Duration::from_secs(180);
 /// The guest's memory: the kernel, the initramfs (busybox, modules, a debug agent) and the agent.
 const MEMORY: &str = "256M";
-
-/// The guest image with the agent of this build, built (or found cached) by `scripts/lib/guest`.
-fn guest_image() -> Result<(String, String)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/tmp/banyan-guest-agent");
-    let agent = banyan_tests::support::binaries()?.agent;
-    let out = std::process::Command::new(root.join("scripts/lib/guest"))
-        .arg("image")
-        .arg(&dir)
-        .arg("--agent")
-        .arg(&agent)
-        .output()
-        .context("running scripts/lib/guest image --agent")?;
-    ensure!(
-        out.status.success(),
-        "scripts/lib/guest image --agent failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((
-        dir.join("vmlinuz").display().to_string(),
-        dir.join("initramfs.gz").display().to_string(),
-    ))
-}
-
-/// QEMU processes whose command line names `dir` (the cluster's state dirs).
-fn qemus_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("qemu-system") && c.contains(&needle)
-            })
-        })
-        .collect()
-}
-
-/// Kills, by pid, any QEMU of the cluster still there when the test ends (a failed test).
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in qemus_under(&self.0) {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
 
 fn cli(c: &Cluster, args: &[&str]) -> Result<String> {
     let (out, ok) = banyan_cli(c, args)?;
@@ -121,7 +69,7 @@ fn enrol_by_hand(c: &Cluster, host: usize, name: &str, token_file: &Path) -> Res
 
 #[test]
 fn a_joined_guest_enrols_once_shows_its_agent_and_departs_when_stopped() -> Result<()> {
-    let (kernel, initrd) = guest_image()?;
+    let (kernel, initrd) = image_with_agent()?;
     with_cluster(2, |c| {
         let _reaper = Reaper(c.dir().to_path_buf());
         let names = c.names();

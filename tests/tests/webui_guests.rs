@@ -20,12 +20,12 @@
 //!
 //! Every wait is for a state, with generous named liveness bounds; no time is asserted.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use banyan_tests::browser::{browser_programs, Browser};
 use banyan_tests::cluster::{banyan_cli, with_cluster, Cluster};
+use banyan_tests::guest::{image, qemus_under, Reaper, MARKER};
 use banyan_tests::support::url_encode;
 use banyan_tests::testnet::Testnet;
 use serde_json::{json, Value};
@@ -36,8 +36,6 @@ const FORM: Duration = Duration::from_secs(45);
 const BOOT: Duration = Duration::from_secs(180);
 /// A stop: ACPI power off (within a second for this guest), then the page lists again.
 const STOP: Duration = Duration::from_secs(120);
-/// What the test guest's init prints on its console once up (`scripts/lib/guest`).
-const MARKER: &str = "banyan-guest: up";
 
 /// Every row of table `css` as `{key: [cells' text]}`.
 const TABLE: &str = "const o = {}; for (const tr of document.querySelectorAll(arguments[0] + ' tbody tr[data-key]'))
@@ -62,58 +60,6 @@ const MEMORY: usize = 5;
 const ACCEL: usize = 6;
 const TTL: usize = 8;
 const AGENT: usize = 9;
-
-/// The test guest, built (or found cached) by `scripts/lib/guest image` where scripts/test
-/// builds it. (tests/tests/vm.rs has the same helpers; each test file is its own crate.)
-fn guest_image() -> Result<(String, String)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/tmp/banyan-guest");
-    let out = std::process::Command::new(root.join("scripts/lib/guest"))
-        .arg("image")
-        .arg(&dir)
-        .output()
-        .context("running scripts/lib/guest image")?;
-    ensure!(
-        out.status.success(),
-        "scripts/lib/guest image failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((
-        dir.join("vmlinuz").display().to_string(),
-        dir.join("initramfs.gz").display().to_string(),
-    ))
-}
-
-/// QEMU processes whose command line names `dir` (the cluster's state dirs).
-fn qemus_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("qemu-system") && c.contains(&needle)
-            })
-        })
-        .collect()
-}
-
-/// Kills, by pid, any QEMU of the cluster still there when the test ends (a failed test), so
-/// no guest outlives it.
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in qemus_under(&self.0) {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
 
 fn cli(c: &Cluster, args: &[&str]) -> Result<String> {
     let (out, ok) = banyan_cli(c, args)?;
@@ -300,7 +246,7 @@ fn guests_page_lists_shows_consoles_and_stops_guests_in_chromium() -> Result<()>
     let Some((chromium, driver)) = browser_programs()? else {
         return Ok(());
     };
-    let (kernel, initrd) = guest_image()?;
+    let (kernel, initrd) = image()?;
     with_cluster(2, |c| {
         let _reaper = Reaper(c.dir().to_path_buf());
         let names = c.names();
