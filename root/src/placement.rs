@@ -725,10 +725,16 @@ impl Placement {
         }
     }
 
+    /// The shallowest free slot, a suspect's only when there is no other: a suspect that is in
+    /// fact alive (an agent restarted at once, whose orphans still name it lost) may be the only
+    /// free place in a small tree, and refusing it would send the orphans back for good. Under a
+    /// suspect really dead, the orphan's attach fails and it asks again, until the root learns of
+    /// the loss and the slot is gone.
     fn shallowest_free(&self, exclude: &str) -> Option<(u32, String)> {
         self.free
             .iter()
             .find(|(_, n)| n != exclude && !self.suspects.contains(n))
+            .or_else(|| self.free.iter().find(|(_, n)| n != exclude))
             .cloned()
     }
 
@@ -979,6 +985,46 @@ mod tests {
         std::iter::from_fn(|| p.poll_decision())
             .map(|(t, _)| t)
             .collect()
+    }
+
+    /// Agents restarted at once (`systemctl restart`) come back as fresh joins and take their
+    /// old places at the root before their orphans ask: the orphans still name them lost, and in
+    /// a tree this small they are the only free places. Found by tests/tests/inventory.rs, where
+    /// the orphans were sent back to retry for good.
+    #[test]
+    fn orphans_of_a_parent_restarted_at_once_are_placed_under_it() {
+        let mut p = Placement::new("root", "r:1", 7, PlacementConfig::default());
+        for i in 0..5 {
+            p.handle_join(0, i, join(&format!("n{i}"), JoinReason::Fresh));
+            placed_parent(&mut p);
+        }
+        // n0 (parent of n2, n3) and n1 (parent of n4) restart.
+        p.handle_join(1_000, 10, join("n0", JoinReason::Fresh));
+        assert_eq!(placed_parent(&mut p), "root");
+        p.handle_join(1_010, 11, join("n1", JoinReason::Fresh));
+        assert_eq!(placed_parent(&mut p), "root");
+        orphan(&mut p, 3_000, 12, "n2", "n0");
+        orphan(&mut p, 3_001, 13, "n3", "n0");
+        orphan(&mut p, 3_002, 14, "n4", "n1");
+        p.on_timeout(3_400);
+        let mut parents = vec![];
+        while let Some((ticket, msg)) = p.poll_decision() {
+            match msg {
+                Msg::Placed(pl) => parents.push((ticket, pl.parent.name)),
+                other => panic!("ticket {ticket}: expected a placement, got {other:?}"),
+            }
+        }
+        parents.sort();
+        assert_eq!(
+            parents,
+            [
+                // n2 takes the only free place, under n0; n3 and n4 then go under n2, which is not
+                // suspect (compaction evens the depths later).
+                (12, "n0".to_string()),
+                (13, "n2".to_string()),
+                (14, "n2".to_string())
+            ]
+        );
     }
 
     #[test]
