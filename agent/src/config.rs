@@ -29,6 +29,9 @@
 //! qemu = "qemu-system-x86_64"
 //! accel = "auto"                    # auto (KVM where it works, TCG elsewhere), kvm or tcg
 //! state_dir = "/var/lib/banyan-agent"   # default: the agent's --state-dir; guests in STATE_DIR/vm/
+//!
+//! [inventory]
+//! watch = ["/etc/munge/munge.key", "/etc/slurm/slurm.conf"]   # hashed, never sent
 //! ```
 //!
 //! A BMC gateway is a node on the BMC network (a management node) that makes the root's BMC calls
@@ -59,6 +62,18 @@ pub const DEFAULT_PATH: &str = "/etc/banyan/agent.toml";
 pub struct FileConfig {
     /// What operator actions may do here (the `[exec]` and `[service]` tables).
     pub actions: ActionsConfig,
+    /// `[inventory]`: what the node's inventory holds beyond what it finds by itself.
+    pub inventory: InventoryConfig,
+}
+
+/// `[inventory]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// Files whose SHA-256 the inventory holds (their contents never leave the node): absolute
+    /// paths, so that a node's answer never depends on the directory it was started in.
+    #[serde(default)]
+    pub watch: Vec<PathBuf>,
 }
 
 /// The part of the config the action executors ([`crate::actions`]) read.
@@ -311,6 +326,8 @@ struct RawFile {
     bmc: BmcGatewayConfig,
     #[serde(default)]
     vm: VmConfig,
+    #[serde(default)]
+    inventory: InventoryConfig,
 }
 
 /// Whether `[vm]` names a state dir: read apart (ignoring every other key) because [`VmConfig`]
@@ -369,7 +386,15 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, String> {
         .ok()
         .and_then(|p| p.vm)
         .is_some_and(|v| v.state_dir.is_some());
+    if let Some(p) = raw.inventory.watch.iter().find(|p| !p.is_absolute()) {
+        return Err(format!(
+            "invalid config {}: [inventory] watch: {:?} is not an absolute path",
+            path.display(),
+            p
+        ));
+    }
     Ok(FileConfig {
+        inventory: raw.inventory,
         actions: ActionsConfig {
             exec: raw.exec,
             service: raw.service,

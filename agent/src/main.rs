@@ -123,6 +123,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         scrape: args.scrape,
         socket: args.socket,
         actions: file.actions,
+        watch: file.inventory.watch,
     })
 }
 

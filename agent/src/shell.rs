@@ -22,11 +22,13 @@ use banyan_protocol::action::{NodeResult, OutputLines, Task, VmOp, VmTask};
 use banyan_protocol::console::ConsoleOutput;
 use banyan_protocol::identity::{ClientAuth, Identity, JoinToken};
 use banyan_protocol::seal::Sealed;
-use banyan_protocol::wire::{Answer, Attach, CommandBody, Msg, Peer, Query, ROOT_NAME};
+use banyan_protocol::wire::{
+    Answer, Attach, CommandBody, InventoryAnswer, Msg, Peer, Query, ROOT_NAME,
+};
 use quinn::Endpoint;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -47,6 +49,8 @@ pub struct AgentConfig {
     pub socket: String,
     /// What operator actions may do on this node (`agent.toml`).
     pub actions: ActionsConfig,
+    /// Files whose hashes the node's inventory holds (`[inventory] watch`).
+    pub watch: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,11 @@ enum Event {
     ConsoleOutput {
         command: u64,
         output: ConsoleOutput,
+    },
+    /// A command answered off the loop (the inventory, collected on the blocking pool).
+    Answered {
+        command: u64,
+        answer: Result<Answer, String>,
     },
 }
 
@@ -404,6 +413,7 @@ impl Core {
                     self.node.answer_command(now, command, answer);
                 }
             }
+            Event::Answered { command, answer } => self.node.answer_command(now, command, answer),
         }
         Ok(())
     }
@@ -570,6 +580,10 @@ impl Core {
                     let now = self.now();
                     self.node.answer_command(now, id, answer);
                 }
+                Action::Execute {
+                    id,
+                    body: CommandBody::Query(Query::Inventory { full }),
+                } => self.inventory(id, full),
                 Action::Execute { id, body } => {
                     let answer = self.execute(&body);
                     let now = self.now();
@@ -633,6 +647,13 @@ impl Core {
                         .retain(|k, _| !k.starts_with(banyan_protocol::job::SCOPE));
                     self.jobs.merge_into(&mut own);
                     let now = self.now();
+                    // With a digest that lists the job: a rank that started and ended within one
+                    // wave is in no digest yet, and the root, which may end the job on these very
+                    // counts, would leave this node out of the job's node list.
+                    let mut digest = crate::sampler::digest_of(&self.cfg.name, &own, now);
+                    digest.scrape_errors = self.scrapes.errors();
+                    digest.jobs = self.jobs.digest();
+                    self.node.push_digest(digest);
                     self.node.refresh_own(now, own);
                 }
             }
@@ -652,6 +673,25 @@ impl Core {
             }
             other => Err(format!("{other:?} is not carried out by the agent's shell")),
         }
+    }
+
+    /// Collects the node's inventory on the blocking pool (a few milliseconds, more with a large
+    /// package database) and answers `command` with its digests, and the whole when `full`.
+    fn inventory(&mut self, command: u64, full: bool) {
+        let watch = self.cfg.watch.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let answer = tokio::task::spawn_blocking(move || {
+                let inventory = crate::inventory::collect(Path::new("/"), &watch);
+                Answer::Inventory(Box::new(InventoryAnswer {
+                    digests: inventory.digests(),
+                    full: full.then_some(inventory),
+                }))
+            })
+            .await
+            .map_err(|e| format!("collecting the inventory failed: {e}"));
+            let _ = tx.send(Event::Answered { command, answer });
+        });
     }
 
     fn peer_addr(&self, peer: &Peer) -> Result<SocketAddr, String> {

@@ -1713,7 +1713,7 @@ impl Node {
         matches!(
             body,
             CommandBody::Scrape(_)
-                | CommandBody::Query(Query::Scrapes)
+                | CommandBody::Query(Query::Scrapes | Query::Inventory { .. })
                 | CommandBody::ForgetJob(_)
                 | CommandBody::Action(_)
                 | CommandBody::ConsoleInput(_)
@@ -1766,7 +1766,7 @@ impl Node {
     fn execute(&mut self, _now: u64, body: &CommandBody) -> Result<Answer, String> {
         match body {
             CommandBody::Scrape(_)
-            | CommandBody::Query(Query::Scrapes)
+            | CommandBody::Query(Query::Scrapes | Query::Inventory { .. })
             | CommandBody::ForgetJob(_)
             | CommandBody::Action(_)
             | CommandBody::ConsoleInput(_) => Err("not carried out by the tree".into()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use banyan_protocol::action::ServiceOp;
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{CliError, Client, EXIT_OK};
+use crate::api::{Auth, CliError, Client, EXIT_OK};
 use crate::config::{self, TokenArgs};
 use crate::nodes::GroupResolver;
 use crate::nodeset::{self as cli_nodeset, NodesetArgs, NodesetCliError};
@@ -140,6 +140,43 @@ pub enum Command {
     Ping {
         /// The nodes: `cn[1-4],gpu1`, `@group` or `@./file`.
         nodes: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the nodes are made of and have installed, asked now through the tree.
+    #[command(after_help = "\
+Each node collects its inventory when asked: CPU, memory, disks, NICs, GPUs and the NVIDIA driver,
+firmware (DMI), OS and kernel, installed packages (dpkg), mounts, and the SHA-256 of the files its
+agent.toml watches ([inventory] watch; their contents never leave the node). --json gives all of it.
+
+Examples:
+  banyan inventory cn1 --json
+  banyan inventory 'cn[1-16]'
+
+Exit status: 0 when every node answered, 1 otherwise.")]
+    Inventory {
+        /// The nodes: `cn[1-4],gpu1`, `@group` or `@./file`.
+        nodes: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nodes grouped by identical profile, and how the others differ from the majority.
+    #[command(after_help = "\
+Nodes send only a hash of their inventory; the root groups them by it and fetches one inventory
+per group to tell the differences: + only in the group, - only in the majority, ~ changed.
+
+Examples:
+  banyan drift @compute
+  banyan drift 'cn[1-64]' --by packages
+  banyan drift 'cn[1-64]' --by files     # watched files (munge.key, slurm.conf) and mounts
+
+Exit status: 0 when every node has one profile and answered, 1 otherwise.")]
+    Drift {
+        /// The nodes: `cn[1-4],gpu1`, `@group` or `@./file`.
+        nodes: String,
+        /// What to compare: packages (with OS, kernel, NVIDIA driver), hardware, files or all.
+        #[arg(long, default_value = "all", value_parser = ["packages", "hardware", "files", "all"])]
+        by: String,
         #[arg(long)]
         json: bool,
     },
@@ -576,6 +613,28 @@ fn monitor_command(client: &Client, command: Command) -> Result<u8, CliError> {
             let (text, all) = monitor::render_ping(&r);
             show(json, &r, text);
             return Ok(if all {
+                EXIT_OK
+            } else {
+                crate::api::EXIT_FAILED
+            });
+        }
+        Command::Inventory { nodes, json } => {
+            let nodes = crate::nodes::for_root(&nodes, client)?;
+            let r = client.get_as("/inventory", &[("nodes", &nodes)], Auth::Required)?;
+            let (text, all) = crate::inventory::render_inventory(&r);
+            show(json, &r, text);
+            return Ok(if all {
+                EXIT_OK
+            } else {
+                crate::api::EXIT_FAILED
+            });
+        }
+        Command::Drift { nodes, by, json } => {
+            let nodes = crate::nodes::for_root(&nodes, client)?;
+            let r = client.get_as("/drift", &[("nodes", &nodes), ("by", &by)], Auth::Required)?;
+            let (text, agree) = crate::inventory::render_drift(&r);
+            show(json, &r, text);
+            return Ok(if agree {
                 EXIT_OK
             } else {
                 crate::api::EXIT_FAILED

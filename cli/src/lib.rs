@@ -18,6 +18,7 @@ pub mod escape;
 pub mod follow;
 pub mod grouped;
 pub mod hv;
+pub mod inventory;
 pub mod monitor;
 pub mod nodes;
 pub mod nodeset;

@@ -300,6 +300,17 @@ impl Inventory {
         hex::encode(hasher.finalize())
     }
 
+    /// The whole inventory's digest and each facet's: what a node sends when only its profile
+    /// is asked ([`crate::wire::Query::Inventory`] without `full`).
+    pub fn digests(&self) -> Digests {
+        Digests {
+            all: self.digest(),
+            hardware: self.facet_digest(Facet::Hardware),
+            packages: self.facet_digest(Facet::Packages),
+            files: self.facet_digest(Facet::Files),
+        }
+    }
+
     pub fn to_postcard(&self) -> Vec<u8> {
         // As in `facet_digest`: these types always encode.
         postcard::to_allocvec(self).expect("postcard encodes every inventory")
@@ -561,35 +572,97 @@ pub struct Drift {
     /// size in the order of their first node's name, so that the output is the same for the same
     /// input. One group means no drift.
     pub groups: Vec<DriftGroup>,
+    /// Digests of the groups whose differences are not known: no inventory of theirs (or of the
+    /// majority) could be had.
+    #[serde(default)]
+    pub unknown: Vec<String>,
+}
+
+/// An inventory's digests, whole and per facet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digests {
+    pub all: String,
+    pub hardware: String,
+    pub packages: String,
+    pub files: String,
+}
+
+impl Digests {
+    pub fn of(&self, facet: Facet) -> &str {
+        match facet {
+            Facet::All => &self.all,
+            Facet::Hardware => &self.hardware,
+            Facet::Packages => &self.packages,
+            Facet::Files => &self.files,
+        }
+    }
+}
+
+/// Nodes grouped by their `facet` digest alone: `(digest, names)`, the largest group first, then
+/// by size, groups of one size in the order of their first name; names sorted in each group. The
+/// first name of each group is the one [`drift_of`] compares.
+pub fn group(digests: &BTreeMap<String, Digests>, facet: Facet) -> Vec<(String, Vec<String>)> {
+    let mut by_digest: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // Name order in, so every group's names come out sorted and its first is its least.
+    for (name, d) in digests {
+        by_digest.entry(d.of(facet)).or_default().push(name.clone());
+    }
+    let mut groups: Vec<(String, Vec<String>)> = by_digest
+        .into_iter()
+        .map(|(d, names)| (d.to_string(), names))
+        .collect();
+    groups.sort_by(|(_, a), (_, b)| b.len().cmp(&a.len()).then_with(|| a[0].cmp(&b[0])));
+    groups
+}
+
+/// The drift of `groups` (from [`group`]), each group compared with the first through one
+/// inventory per group: `inventories` holds at least each group's first node's. A group whose
+/// inventory is missing (its node did not answer) gets no differences, and is named in
+/// `Drift::unknown`.
+pub fn drift_of(
+    groups: Vec<(String, Vec<String>)>,
+    inventories: &BTreeMap<String, Inventory>,
+    facet: Facet,
+) -> Drift {
+    let majority = groups.first().and_then(|(_, n)| inventories.get(&n[0]));
+    let mut unknown = Vec::new();
+    let groups = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (digest, names))| {
+            let differences = if i == 0 {
+                Vec::new()
+            } else {
+                match (majority, inventories.get(&names[0])) {
+                    (Some(m), Some(g)) => diff(m, g, facet),
+                    _ => {
+                        unknown.push(digest.clone());
+                        Vec::new()
+                    }
+                }
+            };
+            DriftGroup {
+                nodeset: NodeSet::from_names(names.iter().map(String::as_str)).fold(),
+                digest,
+                nodes: names,
+                differences,
+            }
+        })
+        .collect();
+    Drift {
+        facet,
+        groups,
+        unknown,
+    }
 }
 
 /// Groups `nodes` by their `facet` digest and compares every group to the majority.
 pub fn drift(nodes: &BTreeMap<String, Inventory>, facet: Facet) -> Drift {
-    let mut by_digest: BTreeMap<String, Vec<&String>> = BTreeMap::new();
-    for (name, inventory) in nodes {
-        by_digest
-            .entry(inventory.facet_digest(facet))
-            .or_default()
-            .push(name);
-    }
-    // `nodes` iterates in name order, so every group's names are sorted and its first is its least.
-    let mut groups: Vec<(String, Vec<&String>)> = by_digest.into_iter().collect();
-    groups.sort_by(|(_, a), (_, b)| b.len().cmp(&a.len()).then_with(|| a[0].cmp(b[0])));
-    let majority = groups.first().map(|(_, names)| &nodes[names[0]]);
-    let groups = groups
+    let digests = nodes
         .iter()
-        .enumerate()
-        .map(|(i, (digest, names))| DriftGroup {
-            digest: digest.clone(),
-            nodes: names.iter().map(|n| n.to_string()).collect(),
-            nodeset: NodeSet::from_names(names.iter().map(|n| n.as_str())).fold(),
-            differences: match majority {
-                Some(majority) if i > 0 => diff(majority, &nodes[names[0]], facet),
-                _ => Vec::new(),
-            },
-        })
+        .map(|(name, inv)| (name.clone(), inv.digests()))
         .collect();
-    Drift { facet, groups }
+    drift_of(group(&digests, facet), nodes, facet)
 }
 
 #[cfg(test)]

@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 /// Version of the messages below, and of the orders they carry (6: orders may carry guest tasks,
 /// `action::Task::Vm`, and results the guests of a node, `NodeResult::vms`; 7: a guest launch
 /// may carry join tokens, `VmLaunch::join`, and a guest its node name, `VmStatus::node`; guests'
-/// consoles, `VmOp::Console`, `CommandBody::ConsoleInput`, `Answer::Console`). A peer with another
-/// version is refused at its greeting.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// consoles, `VmOp::Console`, `CommandBody::ConsoleInput`, `Answer::Console`; 8: a node's
+/// inventory, `Query::Inventory`, `Answer::Inventory`). A peer with another version is refused at
+/// its greeting.
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The root's name in the tree and in its certificate.
 pub const ROOT_NAME: &str = "banyan-root";
@@ -224,6 +225,10 @@ pub enum Query {
     NodeMetrics,
     /// The Prometheus exporters the node scrapes, and how their last scrapes went.
     Scrapes,
+    /// What the node is made of and has installed ([`crate::inventory::Inventory`]), collected
+    /// when asked: `full` the whole inventory, else only its digests (a few hundred bytes, so
+    /// that grouping a large cluster by profile moves hashes, not package lists).
+    Inventory { full: bool },
 }
 
 /// A change to the exporters a node scrapes. Targets are URLs as [`crate::target::Target`]
@@ -291,6 +296,8 @@ pub enum Answer {
     Metrics(MetricSet),
     /// The node's scrape targets (after the change, for [`CommandBody::Scrape`]).
     Scrapes(Vec<ScrapeStatus>),
+    /// The node's inventory's digests, and the inventory itself when it was asked in full.
+    Inventory(Box<InventoryAnswer>),
     /// Done, nothing to tell.
     Done,
     /// A target's [`crate::action::Receipt`], sealed with its node key.
@@ -368,4 +375,13 @@ impl Msg {
             Msg::Outcome(_) => "outcome",
         }
     }
+}
+
+/// A node's answer to [`Query::Inventory`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct InventoryAnswer {
+    /// [`crate::inventory::Inventory::digests`]: the whole inventory's digest and each facet's.
+    pub digests: crate::inventory::Digests,
+    /// The inventory, when it was asked in full.
+    pub full: Option<crate::inventory::Inventory>,
 }

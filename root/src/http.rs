@@ -95,6 +95,7 @@ pub fn router(api: Api) -> Router {
         .route("/", get(ui_index))
         .route("/ui/{*path}", get(ui_asset))
         .merge(crate::http_actions::routes())
+        .merge(crate::inventory::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn(refuse_large_bodies))

@@ -21,6 +21,7 @@ pub mod guesttokens;
 pub mod http;
 pub mod http_actions;
 pub mod hv;
+pub mod inventory;
 pub mod jobs;
 pub mod openstack;
 pub mod placement;

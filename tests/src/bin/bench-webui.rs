@@ -179,6 +179,7 @@ fn main() -> Result<()> {
             scrape: Vec::new(),
             socket: format!("@banyan-bench-webui-{}-{i}", std::process::id()),
             actions: Default::default(),
+            watch: Vec::new(),
         };
         let mut stop = stop_rx.clone();
         rt.spawn(async move {
