@@ -197,13 +197,14 @@ impl LocalJobs {
         }
     }
 
-    /// The digest's view of the jobs, for one wave: ranks and processes still running (the root
-    /// counts both as lost if the node goes silent), and the description while the job is new and
-    /// now and then after.
+    /// The digest's view of the jobs, for one wave: every job this node ran a rank of until the
+    /// root has written its profile ([`LocalJobs::forget`]), so that any digest of this node the
+    /// root reads while the job runs names it, whichever digests were lost on the way (the job's
+    /// node list is made of them); ranks and processes still running (the root counts both as
+    /// lost if the node goes silent); the description while the job is new and now and then after.
     pub fn digest(&mut self) -> Vec<JobOnNode> {
         self.jobs
             .values_mut()
-            .filter(|j| j.running() > 0 || j.waves < DESC_FIRST)
             .map(|j| {
                 let with_desc = j.waves < DESC_FIRST || j.waves % DESC_EVERY == 0;
                 j.waves = j.waves.saturating_add(1);
@@ -365,6 +366,13 @@ mod tests {
         assert!(with[..3].iter().all(|w| *w));
         assert_eq!(with.iter().filter(|w| **w).count(), 3 + 2);
         jobs.end_rank("7.0", false);
-        assert!(jobs.digest().is_empty(), "no running rank, no longer new");
+        let after = jobs.digest();
+        assert_eq!(after.len(), 1, "listed until the root forgets it");
+        assert_eq!(after[0].running, 0);
+        jobs.forget("7.0");
+        assert!(
+            jobs.digest().is_empty(),
+            "forgotten once its profile is written"
+        );
     }
 }

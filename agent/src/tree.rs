@@ -753,7 +753,9 @@ impl Node {
             Role::Agent => {
                 // A parent that is gone for long must not make us hoard digests: keep the newest
                 // per node only.
-                if self.digests.len() > 4 * (self.announced.len() + 1) {
+                // (At least 64: right after an attach nothing is announced yet, and the
+                // subtree's first digests must not be dropped.)
+                if self.digests.len() > (4 * (self.announced.len() + 1)).max(64) {
                     self.digests.clear();
                 }
                 self.digests.push(digest);

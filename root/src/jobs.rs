@@ -264,6 +264,11 @@ pub struct JobBook {
     opened_ms: u64,
     /// Jobs whose profile is written.
     finished: BTreeSet<String>,
+    /// When each running job was first learned (the root's clock). A job is not ended in the
+    /// wave that taught it: ranks shorter than a wave send their last counts at once, and the
+    /// digests of the other nodes that ran one may come a wave later; ending the job on the
+    /// counts alone would leave those nodes out of its node list.
+    learned_ms: HashMap<String, u64>,
     /// The running jobs' series over time.
     histories: Histories,
 }
@@ -285,6 +290,7 @@ impl JobBook {
             heard: HashMap::new(),
             opened_ms: now_ms,
             finished: BTreeSet::new(),
+            learned_ms: HashMap::new(),
             histories: Histories::default(),
         };
         if let Some(dir) = &book.dir {
@@ -449,6 +455,9 @@ impl JobBook {
                 }
             }
         }
+        for id in self.running.keys() {
+            self.learned_ms.entry(id.clone()).or_insert(now_ms);
+        }
         if changed {
             self.save();
         }
@@ -502,6 +511,9 @@ impl JobBook {
         let now_s = now_ms / 1000;
         let mut out = Vec::new();
         for (id, desc) in &self.running {
+            if self.learned_ms.get(id).is_some_and(|&t| t >= now_ms) {
+                continue;
+            }
             let view = job::job_view(totals, id);
             let silent = |node: &String| {
                 let heard = self.heard.get(node).map_or(self.opened_ms, |(_, at)| *at);
@@ -592,6 +604,7 @@ impl JobBook {
         self.running.remove(&id);
         self.running_on.remove(&id);
         self.nodes.remove(&id);
+        self.learned_ms.remove(&id);
         self.histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
